@@ -1,0 +1,177 @@
+"""Decode clips with PyAV (bundled FFmpeg): N uniform frames and mono 16 kHz float32 audio.
+
+No torchvision/torchaudio: resizing and resampling are FFmpeg's (swscale, swresample).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+SAMPLE_RATE = 16_000
+
+
+class MediaError(RuntimeError):
+    """A clip that cannot be read; becomes a failed row with error_kind 'media'."""
+
+
+@dataclass(frozen=True)
+class MediaInfo:
+    has_video: bool
+    has_audio: bool
+    duration_s: float
+    source_fps: float | None
+    width: int | None
+    height: int | None
+
+
+@dataclass(frozen=True)
+class ClipMedia:
+    frames: np.ndarray | None
+    """uint8 [T, H, W, 3], or None when the clip has no video stream."""
+    fps: float | None
+    """Rate of the sampled frames (T / covered seconds), what the model's time axis uses."""
+    audio: np.ndarray | None
+    """float32 mono at 16 kHz, or None when the clip has no audio."""
+    duration_s: float
+
+
+def media_sha256(path: str, audio_path: str | None = None) -> str:
+    """Hash of the bytes the model will see: the video file and the separate audio, if any."""
+    digest = hashlib.sha256()
+    for p in (path, audio_path):
+        if p:
+            try:
+                with open(p, "rb") as f:
+                    for chunk in iter(lambda: f.read(1 << 20), b""):
+                        digest.update(chunk)
+            except OSError as err:
+                raise MediaError(f"{p}: {err.strerror or err}") from err
+    return digest.hexdigest()
+
+
+def _open(path: str):
+    import av
+
+    if not Path(path).is_file():
+        raise MediaError(f"{path}: file not found")
+    try:
+        return av.open(path)
+    except Exception as err:  # FFmpeg reports many error types
+        raise MediaError(f"{path}: cannot open ({type(err).__name__}: {err})") from err
+
+
+def probe(path: str, audio_path: str | None = None) -> MediaInfo:
+    """Stream facts without decoding, so the plan can shape prompts per clip."""
+    with _open(path) as container:
+        video = container.streams.video[0] if container.streams.video else None
+        audio = container.streams.audio[0] if container.streams.audio else None
+        duration = _duration(container, video or audio)
+        info = MediaInfo(
+            has_video=video is not None,
+            has_audio=audio is not None,
+            duration_s=duration,
+            source_fps=float(video.average_rate) if video is not None and video.average_rate
+            else None,
+            width=video.codec_context.width if video is not None else None,
+            height=video.codec_context.height if video is not None else None,
+        )
+    if audio_path:
+        with _open(audio_path) as container:
+            if not container.streams.audio:
+                raise MediaError(f"{audio_path}: no audio stream")
+        info = MediaInfo(info.has_video, True, info.duration_s, info.source_fps, info.width,
+                         info.height)
+    if not (info.has_video or info.has_audio):
+        raise MediaError(f"{path}: neither a video nor an audio stream")
+    return info
+
+
+def _duration(container, stream) -> float:
+    if stream is not None and stream.duration and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    if container.duration:
+        return container.duration / 1_000_000
+    return 0.0
+
+
+def decode(path: str, audio_path: str | None = None, *, num_frames: int = 8,
+           max_duration_s: float = 30.0, max_side: int = 448, video: bool = True,
+           audio: bool = True) -> ClipMedia:
+    """Decode what the model accepts. Raises MediaError on unreadable input."""
+    info = probe(path, audio_path)
+    covered = min(info.duration_s, max_duration_s) if info.duration_s > 0 else max_duration_s
+    frames = fps = None
+    if video and info.has_video:
+        frames = _frames(path, num_frames, covered, max_side)
+        fps = len(frames) / covered if covered > 0 else None
+    wave = None
+    if audio and info.has_audio:
+        wave = _audio(audio_path or path, covered)
+    return ClipMedia(frames=frames, fps=fps, audio=wave, duration_s=covered)
+
+
+def _frames(path: str, num_frames: int, covered: float, max_side: int) -> np.ndarray:
+    targets = (np.arange(num_frames) + 0.5) * covered / num_frames
+    picked: list[np.ndarray] = []
+    try:
+        with _open(path) as container:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            size = None
+            for frame in container.decode(stream):
+                t = float(frame.time or 0.0)
+                if size is None:
+                    size = _fit(frame.width, frame.height, max_side)
+                while len(picked) < num_frames and t >= targets[len(picked)] - 1e-6:
+                    picked.append(frame.to_ndarray(width=size[0], height=size[1],
+                                                   format="rgb24"))
+                if len(picked) == num_frames or t > covered:
+                    break
+    except MediaError:
+        raise
+    except Exception as err:
+        raise MediaError(f"{path}: video decode failed ({type(err).__name__}: {err})") from err
+    if not picked:
+        raise MediaError(f"{path}: no decodable video frame")
+    while len(picked) < num_frames:  # short or truncated stream: hold the last frame
+        picked.append(picked[-1])
+    return np.stack(picked)
+
+
+def _fit(width: int, height: int, max_side: int) -> tuple[int, int]:
+    scale = min(1.0, max_side / max(width, height))
+    return max(2, int(width * scale) // 2 * 2), max(2, int(height * scale) // 2 * 2)
+
+
+def _audio(path: str, covered: float) -> np.ndarray:
+    import av
+
+    chunks: list[np.ndarray] = []
+    start: float | None = None
+    try:
+        with _open(path) as container:
+            stream = container.streams.audio[0]
+            resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+            for frame in container.decode(stream):
+                if start is None:
+                    start = float(frame.time or 0.0)
+                for out in resampler.resample(frame):
+                    chunks.append(out.to_ndarray().reshape(-1))
+                if sum(len(c) for c in chunks) > (covered + 1) * SAMPLE_RATE:
+                    break
+            for out in resampler.resample(None):
+                chunks.append(out.to_ndarray().reshape(-1))
+    except MediaError:
+        raise
+    except Exception as err:
+        raise MediaError(f"{path}: audio decode failed ({type(err).__name__}: {err})") from err
+    if not chunks:
+        raise MediaError(f"{path}: no decodable audio")
+    wave = np.concatenate(chunks).astype(np.float32)
+    if start is not None and start < 0:  # encoder priming (AAC) sits before t=0
+        wave = wave[int(round(-start * SAMPLE_RATE)):]
+    return wave[: int(covered * SAMPLE_RATE)]

@@ -1,0 +1,84 @@
+"""The affective description an engine must produce, as a pydantic model.
+
+The JSON schema handed to the guided decoder is generated from this model, and the same model
+validates what comes back, so the two cannot drift. `reasoning` is the first property: with
+structured decoding the model writes its chain of thought before it commits to any label, and
+the reasoning is stored in its own column. Lengths and number precision are bounded so that a
+constrained decoder always has a way to finish (an unbounded float lets a weak model emit
+digits until it runs out of tokens).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+
+SCHEMA_VERSION = "1"
+
+Text = Annotated[str, Field(max_length=240)]
+Unit = Annotated[float, Field(ge=0.0, le=1.0, multiple_of=0.01)]
+
+
+class AffectiveDescription(BaseModel):
+    """How the person in the clip feels, observed from how things are said and shown."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    reasoning: str = Field(min_length=8, max_length=1000)
+    """Step-by-step reasoning from the observations to the emotion, written first."""
+    face: Text
+    """Facial expression and how it changes over the clip."""
+    body: Text
+    """Gaze, head movement, posture and gestures."""
+    voice: Text
+    """Pitch, loudness, tempo, pauses and voice quality (not the words)."""
+    cross_modal: Text
+    """Whether face, body and voice agree, and where they conflict."""
+    primary_emotion: str = Field(max_length=40)
+    """The single best emotion label (from the run's label set when it has one)."""
+    secondary_emotions: list[Annotated[str, Field(max_length=40)]] = Field(max_length=2)
+    """Up to two further emotions that are also present."""
+    valence: Annotated[float, Field(ge=-1.0, le=1.0, multiple_of=0.01)]
+    """Unpleasant (-1) to pleasant (+1)."""
+    arousal: Unit
+    """Calm (0) to excited (1)."""
+    confidence: Unit
+    """How sure the annotator is of the primary emotion (0 to 1)."""
+    summary: Text
+    """One or two sentences a person can read instead of the fields above."""
+
+
+def description_model(labels: list[str] | None) -> type[AffectiveDescription]:
+    """The schema model for a run: emotion fields constrained to `labels` when given."""
+    if not labels:
+        return AffectiveDescription
+    label = Literal[tuple(labels)]  # type: ignore[valid-type]
+    return create_model(
+        "AffectiveDescription",
+        __base__=AffectiveDescription,
+        primary_emotion=(label, Field(description=AffectiveDescription.model_fields[
+            "primary_emotion"].description)),
+        secondary_emotions=(list[label], Field(max_length=2)),
+    )
+
+
+def json_schema(model: type[BaseModel]) -> dict:
+    return model.model_json_schema()
+
+
+def schema_sha256(model: type[BaseModel]) -> str:
+    blob = json.dumps(json_schema(model), sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+def parse_description(model: type[AffectiveDescription], text: str) -> tuple[dict | None, str]:
+    """Validate engine output. Returns (description, "") or (None, reason)."""
+    try:
+        return model.model_validate_json(text).model_dump(), ""
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "output"
+        return None, f"{where}: {first['msg']} ({err.error_count()} error(s))"
