@@ -77,6 +77,8 @@ def load_manifest(path: str | Path) -> pa.Table:
         raise
     except Exception as err:  # pyarrow/datasets parse errors are many types
         raise ManifestError(f"{path}: cannot read manifest ({type(err).__name__}: {err})") from err
+    if table.num_rows == 0:
+        raise ManifestError(f"{path}: the manifest has no rows")
     if "path" not in table.column_names:
         raise ManifestError(
             f"{path}: no `path` column (found: {', '.join(table.column_names) or 'none'}); "

@@ -94,10 +94,11 @@ def build_tiny_omni(out_dir: str | Path, seed: int = 0) -> Path:
     vocab = len(tok)
     text = dict(
         vocab_size=vocab, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=8192,
         rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
                          "mrope_section": [4, 6, 6]},
         eos_token_id=ids["eos_token"], pad_token_id=ids["eos_token"],
+        tie_word_embeddings=False,  # as in the released Omni checkpoints; vLLM reads it here
     )
     vision = dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=2,
                   out_hidden_size=128, fullatt_block_indexes=[1], window_size=112)
@@ -110,7 +111,16 @@ def build_tiny_omni(out_dir: str | Path, seed: int = 0) -> Path:
         audio_end_token_id=ids["audio_eos_token"], vision_start_token_id=ids["vision_bos_token"],
         vision_end_token_id=ids["vision_eos_token"], user_token_id=ids["im_start"],
     )
-    config = Qwen2_5OmniConfig(thinker_config=thinker, enable_audio_output=False)
+    # the talker is never built (no audio output), but its config is validated: keep its
+    # token ids inside the tiny vocabulary
+    talker = {k: ids["eos_token"] for k in ("tts_text_start_token_id", "tts_text_end_token_id",
+                                            "tts_text_pad_token_id")}
+    talker.update(vocab_size=vocab, audio_start_token_id=ids["audio_bos_token"],
+                  audio_end_token_id=ids["audio_eos_token"],
+                  vision_start_token_id=ids["vision_bos_token"],
+                  vision_end_token_id=ids["vision_eos_token"])
+    config = Qwen2_5OmniConfig(thinker_config=thinker, talker_config=talker,
+                               enable_audio_output=False)
     # the talker's default token ids lie outside a tiny vocabulary; it is never built here
     logging.set_verbosity_error()
     torch.manual_seed(seed)

@@ -1,1 +1,93 @@
-"""prompts."""
+"""Prompt templates: Jinja files shipped as package data, rendered in a sandbox.
+
+A template starts with a header comment `{#- vaemo-template name=NAME version=N -#}`; its name,
+version and the sha256 of its source are recorded with every row it produced.
+
+Context a template receives (all keys always present; StrictUndefined turns a typo into an
+error instead of an empty string):
+  clip        manifest row: clip_id, label, speaker, split, dataset and any extra columns
+  media       has_video, has_audio, duration_s, source_fps, width, height, num_frames
+  modalities  what the model accepts: a subset of ["video", "audio"] (empty for text-only)
+  labels      the label set the answer is constrained to, or None (open vocabulary)
+  cues        measured cues (dict) or None
+  examples    few-shot examples (list of dicts), possibly empty
+The label from the manifest is in `clip.label`; shipped templates never show it, so the
+annotation is not told the answer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from jinja2 import StrictUndefined, TemplateError
+from jinja2.sandbox import SandboxedEnvironment, SecurityError
+
+_HEADER = re.compile(r"\{#-?\s*vaemo-template\s+name=(\S+)\s+version=(\S+)\s*-?#\}")
+CONTEXT_KEYS = ("clip", "media", "modalities", "labels", "cues", "examples")
+
+
+class PromptError(ValueError):
+    """A template that cannot be loaded or rendered; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class Template:
+    name: str
+    version: str
+    source: str
+    origin: str
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.source.encode()).hexdigest()
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}@{self.version}"
+
+
+def shipped() -> list[str]:
+    files = resources.files(__package__).joinpath("templates").iterdir()
+    return sorted(f.name[:-3] for f in files if f.name.endswith(".j2"))
+
+
+def load_template(name_or_path: str) -> Template:
+    """A shipped template by name (`describe_av`) or a user's template file by path."""
+    path = Path(name_or_path)
+    if path.suffix == ".j2" or path.exists():
+        if not path.is_file():
+            raise PromptError(f"template file {path} not found")
+        source, origin = path.read_text(), str(path.resolve())
+    elif name_or_path in shipped():
+        source = resources.files(__package__).joinpath(
+            "templates", f"{name_or_path}.j2").read_text()
+        origin = f"prompts/templates/{name_or_path}.j2"
+    else:
+        raise PromptError(f"no template {name_or_path!r}; shipped: {', '.join(shipped())}, "
+                          "or pass a path to a .j2 file")
+    match = _HEADER.search(source)
+    name, version = (match.group(1), match.group(2)) if match else (path.stem, "unversioned")
+    _environment().parse(source)  # syntax errors surface at load time, not per clip
+    return Template(name=name, version=version, source=source, origin=origin)
+
+
+def _environment() -> SandboxedEnvironment:
+    return SandboxedEnvironment(undefined=StrictUndefined, keep_trailing_newline=False,
+                                autoescape=False)
+
+
+def render(template: Template, context: dict) -> str:
+    missing = [k for k in CONTEXT_KEYS if k not in context]
+    if missing:
+        raise PromptError(f"render context lacks {missing}")
+    try:
+        return _environment().from_string(template.source).render(**context).strip()
+    except SecurityError as err:
+        raise PromptError(f"template {template.label} ({template.origin}) tried an unsafe "
+                          f"operation and was refused: {err}") from err
+    except TemplateError as err:
+        raise PromptError(f"template {template.label} ({template.origin}): {err}") from err

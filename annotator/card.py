@@ -1,0 +1,55 @@
+"""OUT/README.md: a dataset card a person can read, written after every run."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+from annotator.store import Store
+
+
+def write(out: Path, summary: dict, store: Store) -> None:
+    rows = store.read(["clip_id", "status", "label", "description", "reasoning", "error_kind"])
+    ok = [r for r in rows.to_pylist() if r["status"] == "ok"]
+    predicted = Counter(r["description"]["primary_emotion"] for r in ok)
+    c = summary["counts"]
+    lines = [
+        "# vaemo affective descriptions",
+        "",
+        f"Run `{summary['run_id']}` annotated {c['rows']} of {c['selected']} selected clips "
+        f"from `{summary['config']['manifest']}` with **{summary['model']['name']}** "
+        f"(revision `{summary['model']['revision']}`, {summary['config']['engine']} engine, "
+        f"{summary['device']}), template `{summary['template']['name']}`.",
+        "",
+        f"- ok: {c['ok']}, failed: {c['failed']} "
+        f"({', '.join(f'{k}: {v}' for k, v in c['failed_by_kind'].items()) or 'none'})",
+        f"- label set: {', '.join(summary['labels']) if summary['labels'] else 'open vocabulary'}",
+        f"- predicted primary emotions: "
+        f"{', '.join(f'{k} {v}' for k, v in predicted.most_common()) or 'none yet'}",
+        f"- schema version {summary['schema_version']}; sampling "
+        f"`{json.dumps(summary['config'].get('temperature'))}` temperature, "
+        f"max {summary['config']['max_tokens']} tokens",
+        "",
+        "## Files",
+        "- `descriptions/*.parquet`: one row per clip (`status` ok|failed, `error_kind`, "
+        "`description` struct, `reasoning`, `raw_output`, provenance and token counts).",
+        "- `subset.parquet`: the selected clip ids and their strata.",
+        "- `run.json`: configuration, package versions, counts, throughput.",
+        "",
+        "## Load",
+        "```python",
+        "import pandas as pd; df = pd.read_parquet('descriptions')",
+        "from datasets import load_dataset",
+        "ds = load_dataset('parquet', data_files='descriptions/*.parquet')['train']",
+        "```",
+        "",
+        "These descriptions are machine-written and unaudited; run `vaemo-annotate audit` "
+        "before training on them.",
+    ]
+    if ok:
+        example = ok[0]
+        lines += ["", "## Example", f"`{example['clip_id']}` (label: {example['label']})", "",
+                  "```json", json.dumps({"reasoning": example["reasoning"],
+                                         **example["description"]}, indent=2)[:2000], "```"]
+    (out / "README.md").write_text("\n".join(lines) + "\n")

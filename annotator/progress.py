@@ -1,0 +1,89 @@
+"""What a person watching a run sees: the dry-run plan, live progress, the final summary."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+import pyarrow as pa
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+
+class Tracker:
+    """Counts rows as they are committed and renders clips/s, output tokens/s and ETA."""
+
+    def __init__(self, console: Console, total: int, cached: int):
+        self.console, self.total, self.cached = console, total, cached
+        self.done = self.failed = self.tokens = 0
+        self.started = time.perf_counter()
+        self._progress = Progress(
+            TextColumn("[bold]annotate"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+            TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TextColumn("eta"),
+            TimeRemainingColumn(), console=console, transient=False)
+        self._task = self._progress.add_task("annotate", total=total, stats="")
+
+    def __enter__(self):
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._progress.stop()
+
+    def add(self, failed: int = 0, ok: int = 0, tokens: int = 0) -> None:
+        self.done += failed + ok
+        self.failed += failed
+        self.tokens += tokens
+        r = self.rates()
+        self._progress.update(self._task, completed=self.done, stats=(
+            f"ok {self.done - self.failed} failed {self.failed} | "
+            f"{r['clips_per_s']:.2f} clips/s {r['output_tokens_per_s']:.0f} tok/s"))
+
+    def add_rows(self, batch: pa.Table) -> None:
+        status = batch["status"].to_pylist()
+        self.add(failed=status.count("failed"), ok=status.count("ok"),
+                 tokens=sum(batch["num_output_tokens"].to_pylist()))
+
+    def rates(self) -> dict:
+        elapsed = max(time.perf_counter() - self.started, 1e-9)
+        return {"clips_per_s": round(self.done / elapsed, 3),
+                "output_tokens_per_s": round(self.tokens / elapsed, 1),
+                "output_tokens": self.tokens, "elapsed_s": round(elapsed, 2)}
+
+
+def print_plan(console: Console, prep, plan: pa.Table, cached: pa.Table,
+               pending: pa.Table) -> None:
+    s = prep.settings
+    console.print(f"[bold]plan[/bold] for {prep.config.manifest} -> {prep.config.out}")
+    console.print(f"model      {prep.spec.name} ({prep.spec.revision}), family {prep.spec.family}, "
+                  f"modalities: {', '.join(prep.spec.modalities) or 'text only'}")
+    console.print(f"device     {prep.device}; engine {prep.config.engine}")
+    console.print(f"template   {s.template.label} ({s.template.origin}) sha256 "
+                  f"{s.template.sha256[:12]}")
+    console.print(f"labels     {', '.join(s.labels) if s.labels else 'open vocabulary'}")
+    console.print(f"sampling   {s.sampling_json}")
+    strata = Table("stratum", "selected", "cached", title="selected clips per stratum")
+    sel = Counter(plan["stratum"].to_pylist())
+    hit = Counter(cached["stratum"].to_pylist())
+    for name, n in sorted(sel.items()):
+        strata.add_row(name, str(n), str(hit.get(name, 0)))
+    console.print(strata)
+    media_errors = sum(1 for k in pending["error_kind"].to_pylist() if k)
+    prompt_tokens = sum(len(p) for p in pending["prompt"].to_pylist()) // 4
+    console.print(
+        f"clips      {len(plan)} selected, {len(cached)} cached, {len(pending)} to compute "
+        f"({media_errors} will fail before the engine: missing/unreadable media)")
+    console.print(
+        f"tokens     ~{prompt_tokens} prompt text tokens (+ media tokens), up to "
+        f"{(len(pending) - media_errors) * prep.config.max_tokens} output tokens")
+
+
+def print_summary(console: Console, summary: dict) -> None:
+    c, t = summary["counts"], summary["throughput"]
+    kinds = ", ".join(f"{k} {v}" for k, v in sorted(c["failed_by_kind"].items())) or "none"
+    console.print(
+        f"[bold]done[/bold] {c['rows']}/{c['selected']} clips: ok {c['ok']}, failed {c['failed']} "
+        f"({kinds}); {c['cached']} cached, {c['computed_now']} computed in "
+        f"{summary['wall_s']} s ({t['clips_per_s']} clips/s, {t['output_tokens_per_s']} tok/s); "
+        f"engine {'started' if summary['engine'].get('started') else 'not started'}")

@@ -1,0 +1,41 @@
+"""`vaemo-annotate retry-failed OUT`: drop a run's failed rows and run it again.
+
+The failed rows are removed first (atomically), so their clips become pending; the run then
+recomputes exactly those, with the settings recorded in OUT/run.json.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from rich.console import Console
+
+from annotator.config import RunConfig
+from annotator.store import STATUS_FAILED, Store
+
+
+def retry_failed(out: Path, kinds: list[str] | None, console: Console) -> dict:
+    out = Path(out)
+    recorded = out / "run.json"
+    if not recorded.is_file():
+        raise FileNotFoundError(f"{recorded} not found: retry-failed needs a finished run's "
+                                "output folder")
+    store = Store(out)
+    rows = store.read(["clip_id", "status", "error_kind"])
+    failed = rows.filter(pc.equal(rows["status"], STATUS_FAILED))
+    if kinds:
+        failed = failed.filter(pc.is_in(failed["error_kind"], value_set=pa.array(kinds)))
+    ids = set(failed["clip_id"].to_pylist())
+    console.print(f"retry-failed: {len(ids)} failed row(s) to recompute")
+    if not ids:
+        return {"retried": 0}
+    store.drop(ids)
+    config = RunConfig(**{**json.loads(recorded.read_text())["config"], "force": False,
+                          "dry_run": False})
+    from annotator.pipeline import run
+
+    summary = run(config, console)
+    return {"retried": len(ids), **summary}

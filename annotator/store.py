@@ -1,0 +1,147 @@
+"""The run's on-disk contract: `OUT/descriptions/*.parquet`, `run.json`, `README.md`.
+
+Rows are committed a batch at a time, each batch as its own Parquet file written under a
+hidden temporary name and renamed into place, so a kill -9 at any moment leaves only whole
+files: every committed row is kept, nothing half-written is ever read. A clip has at most one
+row: rows that are about to be recomputed (stale cache key, `--force`, `retry-failed`) are
+removed from their files (again by atomic rewrite) *before* the new row is computed, so a
+crash in between leaves the clip pending, never duplicated.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from annotator.schema import AffectiveDescription
+
+STATUS_OK, STATUS_FAILED = "ok", "failed"
+ERROR_KINDS = ("media", "prompt", "engine", "invalid_output", "truncated")
+RETRYABLE = ("engine", "invalid_output", "truncated")
+
+
+def description_type() -> pa.DataType:
+    """Arrow struct of the schema's fields (reasoning has its own column)."""
+    fields = []
+    for name, info in AffectiveDescription.model_fields.items():
+        if name == "reasoning":
+            continue
+        annotation = info.annotation
+        if annotation is float:
+            kind = pa.float64()
+        elif getattr(annotation, "__origin__", None) is list:
+            kind = pa.list_(pa.string())
+        else:
+            kind = pa.string()
+        fields.append(pa.field(name, kind))
+    return pa.struct(fields)
+
+
+ROW_SCHEMA = pa.schema([
+    ("clip_id", pa.string()),
+    ("status", pa.string()),
+    ("error_kind", pa.string()),
+    ("error", pa.string()),
+    ("description", description_type()),
+    ("reasoning", pa.string()),
+    ("raw_output", pa.string()),
+    ("label", pa.string()),
+    ("speaker", pa.string()),
+    ("split", pa.string()),
+    ("dataset", pa.string()),
+    ("path", pa.string()),
+    ("has_video", pa.bool_()),
+    ("has_audio", pa.bool_()),
+    ("media_note", pa.string()),
+    ("num_frames", pa.int32()),
+    ("fps", pa.float64()),
+    ("duration_s", pa.float64()),
+    ("media_sha256", pa.string()),
+    ("model", pa.string()),
+    ("model_revision", pa.string()),
+    ("engine", pa.string()),
+    ("template", pa.string()),
+    ("template_sha256", pa.string()),
+    ("prompt_sha256", pa.string()),
+    ("schema_version", pa.string()),
+    ("generation_mode", pa.string()),
+    ("sampling", pa.string()),
+    ("cache_key", pa.string()),
+    ("num_input_tokens", pa.int32()),
+    ("num_output_tokens", pa.int32()),
+    ("finish_reason", pa.string()),
+    ("latency_s", pa.float64()),
+    ("attempts", pa.int32()),
+    ("run_id", pa.string()),
+    ("created_at", pa.timestamp("us", tz="UTC")),
+])
+
+
+class Store:
+    def __init__(self, out: str | Path):
+        self.out = Path(out)
+        self.dir = self.out / "descriptions"
+
+    def files(self) -> list[Path]:
+        return sorted(self.dir.glob("*.parquet")) if self.dir.is_dir() else []
+
+    def read(self, columns: list[str] | None = None) -> pa.Table:
+        files = self.files()
+        if not files:
+            return ROW_SCHEMA.empty_table() if columns is None else \
+                pa.schema([ROW_SCHEMA.field(c) for c in columns]).empty_table()
+        return pa.concat_tables([pq.read_table(f, columns=columns) for f in files])
+
+    def index(self) -> dict[str, dict]:
+        """clip_id -> {cache_key, status, error_kind, attempts} for every stored row."""
+        table = self.read(["clip_id", "cache_key", "status", "error_kind", "attempts"])
+        return {row["clip_id"]: row for row in table.to_pylist()}
+
+    def commit(self, rows: pa.Table, run_id: str, metadata: dict) -> Path:
+        """Write one batch atomically; returns the final file."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        table = rows.cast(ROW_SCHEMA).replace_schema_metadata(
+            {"vaemo": json.dumps(metadata, sort_keys=True)})
+        final = self.dir / f"part-{run_id}-{uuid.uuid4().hex[:8]}.parquet"
+        _atomic_write(table, final)
+        return final
+
+    def drop(self, clip_ids: set[str]) -> int:
+        """Remove the rows of these clips from every file (atomic rewrite per file)."""
+        if not clip_ids:
+            return 0
+        dropped = 0
+        wanted = pa.array(sorted(clip_ids), pa.string())
+        for f in self.files():
+            table = pq.read_table(f)
+            hit = pc.is_in(table["clip_id"], value_set=wanted)
+            n = pc.sum(hit).as_py() or 0
+            if not n:
+                continue
+            dropped += n
+            keep = table.filter(pc.invert(hit))
+            if len(keep):
+                _atomic_write(keep.replace_schema_metadata(table.schema.metadata), f)
+            else:
+                f.unlink()
+        return dropped
+
+
+def _atomic_write(table: pa.Table, final: Path) -> None:
+    tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex[:6]}.tmp")
+    pq.write_table(table, tmp, compression="zstd")
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, final)
+
+
+def write_json(path: Path, payload: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+    os.replace(tmp, path)

