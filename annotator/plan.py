@@ -32,6 +32,8 @@ class PlanSettings:
     max_side: int
     min_pixels: int
     max_pixels: int
+    engine_key: str = ""
+    """Engine and dtype: the same prompt can decode differently on another engine."""
 
     def decode_key(self) -> dict:
         return {"num_frames": self.num_frames, "max_duration_s": self.max_duration_s,
@@ -61,7 +63,7 @@ def cache_key(settings: PlanSettings, media_hash: str, prompt_hash: str) -> str:
         "media": media_hash, "prompt": prompt_hash, "template": settings.template.sha256,
         "model": settings.spec.name, "revision": settings.spec.revision,
         "sampling": settings.sampling_json, "schema": settings.schema_sha256,
-        "decode": settings.decode_key(),
+        "decode": settings.decode_key(), "engine": settings.engine_key,
     }
     return _sha(json.dumps(parts, sort_keys=True))
 

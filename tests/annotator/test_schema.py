@@ -1,0 +1,34 @@
+import json
+
+import jsonschema
+
+from annotator.schema import AffectiveDescription, description_model, json_schema, \
+    parse_description
+
+GOOD = {"reasoning": "The voice is soft and slow.", "face": "relaxed", "body": "still",
+        "voice": "soft, slow", "cross_modal": "consistent", "primary_emotion": "sad",
+        "secondary_emotions": ["neutral"], "valence": -0.4, "arousal": 0.2,
+        "confidence": 0.7, "summary": "A quiet, sad delivery."}
+
+
+def test_reasoning_comes_first_and_fields_are_documented():
+    schema = json_schema(AffectiveDescription)
+    assert list(schema["properties"])[0] == "reasoning"
+    assert all(p.get("description") for p in schema["properties"].values())
+
+
+def test_label_set_constrains_primary_and_secondary():
+    model = description_model(["happy", "sad", "neutral"])
+    schema = json_schema(model)
+    jsonschema.validate(GOOD, schema)
+    assert parse_description(model, json.dumps(GOOD))[0]["primary_emotion"] == "sad"
+    bad = {**GOOD, "primary_emotion": "joy"}
+    parsed, reason = parse_description(model, json.dumps(bad))
+    assert parsed is None and "primary_emotion" in reason
+
+
+def test_ranges_and_truncation_are_invalid():
+    model = description_model(None)
+    assert parse_description(model, json.dumps({**GOOD, "valence": -1.5}))[0] is None
+    parsed, reason = parse_description(model, json.dumps(GOOD)[:-20])
+    assert parsed is None and reason

@@ -1,0 +1,49 @@
+import pytest
+
+from prompts import PromptError, load_template, render, shipped
+
+LABELS = {"crema-d": ["anger", "disgust", "fear", "happy", "neutral", "sad"], "open": None}
+
+
+def context(modalities, labels, has_audio=True):
+    return {"clip": {"clip_id": "c1", "label": "sad", "dataset": "CREMA-D", "speaker": "1001"},
+            "media": {"has_video": True, "has_audio": has_audio, "duration_s": 2.5,
+                      "source_fps": 30.0, "width": 480, "height": 360, "num_frames": 8},
+            "modalities": modalities, "labels": labels, "cues": None, "examples": []}
+
+
+@pytest.mark.parametrize("name", shipped())
+@pytest.mark.parametrize("modalities", [["video", "audio"], []])
+@pytest.mark.parametrize("labels", LABELS.values(), ids=LABELS.keys())
+def test_every_shipped_template_renders(name, modalities, labels):
+    template = load_template(name)
+    text = render(template, context(modalities, labels))
+    assert "JSON" in text and "sad" not in text.split("one of:")[0].lower().replace(
+        "sadness", "")  # the manifest label is never shown
+    if labels:
+        assert ", ".join(labels) in text
+    assert template.version != "unversioned" and len(template.sha256) == 64
+
+
+def test_no_audio_is_said():
+    text = render(load_template("describe_av"), context(["video", "audio"], None, False))
+    assert "no audio" in text
+
+
+def test_hostile_template_is_refused(tmp_path):
+    hostile = tmp_path / "evil.j2"
+    hostile.write_text("{{ ''.__class__.__mro__[1].__subclasses__() }}")
+    with pytest.raises(PromptError, match="unsafe"):
+        render(load_template(str(hostile)), context([], None))
+
+
+def test_missing_variable_is_an_error(tmp_path):
+    typo = tmp_path / "typo.j2"
+    typo.write_text("{{ clip.labell }}")
+    with pytest.raises(PromptError, match="labell"):
+        render(load_template(str(typo)), context([], None))
+
+
+def test_unknown_template_lists_the_shipped_ones():
+    with pytest.raises(PromptError, match="describe_av"):
+        load_template("nope")
