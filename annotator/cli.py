@@ -117,3 +117,7 @@ def demo_corpus(out: Path = typer.Argument(Path("data/demo"), help="Where to wri
     except FileNotFoundError as err:
         _fail(err)
     console.print(f"demo corpus: {manifest}")
+
+
+if __name__ == "__main__":
+    app()

@@ -43,6 +43,8 @@ def media_sha256(path: str, audio_path: str | None = None) -> str:
     """Hash of the bytes the model will see: the video file and the separate audio, if any."""
     digest = hashlib.sha256()
     for p in (path, audio_path):
+        if p and not Path(p).is_file():
+            raise MediaError(f"{p}: file not found")
         if p:
             try:
                 with open(p, "rb") as f:

