@@ -13,7 +13,6 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -58,14 +57,18 @@ def versions() -> dict[str, str]:
 
 
 def local_device(requested: str) -> str:
-    if requested != "auto":
-        return requested
+    """Device from this machine alone (no Ray needed): fail at once on a GPU request
+    that cannot be met rather than wait for a resource that will never appear."""
     try:
         import torch
 
-        return "gpu" if torch.cuda.is_available() else "cpu"
+        has_gpu = torch.cuda.is_available()
     except ImportError:
-        return "cpu"
+        has_gpu = False
+    if requested == "gpu" and not has_gpu:
+        raise RuntimeError("--device gpu, but this machine has no CUDA GPU; use --device cpu "
+                           "(or auto), or join a GPU cluster with --ray-address")
+    return requested if requested != "auto" else "gpu" if has_gpu else "cpu"
 
 
 def engine_dtype(config: RunConfig, device: str) -> str:
@@ -98,18 +101,9 @@ def _tokenizer(path: str):
     return AutoTokenizer.from_pretrained(path)
 
 
-class _Planner:
-    """Ray map_batches callable: loads the tokenizer once per worker."""
-
-    def __init__(self, settings: PlanSettings):
-        self.settings = settings
-        self.tokenizer = _tokenizer(settings.spec.path)
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        return plan_table(batch, self.settings, self.tokenizer)
-
-
-def plan_locally(prep: Prepared) -> pa.Table:
+def plan_clips(prep: Prepared) -> pa.Table:
+    """Plan every selected clip in the driver: hashing and probing are I/O, so threads
+    overlap them; this avoids a Ray worker paying transformers' import for a tokenizer."""
     return plan_table(prep.chosen, prep.settings, _tokenizer(prep.spec.path))
 
 
@@ -138,8 +132,8 @@ def _ray_init(config: RunConfig) -> None:
 
 
 def resolve_device(config: RunConfig) -> tuple[str, int]:
-    """(device, engine actors) from what the Ray cluster really has; never wait on a GPU
-    that is not there."""
+    """(device, engine actors) from what the Ray cluster really has: one actor per GPU, or
+    one on CPU; never wait on a GPU that is not there."""
     import ray
 
     gpus = int(ray.cluster_resources().get("GPU", 0))
@@ -155,32 +149,23 @@ def run(config: RunConfig, console: Console | None = None) -> dict:
     console = console or Console(stderr=True)
     started = time.perf_counter()
     store = Store(config.out)
+    if config.ray_address:  # a cluster: what it has decides the device
+        _ray_init(config)
+        device = resolve_device(config)[0]
+    else:  # local: decide without starting Ray, so a fully cached re-run never starts it
+        device = local_device(config.device)
+    prep = prepare(config, device)
+    plan = plan_clips(prep)
+    timings = {"plan_s": round(time.perf_counter() - started, 2)}
+    cached, pending, stale = split_cached(plan, store, config.force)
     if config.dry_run:
-        prep = prepare(config)
-        plan = plan_locally(prep)
-        cached, pending, _ = split_cached(plan, store, config.force)
         progress.print_plan(console, prep, plan, cached, pending)
         return {"dry_run": True, "selected": len(plan), "cached": len(cached)}
 
-    _ray_init(config)
-    device, actors = resolve_device(config)
-    prep = prepare(config, device)
     config.out.mkdir(parents=True, exist_ok=True)
     pq.write_table(prep.chosen.select(["clip_id", "stratum", "label", "speaker", "path"]),
                    config.out / "subset.parquet")
-    import ray.data
-
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False
-    ctx.print_on_execution_start = False
-    refs = ray.data.from_arrow(prep.chosen).map_batches(
-        _Planner, fn_constructor_kwargs={"settings": prep.settings}, batch_format="pyarrow",
-        batch_size=64, num_cpus=1,
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, (os.cpu_count() or 2) - 1)),
-    ).to_arrow_refs()
-    plan = pa.concat_tables(ray.get(refs))
-    cached, pending, stale = split_cached(plan, store, config.force)
-    store.drop(stale)
+    store.drop(stale)  # before recomputing: a crash leaves these clips pending, not doubled
     row_ctx = RowContext(
         run_id=prep.run_id, engine=config.engine, template=prep.settings.template.label,
         template_sha256=prep.settings.template.sha256, sampling_json=prep.settings.sampling_json,
@@ -194,13 +179,16 @@ def run(config: RunConfig, console: Console | None = None) -> dict:
     tracker.add(failed=len(early))
     engine_info: dict = {"started": False}
     if len(to_engine):
+        _ray_init(config)
+        device, actors = resolve_device(config)
         engine_info = {"started": True, "device": device, "actors": actors}
-        stream = _engine_stream(prep, config, to_engine, row_ctx, device, actors)
+        engine_started = time.perf_counter()
         with tracker:
-            for batch in stream:
+            for batch in _engine_stream(prep, config, to_engine, row_ctx, device, actors):
+                timings.setdefault("first_batch_s", round(time.perf_counter() - engine_started, 2))
                 store.commit(batch, prep.run_id, meta)
                 tracker.add_rows(batch)
-    summary = _finish(prep, store, tracker, cached, started, engine_info)
+    summary = _finish(prep, store, tracker, cached, started, {**engine_info, **timings})
     progress.print_summary(console, summary)
     return summary
 
@@ -209,6 +197,10 @@ def _engine_stream(prep: Prepared, config: RunConfig, plan: pa.Table, row_ctx: R
                    device: str, actors: int):
     import ray.data
 
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    ctx.wait_for_min_actors_s = 600  # an engine actor that cannot start fails, never hangs
     spec = prep.spec
     options = EngineOptions(
         schema=prep.schema, sampling=config.sampling(), device=device,
@@ -217,7 +209,6 @@ def _engine_stream(prep: Prepared, config: RunConfig, plan: pa.Table, row_ctx: R
         max_batch=config.batch_size,
         dtype=engine_dtype(config, device))
     resources = {"num_gpus": 1} if device == "gpu" else {"num_cpus": 1}
-    ray.data.DataContext.get_current().wait_for_min_actors_s = 600
     ds = ray.data.from_arrow(plan).repartition(max(1, len(plan) // config.batch_size))
     ds = ds.map_batches(
         decode_batch, batch_format="pyarrow", batch_size=4, num_cpus=1,

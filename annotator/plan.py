@@ -110,6 +110,10 @@ def plan_clip(row: dict, settings: PlanSettings, tokenizer) -> dict:
     return out
 
 
-def plan_table(rows: pa.Table, settings: PlanSettings, tokenizer) -> pa.Table:
-    planned = [plan_clip(r, settings, tokenizer) for r in rows.to_pylist()]
+def plan_table(rows: pa.Table, settings: PlanSettings, tokenizer, workers: int = 8
+               ) -> pa.Table:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(workers) as pool:
+        planned = list(pool.map(lambda r: plan_clip(r, settings, tokenizer), rows.to_pylist()))
     return pa.Table.from_pylist(planned, schema=PLAN_SCHEMA)

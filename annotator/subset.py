@@ -18,7 +18,7 @@ import pyarrow as pa
 _SIZE = re.compile(r"^(\d+(?:\.\d+)?)([kKmM]?)$")
 
 
-def parse_subset(spec: str | int | float) -> int | float | None:
+def parse_subset(spec: str | float) -> int | float | None:
     """'10k' -> 10000, '2500' -> 2500, '0.1' -> 0.1 (a fraction), 'all' -> None."""
     text = str(spec).strip()
     if text.lower() == "all":
@@ -66,7 +66,7 @@ def _quotas(sizes: np.ndarray, target: int, labels: np.ndarray) -> np.ndarray:
     return np.minimum(quota, sizes)
 
 
-def select_subset(manifest: pa.Table, subset: int | float | None, seed: int) -> pa.Table:
+def select_subset(manifest: pa.Table, subset: float | None, seed: int) -> pa.Table:
     """The chosen rows (manifest columns plus `stratum`), in manifest order."""
     n = len(manifest)
     label = manifest["label"].to_pylist()

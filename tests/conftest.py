@@ -14,13 +14,13 @@ os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from pathlib import Path  # noqa: E402
+from pathlib import Path
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
+import numpy as np
+import pytest
 
-from annotator.demo import moving_portrait, portraits, read_wav, speech_files, write_clip  # noqa: E402
-from annotator.media import SAMPLE_RATE  # noqa: E402
+from annotator.demo import moving_portrait, portraits, read_wav, speech_files, write_clip
+from annotator.media import SAMPLE_RATE
 
 
 def tone(freq: float, seconds: float, amplitude: float = 0.3) -> np.ndarray:

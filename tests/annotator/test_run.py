@@ -55,7 +55,7 @@ def test_one_row_per_clip_typed_failures_and_valid_descriptions(first_run):
     assert "not found" in table["missing"]["error"]
     assert table["corrupt"]["status"] == "failed" and table["corrupt"]["error_kind"] == "media"
     schema = json_schema(description_model(LABELS.split(",")))
-    for clip_id, row in table.items():
+    for row in table.values():
         if row["status"] == "ok":
             jsonschema.validate({"reasoning": row["reasoning"], **row["description"]}, schema)
             assert row["reasoning"].strip()
@@ -139,26 +139,29 @@ def test_retry_failed_recomputes_only_failures(first_run, corpus, clips):
 
 
 def test_kill_9_mid_run_then_resume_gives_one_row_per_clip(tmp_path, clips, tiny_omni):
+    n = 24
     rows_in = [{"path": str(clips["tone_220" if i % 2 else "tone_440"]), "clip_id": f"k{i:02d}",
-                "label": "neutral"} for i in range(12)]
+                "label": "neutral"} for i in range(n)]
     manifest = write_manifest(tmp_path / "m.csv", rows_in)
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "annotator.cli", "run", "--manifest", str(manifest), "--out",
-           str(out), "--model", str(tiny_omni), "--batch-size", "1"]
+           str(out), "--model", str(tiny_omni), "--batch-size", "1",
+           # a small budget keeps each clip short (rows end 'truncated'); what is tested here
+           # is that rows survive a kill and are neither lost nor duplicated on resume
+           "--max-tokens", "48", "--retries", "0"]
     proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while time.time() < deadline and len(Store(out).read(["clip_id"])) < 2:
-        time.sleep(0.2)
+        time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    subprocess.run(["pkill", "-9", "-f", f"{out}"], check=False)
     survived = {r["clip_id"]: r["created_at"] for r in rows(out)}
-    assert 2 <= len(survived) < 12, "the kill should land mid-run"
+    assert 2 <= len(survived) < n, "the kill should land mid-run"
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     final = rows(out)
-    assert sorted(r["clip_id"] for r in final) == [f"k{i:02d}" for i in range(12)]
-    assert all(r["status"] == "ok" for r in final)
+    assert sorted(r["clip_id"] for r in final) == [f"k{i:02d}" for i in range(n)]
+    assert {r["error_kind"] for r in final} <= {None, "truncated"}
     kept = {r["clip_id"]: r["created_at"] for r in final if r["clip_id"] in survived}
     assert kept == survived  # rows committed before the kill were not recomputed

@@ -2,8 +2,7 @@ import json
 
 import jsonschema
 
-from annotator.schema import AffectiveDescription, description_model, json_schema, \
-    parse_description
+from annotator.schema import AffectiveDescription, description_model, json_schema, parse_description
 
 GOOD = {"reasoning": "The voice is soft and slow.", "face": "relaxed", "body": "still",
         "voice": "soft, slow", "cross_modal": "consistent", "primary_emotion": "sad",
