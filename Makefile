@@ -26,7 +26,8 @@ $(VENV)/.installed: pyproject.toml annotator/cpu_env.py
 
 demo: $(VENV)/.installed /usr/share/pocketsphinx/test/data/librivox
 	$(VENV)/bin/vaemo-annotate demo-corpus data/demo
-	$(VENV)/bin/vaemo-annotate run --manifest data/demo/manifest.csv --out $(OUT) --subset all
+	$(VENV)/bin/vaemo-annotate run --manifest data/demo/manifest.csv --out $(OUT) \
+		--labels anger,disgust,fear,happy,neutral,sad
 
 test: $(VENV)/.installed /usr/share/pocketsphinx/test/data/librivox
 	$(PY) -m pytest -q

@@ -17,15 +17,15 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 console = Console(stderr=True)
 
 RUN_EXAMPLES = """
-Examples:
+Examples (run from the repository after `make demo` built data/demo):
 
   vaemo-annotate run --manifest data/demo/manifest.csv --out runs/demo
 
-  vaemo-annotate run --manifest clips.parquet --out runs/10k --subset 10k --seed 1
+  vaemo-annotate run --manifest data/demo/manifest.csv --out runs/half --subset 0.5 --seed 1
 
-  vaemo-annotate run --manifest clips.csv --out runs/x --model ./tiny-omni --dry-run
+  vaemo-annotate run --manifest data/demo/manifest.csv --out runs/demo --dry-run
 
-  vaemo-annotate run --manifest clips.csv --out runs/gpu --ray-address auto --device gpu
+  vaemo-annotate run --manifest data/demo/manifest.csv --out runs/gpu --ray-address auto --device gpu
 """
 
 

@@ -126,7 +126,13 @@ def _ray_init(config: RunConfig) -> None:
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     kwargs = dict(include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     if config.ray_address:
-        ray.init(address=config.ray_address, **kwargs)
+        try:
+            ray.init(address=config.ray_address, **kwargs)
+        except ConnectionError as err:
+            raise RuntimeError(
+                f"cannot join a Ray cluster at --ray-address {config.ray_address} ({err}); "
+                "start one with `ray start --head`, or leave --ray-address out to run "
+                "locally") from err
     else:
         ray.init(num_cpus=os.cpu_count(), **kwargs)
 

@@ -1,0 +1,93 @@
+"""Same rendered prompts (with media) through vLLM, through transformers, and through `run`.
+
+Prints output tokens/s per engine (excluding engine start-up), the vLLM/transformers ratio, and
+the whole pipeline's clips/s over the raw vLLM engine's clips/s (what Ray, decoding, planning
+and Parquet cost on top of the engine, start-up excluded and included).
+
+    .venv/bin/python benchmarks/engines.py                      # tiny random Qwen2.5-Omni
+    .venv/bin/python benchmarks/engines.py --model ~/.cache/vaemo/models/SmolLM2-135M-Instruct
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", help="model folder (default: a tiny random Qwen2.5-Omni)")
+    parser.add_argument("--clips", type=int, default=10, help="demo clips to use (max 10)")
+    parser.add_argument("--max-tokens", type=int, default=256)
+    parser.add_argument("--hf-clips", type=int, default=4,
+                        help="clips for the (slow) transformers engine")
+    args = parser.parse_args()
+
+    import torch
+
+    torch.set_num_threads(1)
+    from annotator.config import RunConfig
+    from annotator.demo import build_demo_corpus
+    from annotator.engine import EngineOptions, create_engine
+    from annotator.pipeline import plan_clips, prepare, run
+    from annotator.tiny_models import build_tiny_omni
+    from annotator.worker import _request, decode_batch
+
+    work = Path(tempfile.mkdtemp(prefix="vaemo-bench-"))
+    model = args.model or str(build_tiny_omni(work / "tiny-omni"))
+    manifest = build_demo_corpus(work / "demo")
+    config = RunConfig(manifest=manifest, out=work / "out", model=model,
+                       subset=str(args.clips), max_tokens=args.max_tokens, retries=0,
+                       labels="anger,disgust,fear,happy,neutral,sad", batch_size=args.clips,
+                       dtype="float32")
+    prep = prepare(config, "cpu")
+    plan = plan_clips(prep)
+    spec = prep.spec
+    decoded = decode_batch(plan, num_frames=config.num_frames,
+                           max_duration_s=config.max_duration_s, max_side=config.max_side,
+                           video="video" in spec.modalities, audio="audio" in spec.modalities)
+    requests = [_request(r) for r in decoded.to_pylist()]
+    options = EngineOptions(schema=prep.schema, sampling=config.sampling(), device="cpu",
+                            dtype="float32", min_pixels=config.min_pixels,
+                            max_pixels=config.max_pixels, max_batch=args.clips)
+    results = {"model": spec.name, "clips": len(requests), "max_tokens": args.max_tokens}
+    for kind, subset in (("vllm", requests), ("transformers", requests[:args.hf_clips])):
+        t0 = time.perf_counter()
+        engine = create_engine(kind, spec, options)
+        startup = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        gens = engine.generate(subset)
+        elapsed = time.perf_counter() - t0
+        tokens = sum(len(g.token_ids) for g in gens)
+        results[kind] = {"startup_s": round(startup, 2), "clips": len(subset),
+                         "seconds": round(elapsed, 2), "output_tokens": tokens,
+                         "tokens_per_s": round(tokens / elapsed, 1),
+                         "clips_per_s": round(len(subset) / elapsed, 3)}
+        del engine
+    t0 = time.perf_counter()
+    summary = run(config)
+    wall = time.perf_counter() - t0
+    pipe = summary["throughput"]
+    results["pipeline"] = {"wall_s": round(wall, 2), "clips_per_s_wall": round(
+        len(requests) / wall, 3), "engine_first_batch_s": summary["engine"].get("first_batch_s"),
+        "output_tokens_per_s": pipe["output_tokens_per_s"]}
+    v, h = results["vllm"], results["transformers"]
+    results["ratios"] = {
+        "vllm_over_transformers_tokens_per_s": round(v["tokens_per_s"] / h["tokens_per_s"], 2),
+        "pipeline_over_engine_clips_per_s_including_startup": round(
+            results["pipeline"]["clips_per_s_wall"]
+            / (len(requests) / (v["seconds"] + v["startup_s"])), 2),
+        "pipeline_over_engine_clips_per_s": round(
+            results["pipeline"]["clips_per_s_wall"] / v["clips_per_s"], 3),
+    }
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
