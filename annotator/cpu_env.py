@@ -88,9 +88,11 @@ def _imports(module: str) -> bool:
 
 def install() -> None:
     site = Path(sysconfig.get_paths()["purelib"])
+    # a .pth line must start with "import"; guarded so that uninstalling vaemo leaves a
+    # working interpreter instead of an error at every start
     (site / PTH_NAME).write_text(
-        "import annotator.cpu_env as _vaemo_cpu_env; _vaemo_cpu_env.install_import_hook()\n"
-    )
+        "import importlib.util as _u; _u.find_spec('annotator') and "
+        "__import__('annotator.cpu_env').cpu_env.install_import_hook()\n")
     for module, dist in (("torchaudio", "torchaudio"), ("torchcodec", "torchcodec")):
         if _installed(dist) and not _imports(module):
             print(f"cpu_env: removing {dist}: its PyPI build does not load beside torch+cpu")

@@ -203,6 +203,9 @@ def _engine_stream(prep: Prepared, config: RunConfig, plan: pa.Table, row_ctx: R
                    device: str, actors: int):
     import ray.data
 
+    import logging
+
+    logging.getLogger("ray.data").setLevel(logging.ERROR)  # our own progress replaces it
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
@@ -216,14 +219,17 @@ def _engine_stream(prep: Prepared, config: RunConfig, plan: pa.Table, row_ctx: R
         dtype=engine_dtype(config, device))
     resources = {"num_gpus": 1} if device == "gpu" else {"num_cpus": 1}
     ds = ray.data.from_arrow(plan).repartition(max(1, len(plan) // config.batch_size))
+    # decoding is light (FFmpeg, I/O): half a CPU, which also keeps Ray from fusing it into
+    # the engine actor, so clips are decoded by tasks while the engine generates
     ds = ds.map_batches(
-        decode_batch, batch_format="pyarrow", batch_size=4, num_cpus=1,
+        decode_batch, batch_format="pyarrow", batch_size=4, num_cpus=0.5,
         fn_kwargs=dict(num_frames=config.num_frames, max_duration_s=config.max_duration_s,
                        max_side=config.max_side, video="video" in spec.modalities,
                        audio="audio" in spec.modalities))
     ds = ds.map_batches(
         EngineWorker, batch_format="pyarrow", batch_size=config.batch_size,
         compute=ray.data.ActorPoolStrategy(size=actors), **resources,
+        max_restarts=0,  # a crashed engine ends the run; committed rows resume it
         fn_constructor_kwargs=dict(kind=config.engine, spec=spec, options=options, ctx=row_ctx,
                                    torch_threads=1 if device == "cpu" else None))
     yield from ds.iter_batches(batch_format="pyarrow", batch_size=None)
