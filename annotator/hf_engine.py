@@ -78,10 +78,10 @@ class TransformersEngine:
             inputs["videos"] = [data["video"]]
         if "audio" in data:
             inputs["audio"] = [data["audio"][0]]
-        pixels = {"min_pixels": kwargs["min_pixels"], "max_pixels": kwargs["max_pixels"]}
+        size = {"shortest_edge": kwargs["min_pixels"], "longest_edge": kwargs["max_pixels"]}
         encoded = self.processor(
             **inputs, return_tensors="pt", use_audio_in_video=kwargs["use_audio_in_video"],
-            videos_kwargs={**pixels, "fps": kwargs.get("fps"), "do_sample_frames": False})
+            videos_kwargs={"size": size, "fps": kwargs.get("fps"), "do_sample_frames": False})
         return dict(encoded)
 
     @torch.inference_mode()

@@ -229,7 +229,6 @@ def _engine_stream(prep: Prepared, config: RunConfig, plan: pa.Table, row_ctx: R
     ds = ds.map_batches(
         EngineWorker, batch_format="pyarrow", batch_size=config.batch_size,
         compute=ray.data.ActorPoolStrategy(size=actors), **resources,
-        max_restarts=0,  # a crashed engine ends the run; committed rows resume it
         fn_constructor_kwargs=dict(kind=config.engine, spec=spec, options=options, ctx=row_ctx,
                                    torch_threads=1 if device == "cpu" else None))
     yield from ds.iter_batches(batch_format="pyarrow", batch_size=None)
