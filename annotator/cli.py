@@ -25,7 +25,7 @@ Examples (run from the repository after `make demo` built data/demo):
 
   vaemo-annotate run --manifest data/demo/manifest.csv --out runs/demo --dry-run
 
-  vaemo-annotate run --manifest data/demo/manifest.csv --out runs/gpu --device gpu --ray-address auto
+  vaemo-annotate run --manifest data/demo/manifest.csv --out runs/gpu --ray-address auto
 """
 
 
