@@ -1,0 +1,66 @@
+"""Cue values against known properties of synthetic and real media (tolerances stated)."""
+
+import numpy as np
+import pytest
+
+from annotator.cues import audio_cues, video_cues
+from annotator.demo import moving_portrait, portraits, read_wav, speech_files
+from annotator.media import SAMPLE_RATE, decode
+from tests.conftest import pattern_frames, tone
+
+
+def test_tone_pitch_within_3_percent_through_a_real_aac_clip(clips):
+    cues = audio_cues(decode(str(clips["tone_220"])).audio)
+    assert cues["f0_median_hz"] == pytest.approx(220, rel=0.03)
+    assert cues["voiced_fraction"] > 0.8
+    assert cues["f0_range_semitones"] < 0.5  # a steady tone does not move
+
+
+def test_octave_apart_tones_are_an_octave_apart():
+    low, high = audio_cues(tone(150, 1.0))["f0_median_hz"], audio_cues(tone(300, 1.0))[
+        "f0_median_hz"]
+    assert high / low == pytest.approx(2.0, rel=0.03)
+
+
+def test_silence_has_no_voice_no_activity():
+    cues = audio_cues(np.zeros(2 * SAMPLE_RATE, np.float32))
+    assert cues["voiced_fraction"] == 0 and cues["active_fraction"] == 0
+    assert cues["f0_median_hz"] is None and cues["loudness_db"] is None
+
+
+def test_loudness_tracks_amplitude_and_pauses_are_found():
+    quiet, loud = audio_cues(tone(200, 1.0, 0.05)), audio_cues(tone(200, 1.0, 0.4))
+    assert loud["loudness_db"] - quiet["loudness_db"] == pytest.approx(20 * np.log10(8), abs=0.5)
+    gap = np.concatenate([tone(200, 0.6), np.zeros(SAMPLE_RATE // 2, np.float32),
+                          tone(200, 0.6)])
+    cues = audio_cues(gap)
+    assert cues["pause_count"] == 1
+    assert cues["pause_total_s"] == pytest.approx(0.5, abs=0.1)
+
+
+def test_real_read_speech_looks_like_speech():
+    wave = read_wav(speech_files()[0])  # LibriVox read speech
+    cues = audio_cues(wave)
+    assert 0.3 < cues["voiced_fraction"] < 0.95  # consonants and gaps are unvoiced
+    assert 60 < cues["f0_median_hz"] < 300  # a human speaking voice
+    assert cues["f0_range_semitones"] > 2  # intonation moves
+    assert cues["onset_rate_per_s"] > 1  # syllables
+
+
+@pytest.mark.parametrize("name", ["astronaut", "grace_hopper"])
+def test_real_portrait_clip_has_a_face_in_most_frames(name):
+    cues = video_cues(moving_portrait(portraits()[name], 8, side=224))
+    assert cues["face_frames_fraction"] >= 0.75
+    assert 0.01 < cues["face_area_fraction"] < 0.6
+    assert cues["motion_energy"] > 0.01  # the pan and zoom move
+
+
+def test_blank_clip_has_no_face_and_no_motion():
+    cues = video_cues(np.full((8, 112, 112, 3), 128, np.uint8))
+    assert cues["face_frames_fraction"] == 0 and cues["frames_without_face"] == list(range(8))
+    assert cues["motion_energy"] == 0 and cues["brightness"] == pytest.approx(128 / 255, abs=0.01)
+
+
+def test_moving_pattern_has_motion_but_no_face():
+    cues = video_cues(pattern_frames(8))
+    assert cues["motion_energy"] > 0.005 and cues["max_faces"] == 0
