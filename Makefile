@@ -27,7 +27,7 @@ $(VENV)/.installed: pyproject.toml annotator/cpu_env.py
 demo: $(VENV)/.installed /usr/share/pocketsphinx/test/data/librivox
 	$(VENV)/bin/vaemo-annotate demo-corpus data/demo
 	$(VENV)/bin/vaemo-annotate run --manifest data/demo/manifest.csv --out $(OUT) \
-		--labels anger,disgust,fear,happy,neutral,sad
+		--labels crema-d
 
 test: $(VENV)/.installed /usr/share/pocketsphinx/test/data/librivox
 	$(PY) -m pytest -q

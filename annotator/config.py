@@ -39,8 +39,9 @@ class RunConfig(BaseModel):
     """Prompt template: a shipped name, a path to a .j2 file, or 'auto' (describe_av for
     video/audio models, describe_text for text-only models)."""
     labels: str | None = None
-    """Comma-separated label set for the primary emotion. Default: the manifest's labels
-    (open vocabulary when it has none); 'open' forces open vocabulary."""
+    """Label set for the primary emotion: a shipped set (crema-d, ravdess, dfew, mafw,
+    mer2023), a comma-separated list, or 'open' (open vocabulary). Default: the manifest's
+    labels (open vocabulary when it has none)."""
     device: Literal["auto", "cpu", "gpu"] = "auto"
     """Where the engine runs: auto picks gpu when the Ray cluster has GPUs."""
     ray_address: str | None = None
@@ -98,6 +99,10 @@ class RunConfig(BaseModel):
     def label_set(self, manifest_labels: list[str]) -> list[str] | None:
         if self.labels == "open":
             return None
+        from prompts import label_sets
+
+        if self.labels and self.labels.lower() in label_sets():
+            return label_sets()[self.labels.lower()]
         if self.labels:
             return [x.strip() for x in self.labels.split(",") if x.strip()]
         return sorted(set(manifest_labels)) or None

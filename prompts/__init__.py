@@ -18,6 +18,7 @@ annotation is not told the answer.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from dataclasses import dataclass
 from importlib import resources
@@ -48,6 +49,11 @@ class Template:
     @property
     def label(self) -> str:
         return f"{self.name}@{self.version}"
+
+
+def label_sets() -> dict[str, list[str]]:
+    """Label sets of the usual benchmarks, as data (prompts/label_sets.json)."""
+    return json.loads(resources.files(__package__).joinpath("label_sets.json").read_text())
 
 
 def shipped() -> list[str]:

@@ -1,8 +1,8 @@
 import pytest
 
-from prompts import PromptError, load_template, render, shipped
+from prompts import PromptError, label_sets, load_template, render, shipped
 
-LABELS = {"crema-d": ["anger", "disgust", "fear", "happy", "neutral", "sad"], "open": None}
+LABELS = {**label_sets(), "open": None}
 
 
 def context(modalities, labels, has_audio=True):
@@ -23,6 +23,22 @@ def test_every_shipped_template_renders(name, modalities, labels):
     if labels:
         assert ", ".join(labels) in text
     assert template.version != "unversioned" and len(template.sha256) == 64
+
+
+def test_label_sets_are_the_benchmarks_own():
+    sets = label_sets()
+    assert len(sets["crema-d"]) == 6 and len(sets["ravdess"]) == 8 and len(sets["dfew"]) == 7
+    assert len(sets["mafw"]) == 11 and "worried" in sets["mer2023"]
+
+
+def test_run_config_resolves_a_named_label_set(tmp_path):
+    from annotator.config import RunConfig
+
+    config = RunConfig(manifest=tmp_path / "m.csv", out=tmp_path, labels="MAFW")
+    assert config.label_set(["x"]) == label_sets()["mafw"]
+    assert RunConfig(manifest=tmp_path, out=tmp_path, labels="a, b").label_set([]) == ["a", "b"]
+    assert RunConfig(manifest=tmp_path, out=tmp_path, labels="open").label_set(["x"]) is None
+    assert RunConfig(manifest=tmp_path, out=tmp_path).label_set(["b", "a", "b"]) == ["a", "b"]
 
 
 def test_no_audio_is_said():
