@@ -107,6 +107,39 @@ def retry_failed(
         _fail(err)
 
 
+prompt_app = typer.Typer(no_args_is_help=True, help="Inspect prompts before a run.")
+app.add_typer(prompt_app, name="prompt")
+
+
+@prompt_app.command("preview")
+def prompt_preview(
+    manifest: Path = typer.Option(..., help="The manifest the clip is in."),
+    clip: str = typer.Option(..., help="The clip_id to render the prompt for."),
+    template: str = typer.Option("auto", help="Template name or .j2 file (as for `run`)."),
+    model: str = typer.Option(None, help="Model folder (default: as for `run`)."),
+    labels: str = typer.Option(None, help="Label set (as for `run`)."),
+) -> None:
+    """Print the exact prompt the engine gets for one clip (chat template, media
+    placeholders) and the JSON schema it must follow.
+
+    Example: vaemo-annotate prompt preview --manifest data/demo/manifest.csv --clip cards_001
+    """
+    import json
+
+    from annotator.pipeline import preview
+
+    try:
+        config = RunConfig(manifest=manifest, out=Path("."), template=template, model=model,
+                           labels=labels)
+        planned, schema = preview(config, clip)
+    except (ValidationError, FileNotFoundError, RuntimeError, ValueError) as err:
+        _fail(err)
+    typer.echo(f"# template {planned['template']}  clip {clip}  model {planned['model']}")
+    typer.echo(planned["prompt"])
+    typer.echo("# JSON schema enforced while decoding")
+    typer.echo(json.dumps(schema, indent=2))
+
+
 @app.command("demo-corpus")
 def demo_corpus(out: Path = typer.Argument(Path("data/demo"), help="Where to write it.")) -> None:
     """Build the demo corpus (real portraits + real read speech) and its manifest.csv."""

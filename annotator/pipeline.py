@@ -107,6 +107,19 @@ def plan_clips(prep: Prepared) -> pa.Table:
     return plan_table(prep.chosen, prep.settings, _tokenizer(prep.spec.path))
 
 
+def preview(config: RunConfig, clip_id: str) -> tuple[dict, dict]:
+    """(the planned clip with its rendered prompt, the JSON schema) for one clip."""
+    prep = prepare(config.model_copy(update={"subset": "all"}))
+    rows = prep.chosen.filter(pc.equal(prep.chosen["clip_id"], clip_id))
+    if not len(rows):
+        raise ValueError(f"clip {clip_id!r} is not in {config.manifest}")
+    planned = plan_table(rows, prep.settings, _tokenizer(prep.spec.path)).to_pylist()[0]
+    if planned["error"]:
+        raise RuntimeError(f"clip {clip_id!r}: {planned['error']}")
+    planned.update(template=prep.settings.template.label, model=prep.spec.name)
+    return planned, prep.schema
+
+
 def split_cached(plan: pa.Table, store: Store, force: bool) -> tuple[pa.Table, pa.Table, set]:
     """(cached, pending, stale clip ids whose stored row must be dropped first)."""
     index = store.index()

@@ -67,3 +67,19 @@ def test_bad_values_are_named(tmp_path):
     result = runner.invoke(app, ["run", "--manifest", str(tmp_path / "none.csv"), "--out",
                                  str(tmp_path), "--dry-run"], terminal_width=200)
     assert result.exit_code == 1 and "manifest not found" in result.output
+
+
+@pytest.mark.slow
+def test_prompt_preview_prints_placeholders_and_schema(tmp_path, clips, tiny_omni):
+    shutil.copy(clips["real_astronaut"], tmp_path / "a.mp4")
+    (tmp_path / "m.csv").write_text("path,label\na.mp4,sad\n")
+    result = runner.invoke(app, ["prompt", "preview", "--manifest", str(tmp_path / "m.csv"),
+                                 "--clip", "a", "--model", str(tiny_omni), "--labels", "dfew"],
+                           terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "<|vision_bos|><|VIDEO|><|vision_eos|>" in result.output
+    assert "describe_av@1" in result.output and '"reasoning"' in result.output
+    assert "happy, sad, neutral, angry, surprise, disgust, fear" in result.output
+    missing = runner.invoke(app, ["prompt", "preview", "--manifest", str(tmp_path / "m.csv"),
+                                  "--clip", "nope", "--model", str(tiny_omni)])
+    assert missing.exit_code == 1 and "'nope' is not in" in missing.output
