@@ -121,3 +121,42 @@ def video_cues(frames: np.ndarray) -> dict:
         "motion_energy": round(float(motion), 4),
         "brightness": round(float(gray.mean() / 255), 3),
     }
+
+
+def arrow_type():
+    """The Parquet struct of the `cues` column (null members when a stream is absent)."""
+    import pyarrow as pa
+
+    f64, i32 = pa.float64(), pa.int32()
+    audio = pa.struct([("duration_s", f64), ("active_fraction", f64), ("voiced_fraction", f64),
+                       ("loudness_db", f64), ("loudness_range_db", f64), ("f0_median_hz", f64),
+                       ("f0_range_semitones", f64), ("onset_rate_per_s", f64),
+                       ("pause_count", i32), ("pause_total_s", f64)])
+    video = pa.struct([("num_frames", i32), ("face_frames_fraction", f64),
+                       ("frames_without_face", pa.list_(i32)), ("max_faces", i32),
+                       ("face_area_fraction", f64), ("face_centre_x", f64),
+                       ("face_centre_y", f64), ("motion_energy", f64), ("brightness", f64)])
+    return pa.struct([("version", pa.string()), ("audio", audio), ("video", video)])
+
+
+def measure(frames: np.ndarray | None, audio: np.ndarray | None) -> dict:
+    """All cues of a clip, shaped like `arrow_type()`."""
+    return {"version": CUES_VERSION,
+            "audio": audio_cues(audio) if audio is not None else None,
+            "video": video_cues(frames) if frames is not None else None}
+
+
+def for_template(cues: dict) -> dict:
+    """Flat `name: value` pairs a template can list; absent streams are said, not hidden."""
+    flat: dict = {}
+    for stream, label in (("audio", "voice"), ("video", "face/video")):
+        values = cues.get(stream)
+        if values is None:
+            flat[f"{label}"] = "not measured (no stream)"
+            continue
+        for name, value in values.items():
+            if value is not None and name != "frames_without_face":
+                flat[f"{stream}.{name}"] = value
+        if stream == "video" and values["frames_without_face"]:
+            flat["video.frames_without_face"] = values["frames_without_face"]
+    return flat

@@ -28,7 +28,7 @@ from annotator.plan import PlanSettings, plan_table
 from annotator.schema import SCHEMA_VERSION, description_model, json_schema, schema_sha256
 from annotator.store import STATUS_FAILED, Store, write_json
 from annotator.subset import parse_subset, select_subset
-from annotator.worker import EngineWorker, RowContext, decode_batch, failed_rows
+from annotator.worker import EngineWorker, RowContext, failed_rows, prepare_batch
 from prompts import load_template
 
 
@@ -113,7 +113,8 @@ def preview(config: RunConfig, clip_id: str) -> tuple[dict, dict]:
     rows = prep.chosen.filter(pc.equal(prep.chosen["clip_id"], clip_id))
     if not len(rows):
         raise ValueError(f"clip {clip_id!r} is not in {config.manifest}")
-    planned = plan_table(rows, prep.settings, _tokenizer(prep.spec.path)).to_pylist()[0]
+    plan = plan_table(rows, prep.settings, _tokenizer(prep.spec.path))
+    planned = prepare_batch(plan, settings=prep.settings).to_pylist()[0]  # + measured cues
     if planned["error"]:
         raise RuntimeError(f"clip {clip_id!r}: {planned['error']}")
     planned.update(template=prep.settings.template.label, model=prep.spec.name)
@@ -232,13 +233,10 @@ def _engine_stream(prep: Prepared, config: RunConfig, plan: pa.Table, row_ctx: R
         dtype=engine_dtype(config, device))
     resources = {"num_gpus": 1} if device == "gpu" else {"num_cpus": 1}
     ds = ray.data.from_arrow(plan).repartition(max(1, len(plan) // config.batch_size))
-    # decoding is light (FFmpeg, I/O): half a CPU, which also keeps Ray from fusing it into
-    # the engine actor, so clips are decoded by tasks while the engine generates
-    ds = ds.map_batches(
-        decode_batch, batch_format="pyarrow", batch_size=4, num_cpus=0.5,
-        fn_kwargs=dict(num_frames=config.num_frames, max_duration_s=config.max_duration_s,
-                       max_side=config.max_side, video="video" in spec.modalities,
-                       audio="audio" in spec.modalities))
+    # decoding and cues are light: half a CPU, which also keeps Ray from fusing this stage
+    # into the engine actor, so clips are prepared by tasks while the engine generates
+    ds = ds.map_batches(prepare_batch, batch_format="pyarrow", batch_size=4, num_cpus=0.5,
+                        fn_kwargs={"settings": prep.settings})
     ds = ds.map_batches(
         EngineWorker, batch_format="pyarrow", batch_size=config.batch_size,
         compute=ray.data.ActorPoolStrategy(size=actors), **resources,

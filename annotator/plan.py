@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
+from annotator.cues import CUES_VERSION
 from annotator.media import MediaError, media_sha256, probe
 from annotator.models import ModelSpec, build_prompt
 from prompts import PromptError, Template, render
@@ -47,6 +48,7 @@ PLAN_SCHEMA = pa.schema([
     ("dataset", pa.string()), ("stratum", pa.string()),
     ("has_video", pa.bool_()), ("has_audio", pa.bool_()), ("duration_s", pa.float64()),
     ("media_note", pa.string()), ("media_sha256", pa.string()),
+    ("context_json", pa.string()),
     ("prompt", pa.string()), ("prompt_sha256", pa.string()), ("cache_key", pa.string()),
     ("error_kind", pa.string()), ("error", pa.string()),
 ])
@@ -58,8 +60,12 @@ def _sha(text: str) -> str:
 
 def cache_key(settings: PlanSettings, media_hash: str, prompt_hash: str) -> str:
     """Hash of everything that decides a row: media bytes, rendered prompt, template, model
-    and revision, sampling, schema, and how the media are decoded for the model."""
+    and revision, sampling, schema, and how the media are decoded for the model.
+
+    The prompt hashed here is rendered without cues; the final prompt adds the cues, which
+    are a function of the media bytes and the cue extractor's version, both in the key."""
     parts = {
+        "cues": CUES_VERSION,
         "media": media_hash, "prompt": prompt_hash, "template": settings.template.sha256,
         "model": settings.spec.name, "revision": settings.spec.revision,
         "sampling": settings.sampling_json, "schema": settings.schema_sha256,
@@ -97,17 +103,30 @@ def plan_clip(row: dict, settings: PlanSettings, tokenizer) -> dict:
              "source_fps": info.source_fps, "width": info.width, "height": info.height,
              "num_frames": settings.num_frames if use_video else 0}
     clip = {k: v for k, v in row.items() if k not in ("path", "audio_path", "stratum")}
-    context = {"clip": clip, "media": media, "modalities": list(spec.modalities),
-               "labels": settings.labels, "cues": None, "examples": []}
+    out["context_json"] = json.dumps({"clip": clip, "media": media}, sort_keys=True,
+                                      default=str)
     try:
-        user_text = render(settings.template, context)
-        prompt = build_prompt(tokenizer, spec, user_text, use_video, use_audio)
+        prompt = render_prompt(settings, tokenizer, out["context_json"], None)
     except PromptError as err:
         out.update(error_kind="prompt", error=str(err))
         prompt = ""
     out.update(prompt=prompt, prompt_sha256=_sha(prompt) if prompt else "")
     out["cache_key"] = cache_key(settings, out["media_sha256"], out["prompt_sha256"])
     return out
+
+
+def render_prompt(settings: PlanSettings, tokenizer, context_json: str,
+                  cues: dict | None) -> str:
+    """The chat-formatted prompt for a planned clip, with measured cues once they exist."""
+    spec = settings.spec
+    context = json.loads(context_json)
+    media = context["media"]
+    context.update(modalities=list(spec.modalities), labels=settings.labels, cues=cues,
+                   examples=[])
+    user_text = render(settings.template, context)
+    use_video = media["has_video"] and "video" in spec.modalities
+    use_audio = media["has_audio"] and "audio" in spec.modalities
+    return build_prompt(tokenizer, spec, user_text, use_video, use_audio)
 
 
 def plan_table(rows: pa.Table, settings: PlanSettings, tokenizer, workers: int = 8

@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from annotator import cues
 from annotator.schema import AffectiveDescription
 
 STATUS_OK, STATUS_FAILED = "ok", "failed"
@@ -63,6 +64,7 @@ ROW_SCHEMA = pa.schema([
     ("fps", pa.float64()),
     ("duration_s", pa.float64()),
     ("media_sha256", pa.string()),
+    ("cues", cues.arrow_type()),
     ("model", pa.string()),
     ("model_revision", pa.string()),
     ("engine", pa.string()),

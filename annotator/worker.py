@@ -4,6 +4,8 @@ on CPU). Both take and return Arrow batches; the engine stage emits finished out
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -11,44 +13,68 @@ from datetime import datetime, timezone
 import numpy as np
 import pyarrow as pa
 
+from annotator import cues
 from annotator.engine import EngineOptions, Generation, Request, create_engine
 from annotator.media import MediaError, decode
 from annotator.models import ModelSpec
+from annotator.plan import PlanSettings, render_prompt
 from annotator.schema import SCHEMA_VERSION, description_model, parse_description
+from prompts import PromptError
 from annotator.store import RETRYABLE, ROW_SCHEMA, STATUS_FAILED, STATUS_OK
 
 GENERATION_MODE = "one-pass, reasoning field first"
 
 
-def decode_batch(batch: pa.Table, *, num_frames: int, max_duration_s: float, max_side: int,
-                 video: bool, audio: bool) -> pa.Table:
-    """Decode each planned clip; a clip that fails becomes a media error, not an exception."""
-    frames, shapes, fps, waves, kinds, errors = [], [], [], [], [], []
+@functools.lru_cache(maxsize=2)
+def _tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)
+
+
+def prepare_batch(batch: pa.Table, *, settings: PlanSettings) -> pa.Table:
+    """Ray CPU stage: decode each planned clip, measure its cues, render its final prompt.
+
+    Both streams are decoded whatever the model takes (a text-only model needs the cues most);
+    only what the model accepts is passed on to the engine. A clip that fails becomes a media
+    or prompt error, not an exception.
+    """
+    spec = settings.spec
+    tokenizer = _tokenizer(spec.path)
+    out: dict[str, list] = {k: [] for k in ("frames", "frames_shape", "fps", "audio", "cues",
+                                             "prompt", "prompt_sha256", "error_kind", "error")}
     for row in batch.to_pylist():
-        kind, error, clip = row["error_kind"], row["error"], None
+        kind, error, clip, measured, prompt = row["error_kind"], row["error"], None, None, ""
         if kind is None:
             try:
-                clip = decode(row["path"], row["audio_path"], num_frames=num_frames,
-                              max_duration_s=max_duration_s, max_side=max_side,
-                              video=video and row["has_video"], audio=audio and row["has_audio"])
+                clip = decode(row["path"], row["audio_path"], num_frames=settings.num_frames,
+                              max_duration_s=settings.max_duration_s, max_side=settings.max_side)
+                measured = cues.measure(clip.frames, clip.audio)
+                prompt = render_prompt(settings, tokenizer, row["context_json"],
+                                       cues.for_template(measured))
             except MediaError as err:
                 kind, error = "media", str(err)
-        has_frames = clip is not None and clip.frames is not None
-        has_wave = clip is not None and clip.audio is not None
-        frames.append(clip.frames.tobytes() if has_frames else None)
-        shapes.append(list(clip.frames.shape) if has_frames else None)
-        fps.append(clip.fps if has_frames else None)
-        waves.append(clip.audio.tobytes() if has_wave else None)
-        kinds.append(kind)
-        errors.append(error)
-    out = batch.drop_columns(["error_kind", "error"])
-    for name, values, kind in (
-        ("frames", frames, pa.binary()), ("frames_shape", shapes, pa.list_(pa.int32())),
-        ("fps", fps, pa.float64()), ("audio", waves, pa.binary()),
-        ("error_kind", kinds, pa.string()), ("error", errors, pa.string()),
-    ):
-        out = out.append_column(name, pa.array(values, kind))
-    return out
+            except PromptError as err:
+                kind, error = "prompt", str(err)
+        send_frames = clip is not None and clip.frames is not None and "video" in spec.modalities
+        send_wave = clip is not None and clip.audio is not None and "audio" in spec.modalities
+        out["frames"].append(clip.frames.tobytes() if send_frames else None)
+        out["frames_shape"].append(list(clip.frames.shape) if send_frames else None)
+        out["fps"].append(clip.fps if send_frames else None)
+        out["audio"].append(clip.audio.tobytes() if send_wave else None)
+        out["cues"].append(measured)
+        out["prompt"].append(prompt or row["prompt"])
+        out["prompt_sha256"].append(hashlib.sha256(prompt.encode()).hexdigest() if prompt
+                                    else row["prompt_sha256"])
+        out["error_kind"].append(kind)
+        out["error"].append(error)
+    types = {"frames": pa.binary(), "frames_shape": pa.list_(pa.int32()), "fps": pa.float64(),
+             "audio": pa.binary(), "cues": cues.arrow_type(), "prompt": pa.string(),
+             "prompt_sha256": pa.string(), "error_kind": pa.string(), "error": pa.string()}
+    table = batch.drop_columns([c for c in out if c in batch.column_names])
+    for name, values in out.items():
+        table = table.append_column(name, pa.array(values, types[name]))
+    return table
 
 
 @dataclass(frozen=True)
@@ -134,7 +160,7 @@ def build_row(row: dict, gen: Generation | None, judged, latency: float, attempt
         "has_audio": row["has_audio"], "media_note": row["media_note"],
         "num_frames": row["frames_shape"][0] if row.get("frames_shape") else 0,
         "fps": row.get("fps"), "duration_s": row["duration_s"],
-        "media_sha256": row["media_sha256"], "model": spec.name,
+        "media_sha256": row["media_sha256"], "cues": row.get("cues"), "model": spec.name,
         "model_revision": spec.revision, "engine": ctx.engine,
         "template": ctx.template, "template_sha256": ctx.template_sha256,
         "prompt_sha256": row["prompt_sha256"], "schema_version": SCHEMA_VERSION,

@@ -37,7 +37,7 @@ def main() -> None:
     from annotator.engine import EngineOptions, create_engine
     from annotator.pipeline import plan_clips, prepare, run
     from annotator.tiny_models import build_tiny_omni
-    from annotator.worker import _request, decode_batch
+    from annotator.worker import _request, prepare_batch
 
     work = Path(tempfile.mkdtemp(prefix="vaemo-bench-"))
     model = args.model or str(build_tiny_omni(work / "tiny-omni"))
@@ -49,9 +49,7 @@ def main() -> None:
     prep = prepare(config, "cpu")
     plan = plan_clips(prep)
     spec = prep.spec
-    decoded = decode_batch(plan, num_frames=config.num_frames,
-                           max_duration_s=config.max_duration_s, max_side=config.max_side,
-                           video="video" in spec.modalities, audio="audio" in spec.modalities)
+    decoded = prepare_batch(plan, settings=prep.settings)
     requests = [_request(r) for r in decoded.to_pylist()]
     options = EngineOptions(schema=prep.schema, sampling=config.sampling(), device="cpu",
                             dtype="float32", min_pixels=config.min_pixels,

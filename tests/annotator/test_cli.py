@@ -78,8 +78,9 @@ def test_prompt_preview_prints_placeholders_and_schema(tmp_path, clips, tiny_omn
                            terminal_width=200)
     assert result.exit_code == 0, result.output
     assert "<|vision_bos|><|VIDEO|><|vision_eos|>" in result.output
-    assert "describe_av@1" in result.output and '"reasoning"' in result.output
+    assert "describe_av@2" in result.output and '"reasoning"' in result.output
     assert "happy, sad, neutral, angry, surprise, disgust, fear" in result.output
+    assert "video.face_frames_fraction" in result.output and "audio.f0_median_hz" in result.output
     missing = runner.invoke(app, ["prompt", "preview", "--manifest", str(tmp_path / "m.csv"),
                                   "--clip", "nope", "--model", str(tiny_omni)])
     assert missing.exit_code == 1 and "'nope' is not in" in missing.output

@@ -60,7 +60,7 @@ def test_one_row_per_clip_typed_failures_and_valid_descriptions(first_run):
             jsonschema.validate({"reasoning": row["reasoning"], **row["description"]}, schema)
             assert row["reasoning"].strip()
             assert row["num_output_tokens"] > 0 and row["finish_reason"] == "stop"
-            assert row["template"] == "describe_av@1" and len(row["prompt_sha256"]) == 64
+            assert row["template"] == "describe_av@2" and len(row["prompt_sha256"]) == 64
         else:
             assert row["error_kind"] in ("media", "prompt", "engine", "invalid_output",
                                          "truncated")
@@ -70,6 +70,13 @@ def test_one_row_per_clip_typed_failures_and_valid_descriptions(first_run):
     assert table["silent_video"]["media_note"] == "no audio stream"
     assert table["audio_only"]["has_video"] is False and table["audio_only"]["num_frames"] == 0
     assert table["real_astronaut"]["label"] in LABELS.split(",")
+    # measured cues are stored per row and reach the prompt
+    tone_cues = table["tone_220"]["cues"]
+    assert tone_cues["audio"]["f0_median_hz"] == pytest.approx(220, rel=0.03)
+    assert tone_cues["video"]["max_faces"] == 0
+    assert table["real_grace_hopper"]["cues"]["video"]["face_frames_fraction"] >= 0.75
+    assert table["silent_video"]["cues"]["audio"] is None
+    assert table["missing"]["cues"] is None
 
 
 def test_run_files_and_metadata(first_run):
@@ -120,7 +127,7 @@ def test_dry_run_reports_plan_and_cache(first_run, corpus, tiny_omni):
                                  "4", "--dry-run"])
     assert result.exit_code == 0, result.output
     out = result.output
-    assert "describe_av@1" in out and "video, audio" in out
+    assert "describe_av@2" in out and "video, audio" in out
     assert "label=happy,speaker=s1" in out
     assert "8 selected, 8 cached, 0 to compute" in out
 

@@ -41,6 +41,19 @@ def test_run_config_resolves_a_named_label_set(tmp_path):
     assert RunConfig(manifest=tmp_path, out=tmp_path).label_set(["b", "a", "b"]) == ["a", "b"]
 
 
+def test_cues_are_listed_when_measured():
+    from annotator.cues import for_template
+
+    cues = for_template({"version": "1", "audio": None, "video": {
+        "num_frames": 8, "face_frames_fraction": 0.5, "frames_without_face": [0, 1],
+        "max_faces": 1, "face_area_fraction": 0.1, "face_centre_x": 0.5, "face_centre_y": 0.4,
+        "motion_energy": 0.02, "brightness": 0.5}})
+    for name in shipped():
+        text = render(load_template(name), {**context(["video", "audio"], None), "cues": cues})
+        assert "video.face_frames_fraction: 0.5" in text
+        assert "voice: not measured (no stream)" in text
+
+
 def test_no_audio_is_said():
     text = render(load_template("describe_av"), context(["video", "audio"], None, False))
     assert "no audio" in text
