@@ -6,6 +6,7 @@ No torchvision/torchaudio: resizing and resampling are FFmpeg's (swscale, swresa
 from __future__ import annotations
 
 import hashlib
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +54,17 @@ def media_sha256(path: str, audio_path: str | None = None) -> str:
             except OSError as err:
                 raise MediaError(f"{p}: {err.strerror or err}") from err
     return digest.hexdigest()
+
+
+@contextmanager
+def _failing_as_media_error(path: str, what: str):
+    """FFmpeg raises many exception types mid-stream; a clip's failure is a MediaError."""
+    try:
+        yield
+    except MediaError:
+        raise
+    except Exception as err:
+        raise MediaError(f"{path}: {what} failed ({type(err).__name__}: {err})") from err
 
 
 def _open(path: str):
@@ -119,24 +131,18 @@ def decode(path: str, audio_path: str | None = None, *, num_frames: int = 8,
 def _frames(path: str, num_frames: int, covered: float, max_side: int) -> np.ndarray:
     targets = (np.arange(num_frames) + 0.5) * covered / num_frames
     picked: list[np.ndarray] = []
-    try:
-        with _open(path) as container:
-            stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
-            size = None
-            for frame in container.decode(stream):
-                t = float(frame.time or 0.0)
-                if size is None:
-                    size = _fit(frame.width, frame.height, max_side)
-                while len(picked) < num_frames and t >= targets[len(picked)] - 1e-6:
-                    picked.append(frame.to_ndarray(width=size[0], height=size[1],
-                                                   format="rgb24"))
-                if len(picked) == num_frames or t > covered:
-                    break
-    except MediaError:
-        raise
-    except Exception as err:
-        raise MediaError(f"{path}: video decode failed ({type(err).__name__}: {err})") from err
+    with _failing_as_media_error(path, "video decode"), _open(path) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        size = None
+        for frame in container.decode(stream):
+            t = float(frame.time or 0.0)
+            if size is None:
+                size = _fit(frame.width, frame.height, max_side)
+            while len(picked) < num_frames and t >= targets[len(picked)] - 1e-6:
+                picked.append(frame.to_ndarray(width=size[0], height=size[1], format="rgb24"))
+            if len(picked) == num_frames or t > covered:
+                break
     if not picked:
         raise MediaError(f"{path}: no decodable video frame")
     while len(picked) < num_frames:  # short or truncated stream: hold the last frame
@@ -154,23 +160,19 @@ def _audio(path: str, covered: float) -> np.ndarray:
 
     chunks: list[np.ndarray] = []
     start: float | None = None
-    try:
-        with _open(path) as container:
-            stream = container.streams.audio[0]
-            resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
-            for frame in container.decode(stream):
-                if start is None:
-                    start = float(frame.time or 0.0)
-                for out in resampler.resample(frame):
-                    chunks.append(out.to_ndarray().reshape(-1))
-                if sum(len(c) for c in chunks) > (covered + 1) * SAMPLE_RATE:
-                    break
-            for out in resampler.resample(None):
+    samples, enough = 0, (covered + 1) * SAMPLE_RATE
+    with _failing_as_media_error(path, "audio decode"), _open(path) as container:
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+        for frame in container.decode(container.streams.audio[0]):
+            if start is None:
+                start = float(frame.time or 0.0)
+            for out in resampler.resample(frame):
                 chunks.append(out.to_ndarray().reshape(-1))
-    except MediaError:
-        raise
-    except Exception as err:
-        raise MediaError(f"{path}: audio decode failed ({type(err).__name__}: {err})") from err
+                samples += len(chunks[-1])
+            if samples > enough:
+                break
+        for out in resampler.resample(None):
+            chunks.append(out.to_ndarray().reshape(-1))
     if not chunks:
         raise MediaError(f"{path}: no decodable audio")
     wave = np.concatenate(chunks).astype(np.float32)
