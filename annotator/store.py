@@ -19,6 +19,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from typing import Annotated, get_args, get_origin
+
+from pydantic import BaseModel
+
 from annotator import cues
 from annotator.schema import AffectiveDescription
 
@@ -27,21 +31,23 @@ ERROR_KINDS = ("media", "prompt", "engine", "invalid_output", "truncated")
 RETRYABLE = ("engine", "invalid_output", "truncated")
 
 
+def _arrow(annotation) -> pa.DataType:
+    """Arrow type of a pydantic field annotation (str, float, int, Literal, list, model)."""
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Annotated:
+        return _arrow(args[0])
+    if origin is list:
+        return pa.list_(_arrow(args[0]))
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return pa.struct([(n, _arrow(f.annotation)) for n, f in annotation.model_fields.items()])
+    return {float: pa.float64(), int: pa.int64(), bool: pa.bool_()}.get(annotation, pa.string())
+
+
 def description_type() -> pa.DataType:
-    """Arrow struct of the schema's fields (reasoning has its own column)."""
-    fields = []
-    for name, info in AffectiveDescription.model_fields.items():
-        if name == "reasoning":
-            continue
-        annotation = info.annotation
-        if annotation is float:
-            kind = pa.float64()
-        elif getattr(annotation, "__origin__", None) is list:
-            kind = pa.list_(pa.string())
-        else:
-            kind = pa.string()
-        fields.append(pa.field(name, kind))
-    return pa.struct(fields)
+    """Arrow struct of the full schema's fields (reasoning has its own column); a coarse row
+    fills the fields it has and leaves the rest null."""
+    fields = AffectiveDescription.model_fields
+    return pa.struct([(n, _arrow(f.annotation)) for n, f in fields.items() if n != "reasoning"])
 
 
 ROW_SCHEMA = pa.schema([

@@ -10,7 +10,9 @@ JSON where the default backend gave 53%.
 from __future__ import annotations
 
 import os
+import sys
 import time
+from contextlib import contextmanager
 
 from annotator.engine import EngineOptions, Generation, Request
 from annotator.models import ModelSpec, media_inputs
@@ -23,6 +25,21 @@ def configure_cpu_environment(kv_cache_gib: int) -> None:
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # its CPU warnings repeat per step
+
+
+@contextmanager
+def _llvmlite_hidden():
+    """vLLM 0.32 installs kernel overrides by scanning every module global and calling
+    `vars(value).get(...)`; llvmlite's `ffi.lib` (present once numba is imported, e.g. by
+    librosa for the cues) answers any attribute, so `vars()` returns a function and the engine
+    fails to start. Hide that one global while the engine starts."""
+    ffi = sys.modules.get("llvmlite.binding.ffi")
+    lib = ffi.__dict__.pop("lib", None) if ffi is not None else None
+    try:
+        yield
+    finally:
+        if lib is not None:
+            ffi.lib = lib
 
 
 class VLLMEngine:
@@ -39,19 +56,21 @@ class VLLMEngine:
         self.options = options
         limits = {m: 1 for m in spec.modalities}
         started = time.perf_counter()
-        self.llm = LLM(
-            spec.path,
-            revision=None if spec.revision.startswith("local-") else spec.revision,
-            seed=options.sampling.seed,
-            dtype=options.dtype,
-            enforce_eager=cpu,
-            max_model_len=options.max_model_len,
-            max_num_seqs=options.max_batch,
-            limit_mm_per_prompt=limits or None,
-            mm_processor_cache_gb=0,  # each clip is seen once: a cache only costs memory
-            structured_outputs_config={"backend": "guidance", "disable_any_whitespace": True},
-            logprobs_mode="raw_logprobs",
-        )
+        with _llvmlite_hidden():
+            self.llm = LLM(
+                spec.path,
+                revision=None if spec.revision.startswith("local-") else spec.revision,
+                seed=options.sampling.seed,
+                dtype=options.dtype,
+                enforce_eager=cpu,
+                max_model_len=options.max_model_len,
+                max_num_seqs=options.max_batch,
+                limit_mm_per_prompt=limits or None,
+                mm_processor_cache_gb=0,  # each clip is seen once: a cache only costs memory
+                structured_outputs_config={"backend": "guidance",
+                                           "disable_any_whitespace": True},
+                logprobs_mode="raw_logprobs",
+            )
         self.startup_s = time.perf_counter() - started
         self.tokenizer = self.llm.get_tokenizer()
 

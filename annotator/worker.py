@@ -88,6 +88,7 @@ class RowContext:
     sampling_json: str
     labels: list[str] | None
     retries: int
+    schema_kind: str = "full"
 
 
 def _request(row: dict) -> Request:
@@ -121,7 +122,7 @@ class EngineWorker:
             torch.set_num_threads(torch_threads)
         self.engine = create_engine(kind, spec, options)
         self.spec, self.ctx = spec, ctx
-        self.model = description_model(ctx.labels)
+        self.model = description_model(ctx.labels, ctx.schema_kind)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()

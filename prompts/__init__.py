@@ -1,7 +1,8 @@
 """Prompt templates: Jinja files shipped as package data, rendered in a sandbox.
 
-A template starts with a header comment `{#- vaemo-template name=NAME version=N -#}`; its name,
-version and the sha256 of its source are recorded with every row it produced.
+A template starts with a header comment `{#- vaemo-template name=NAME version=N -#}` (optionally
+`schema=coarse`, for the short answer schema; default `full`); its name, version and the sha256
+of its source are recorded with every row it produced.
 
 Context a template receives (all keys always present; StrictUndefined turns a typo into an
 error instead of an empty string):
@@ -27,7 +28,8 @@ from pathlib import Path
 from jinja2 import StrictUndefined, TemplateError
 from jinja2.sandbox import SandboxedEnvironment, SecurityError
 
-_HEADER = re.compile(r"\{#-?\s*vaemo-template\s+name=(\S+)\s+version=(\S+)\s*-?#\}")
+_HEADER = re.compile(
+    r"\{#-?\s*vaemo-template\s+name=(\S+)\s+version=(\S+)(?:\s+schema=(\S+))?\s*-?#\}")
 CONTEXT_KEYS = ("clip", "media", "modalities", "labels", "cues", "examples")
 
 
@@ -41,6 +43,8 @@ class Template:
     version: str
     source: str
     origin: str
+    schema: str = "full"
+    """Which answer schema the template asks for (annotator.schema.SCHEMAS)."""
 
     @property
     def sha256(self) -> str:
@@ -77,8 +81,9 @@ def load_template(name_or_path: str) -> Template:
                           "or pass a path to a .j2 file")
     match = _HEADER.search(source)
     name, version = (match.group(1), match.group(2)) if match else (path.stem, "unversioned")
+    schema = (match.group(3) if match else None) or "full"
     _environment().parse(source)  # syntax errors surface at load time, not per clip
-    return Template(name=name, version=version, source=source, origin=origin)
+    return Template(name=name, version=version, source=source, origin=origin, schema=schema)
 
 
 def _environment() -> SandboxedEnvironment:

@@ -21,7 +21,7 @@ def spec(tiny_omni):
 @pytest.fixture(scope="module")
 def options():
     return EngineOptions(schema=json_schema(description_model(LABELS)),
-                         sampling=Sampling(max_tokens=1536), device="cpu", dtype="float32")
+                         sampling=Sampling(max_tokens=2048), device="cpu", dtype="float32")
 
 
 @pytest.fixture(scope="module")

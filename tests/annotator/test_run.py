@@ -60,7 +60,7 @@ def test_one_row_per_clip_typed_failures_and_valid_descriptions(first_run):
             jsonschema.validate({"reasoning": row["reasoning"], **row["description"]}, schema)
             assert row["reasoning"].strip()
             assert row["num_output_tokens"] > 0 and row["finish_reason"] == "stop"
-            assert row["template"] == "describe_av@2" and len(row["prompt_sha256"]) == 64
+            assert row["template"] == "describe_av@3" and len(row["prompt_sha256"]) == 64
         else:
             assert row["error_kind"] in ("media", "prompt", "engine", "invalid_output",
                                          "truncated")
@@ -127,7 +127,7 @@ def test_dry_run_reports_plan_and_cache(first_run, corpus, tiny_omni):
                                  "4", "--dry-run"])
     assert result.exit_code == 0, result.output
     out = result.output
-    assert "describe_av@2" in out and "video, audio" in out
+    assert "describe_av@3" in out and "video, audio" in out
     assert "label=happy,speaker=s1" in out
     assert "8 selected, 8 cached, 0 to compute" in out
 

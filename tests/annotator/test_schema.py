@@ -6,8 +6,10 @@ from annotator.schema import AffectiveDescription, description_model, json_schem
 
 GOOD = {"reasoning": "The voice is soft and slow.", "face": "relaxed", "body": "still",
         "voice": "soft, slow", "cross_modal": "consistent", "primary_emotion": "sad",
-        "secondary_emotions": ["neutral"], "valence": -0.4, "arousal": 0.2,
-        "confidence": 0.7, "summary": "A quiet, sad delivery."}
+        "secondary_emotions": ["neutral"], "valence": -0.4, "arousal": 0.2, "intensity": 0.4,
+        "confidence": 0.7, "evidence": [{"claim": "soft voice", "source": "cues",
+                                          "detail": "loudness -32 dB"}],
+        "summary": "A quiet, sad delivery."}
 
 
 def test_reasoning_comes_first_and_fields_are_documented():
@@ -31,3 +33,25 @@ def test_ranges_and_truncation_are_invalid():
     assert parse_description(model, json.dumps({**GOOD, "valence": -1.5}))[0] is None
     parsed, reason = parse_description(model, json.dumps(GOOD)[:-20])
     assert parsed is None and reason
+
+
+def test_coarse_schema_is_short_and_label_constrained():
+    model = description_model(["happy", "sad"], "coarse")
+    schema = json_schema(model)
+    assert list(schema["properties"]) == ["reasoning", "primary_emotion", "summary"]
+    ok = {"reasoning": "Soft, slow voice.", "primary_emotion": "sad", "summary": "Quiet."}
+    assert parse_description(model, json.dumps(ok))[0] == ok
+    assert parse_description(model, json.dumps({**ok, "primary_emotion": "joy"}))[0] is None
+
+
+def test_evidence_sources_are_constrained():
+    model = description_model(None)
+    bad = {**GOOD, "evidence": [{"claim": "x", "source": "vibes", "detail": "y"}]}
+    assert parse_description(model, json.dumps(bad))[0] is None
+
+
+def test_parquet_struct_follows_the_schema():
+    from annotator.store import description_type
+
+    names = [f.name for f in description_type()]
+    assert names == [n for n in AffectiveDescription.model_fields if n != "reasoning"]
