@@ -28,7 +28,7 @@ from annotator.plan import PlanSettings, plan_table
 from annotator.schema import SCHEMA_VERSION, description_model, json_schema, schema_sha256
 from annotator.store import STATUS_FAILED, Store, write_json
 from annotator.subset import parse_subset, select_subset
-from annotator.worker import EngineWorker, RowContext, failed_rows, prepare_batch
+from annotator.worker import EngineWorker, RowContext, failed_rows, load_tokenizer, prepare_batch
 from prompts import load_template
 
 
@@ -95,16 +95,10 @@ def prepare(config: RunConfig, device: str | None = None) -> Prepared:
     return Prepared(config, device, spec, settings, json_schema(model), chosen)
 
 
-def _tokenizer(path: str):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(path)
-
-
 def plan_clips(prep: Prepared) -> pa.Table:
     """Plan every selected clip in the driver: hashing and probing are I/O, so threads
     overlap them; this avoids a Ray worker paying transformers' import for a tokenizer."""
-    return plan_table(prep.chosen, prep.settings, _tokenizer(prep.spec.path))
+    return plan_table(prep.chosen, prep.settings, load_tokenizer(prep.spec.path))
 
 
 def preview(config: RunConfig, clip_id: str) -> tuple[dict, dict]:
@@ -113,7 +107,7 @@ def preview(config: RunConfig, clip_id: str) -> tuple[dict, dict]:
     rows = prep.chosen.filter(pc.equal(prep.chosen["clip_id"], clip_id))
     if not len(rows):
         raise ValueError(f"clip {clip_id!r} is not in {config.manifest}")
-    plan = plan_table(rows, prep.settings, _tokenizer(prep.spec.path))
+    plan = plan_table(rows, prep.settings, load_tokenizer(prep.spec.path))
     planned = prepare_batch(plan, settings=prep.settings).to_pylist()[0]  # + measured cues
     if planned["error"]:
         raise RuntimeError(f"clip {clip_id!r}: {planned['error']}")

@@ -26,7 +26,8 @@ GENERATION_MODE = "one-pass, reasoning field first"
 
 
 @functools.lru_cache(maxsize=2)
-def _tokenizer(path: str):
+def load_tokenizer(path: str):
+    """The model's tokenizer, loaded once per process (driver or Ray worker)."""
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(path)
@@ -40,7 +41,7 @@ def prepare_batch(batch: pa.Table, *, settings: PlanSettings) -> pa.Table:
     or prompt error, not an exception.
     """
     spec = settings.spec
-    tokenizer = _tokenizer(spec.path)
+    tokenizer = load_tokenizer(spec.path)
     out: dict[str, list] = {k: [] for k in ("frames", "frames_shape", "fps", "audio", "cues",
                                              "prompt", "prompt_sha256", "error_kind", "error")}
     for row in batch.to_pylist():
@@ -170,7 +171,7 @@ def build_row(row: dict, gen: Generation | None, judged, latency: float, attempt
         "num_input_tokens": len(gen.prompt_token_ids) if gen else 0,
         "num_output_tokens": len(gen.token_ids) if gen else 0,
         "finish_reason": gen.finish_reason if gen else None,
-        "latency_s": latency, "attempts": max(attempts, 1) + row.get("prior_attempts", 0),
+        "latency_s": latency, "attempts": max(attempts, 1),
         "run_id": ctx.run_id, "created_at": datetime.now(timezone.utc),
     }
 
