@@ -7,6 +7,7 @@ after kill -9) computes only what is missing.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 import uuid
@@ -208,11 +209,20 @@ def run(config: RunConfig, console: Console | None = None) -> dict:
     return summary
 
 
+def engine_options(prep: Prepared, device: str) -> EngineOptions:
+    """What the engine gets from a run's config (shared with benchmarks/engines.py, so the
+    benchmark measures the engine exactly as `run` configures it)."""
+    config = prep.config
+    return EngineOptions(
+        schema=prep.schema, sampling=config.sampling(), device=device,
+        max_model_len=config.max_model_len, min_pixels=config.min_pixels,
+        max_pixels=config.max_pixels, cpu_kv_cache_gib=config.cpu_kv_cache_gib,
+        max_batch=config.batch_size, dtype=engine_dtype(config, device))
+
+
 def _engine_stream(prep: Prepared, config: RunConfig, plan: pa.Table, row_ctx: RowContext,
                    device: str, actors: int):
     import ray.data
-
-    import logging
 
     logging.getLogger("ray.data").setLevel(logging.ERROR)  # our own progress replaces it
     ctx = ray.data.DataContext.get_current()
@@ -220,12 +230,7 @@ def _engine_stream(prep: Prepared, config: RunConfig, plan: pa.Table, row_ctx: R
     ctx.print_on_execution_start = False
     ctx.wait_for_min_actors_s = 600  # an engine actor that cannot start fails, never hangs
     spec = prep.spec
-    options = EngineOptions(
-        schema=prep.schema, sampling=config.sampling(), device=device,
-        max_model_len=config.max_model_len, min_pixels=config.min_pixels,
-        max_pixels=config.max_pixels, cpu_kv_cache_gib=config.cpu_kv_cache_gib,
-        max_batch=config.batch_size,
-        dtype=engine_dtype(config, device))
+    options = engine_options(prep, device)
     resources = {"num_gpus": 1} if device == "gpu" else {"num_cpus": 1}
     ds = ray.data.from_arrow(plan).repartition(max(1, len(plan) // config.batch_size))
     # decoding and cues are light: half a CPU, which also keeps Ray from fusing this stage

@@ -34,8 +34,8 @@ def main() -> None:
     torch.set_num_threads(1)
     from annotator.config import RunConfig
     from annotator.demo import build_demo_corpus
-    from annotator.engine import EngineOptions, create_engine
-    from annotator.pipeline import plan_clips, prepare, run
+    from annotator.engine import create_engine
+    from annotator.pipeline import engine_options, plan_clips, prepare, run
     from annotator.tiny_models import build_tiny_omni
     from annotator.worker import _request, prepare_batch
 
@@ -51,9 +51,7 @@ def main() -> None:
     spec = prep.spec
     decoded = prepare_batch(plan, settings=prep.settings)
     requests = [_request(r) for r in decoded.to_pylist()]
-    options = EngineOptions(schema=prep.schema, sampling=config.sampling(), device="cpu",
-                            dtype="float32", min_pixels=config.min_pixels,
-                            max_pixels=config.max_pixels, max_batch=args.clips)
+    options = engine_options(prep, "cpu")
     results = {"model": spec.name, "clips": len(requests), "max_tokens": args.max_tokens}
     for kind, subset in (("vllm", requests), ("transformers", requests[:args.hf_clips])):
         t0 = time.perf_counter()
