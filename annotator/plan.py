@@ -35,6 +35,8 @@ class PlanSettings:
     max_pixels: int
     engine_key: str = ""
     """Engine and dtype: the same prompt can decode differently on another engine."""
+    generation: str = "one-pass"
+    """'one-pass' or 'two-phase' (see annotator.engine.Sampling.generation)."""
 
     def decode_key(self) -> dict:
         return {"num_frames": self.num_frames, "max_duration_s": self.max_duration_s,
@@ -117,16 +119,35 @@ def plan_clip(row: dict, settings: PlanSettings, tokenizer) -> dict:
 
 def render_prompt(settings: PlanSettings, tokenizer, context_json: str,
                   cues: dict | None) -> str:
-    """The chat-formatted prompt for a planned clip, with measured cues once they exist."""
+    """The chat-formatted prompt for a planned clip, with measured cues once they exist.
+
+    In two-phase generation this is the first turn, which asks for the free chain of thought."""
+    phase = "think" if settings.generation == "two-phase" else "one-pass"
+    return _chat(settings, tokenizer, context_json, cues, phase)
+
+
+def render_answer_prompt(settings: PlanSettings, tokenizer, context_json: str,
+                         cues: dict | None) -> str:
+    """Two-phase generation's second prompt: the first turn, the model's thought (as
+    models.THOUGHT_SLOT) and the turn that asks for the JSON."""
+    return _chat(settings, tokenizer, context_json, cues, "think", followup=True)
+
+
+def _chat(settings: PlanSettings, tokenizer, context_json: str, cues: dict | None,
+          phase: str, followup: bool = False) -> str:
     spec = settings.spec
     context = json.loads(context_json)
     media = context["media"]
     context.update(modalities=list(spec.modalities), labels=settings.labels, cues=cues,
-                   examples=[])
+                   examples=[], phase=phase)
     user_text = render(settings.template, context)
+    answer = render(settings.template, {**context, "phase": "answer"}) if followup else None
     use_video = media["has_video"] and "video" in spec.modalities
     use_audio = media["has_audio"] and "audio" in spec.modalities
-    return build_prompt(tokenizer, spec, user_text, use_video, use_audio)
+    try:
+        return build_prompt(tokenizer, spec, user_text, use_video, use_audio, answer)
+    except ValueError as err:
+        raise PromptError(str(err)) from err
 
 
 def plan_table(rows: pa.Table, settings: PlanSettings, tokenizer, workers: int = 8

@@ -102,6 +102,14 @@ def description_model(labels: list[str] | None, kind: str = "full") -> type[Base
     return create_model(base.__name__, __base__=base, **fields)
 
 
+def answer_model(model: type[BaseModel]) -> type[BaseModel]:
+    """The model without its `reasoning` field: what the second phase of two-phase generation
+    must write, the reasoning being the free chain of thought that came before it."""
+    fields = {name: (info.annotation, info) for name, info in model.model_fields.items()
+              if name != "reasoning"}
+    return create_model(f"{model.__name__}Answer", __config__=model.model_config, **fields)
+
+
 def json_schema(model: type[BaseModel]) -> dict:
     return model.model_json_schema()
 

@@ -74,15 +74,18 @@ class VLLMEngine:
         self.startup_s = time.perf_counter() - started
         self.tokenizer = self.llm.get_tokenizer()
 
-    def _sampling(self, guided: bool = True, **overrides):
+    def _sampling(self, request: Request | None = None, **overrides):
         from vllm import SamplingParams
         from vllm.sampling_params import StructuredOutputsParams
 
         s = self.options.sampling
         params = dict(temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens,
-                      logprobs=0)
-        if guided:
-            params["structured_outputs"] = StructuredOutputsParams(json=self.options.schema)
+                      repetition_penalty=s.repetition_penalty, logprobs=0)
+        if request is not None:
+            params["max_tokens"] = request.max_tokens or s.max_tokens
+            if request.guided:
+                params["structured_outputs"] = StructuredOutputsParams(
+                    json=request.schema or self.options.schema)
         params.update(overrides)
         return SamplingParams(**params)
 
@@ -103,14 +106,14 @@ class VLLMEngine:
     def generate(self, requests: list[Request]) -> list[Generation]:
         if not requests:
             return []
-        params = self._sampling()
+        params = [self._sampling(r) for r in requests]
         try:
             outputs = self.llm.generate([self._inputs(r) for r in requests], params,
                                         use_tqdm=False)
         except Exception:  # one bad request fails the batch call: isolate it
             if len(requests) == 1:
                 raise
-            return [self._generate_one(r, params) for r in requests]
+            return [self._generate_one(r, p) for r, p in zip(requests, params)]
         return [_to_generation(o) for o in outputs]
 
     def _generate_one(self, request: Request, params) -> Generation:
@@ -124,7 +127,7 @@ class VLLMEngine:
         """Teacher-forced logprobs, by prompt_logprobs over prompt + continuation."""
         ids = self.tokenizer(request.prompt, add_special_tokens=False).input_ids
         prompt = {"prompt_token_ids": ids + list(continuation)}
-        params = self._sampling(guided=False, max_tokens=1, prompt_logprobs=0)
+        params = self._sampling(max_tokens=1, prompt_logprobs=0)
         out = self.llm.generate([self._inputs(request, prompt)], params, use_tqdm=False)[0]
         tail = out.prompt_logprobs[-len(continuation):]
         return [entry[tok].logprob for entry, tok in zip(tail, continuation)]

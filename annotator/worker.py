@@ -17,12 +17,15 @@ from annotator import cues
 from annotator.engine import EngineOptions, Generation, Request, create_engine
 from annotator.media import MediaError, decode
 from annotator.models import ModelSpec
-from annotator.plan import PlanSettings, render_prompt
-from annotator.schema import SCHEMA_VERSION, description_model, parse_description
-from prompts import PromptError
+from annotator.models import THOUGHT_SLOT
+from annotator.plan import PlanSettings, render_answer_prompt, render_prompt
+from annotator.schema import (SCHEMA_VERSION, answer_model, description_model, json_schema,
+                              parse_description)
 from annotator.store import RETRYABLE, ROW_SCHEMA, STATUS_FAILED, STATUS_OK
+from prompts import PromptError
 
-GENERATION_MODE = "one-pass, reasoning field first"
+GENERATION_MODES = {"one-pass": "one-pass, reasoning field first",
+                    "two-phase": "two-phase, free chain of thought then JSON"}
 
 
 @functools.lru_cache(maxsize=2)
@@ -42,17 +45,22 @@ def prepare_batch(batch: pa.Table, *, settings: PlanSettings) -> pa.Table:
     """
     spec = settings.spec
     tokenizer = load_tokenizer(spec.path)
-    out: dict[str, list] = {k: [] for k in ("frames", "frames_shape", "fps", "audio", "cues",
-                                             "prompt", "prompt_sha256", "error_kind", "error")}
+    out: dict[str, list] = {k: [] for k in (
+        "frames", "frames_shape", "fps", "audio", "cues", "prompt", "answer_prompt",
+        "prompt_sha256", "error_kind", "error")}
     for row in batch.to_pylist():
-        kind, error, clip, measured, prompt = row["error_kind"], row["error"], None, None, ""
+        kind, error, clip, measured = row["error_kind"], row["error"], None, None
+        prompt = answer_prompt = ""
         if kind is None:
             try:
                 clip = decode(row["path"], row["audio_path"], num_frames=settings.num_frames,
                               max_duration_s=settings.max_duration_s, max_side=settings.max_side)
                 measured = cues.measure(clip.frames, clip.audio)
-                prompt = render_prompt(settings, tokenizer, row["context_json"],
-                                       cues.for_template(measured))
+                listed = cues.for_template(measured)
+                prompt = render_prompt(settings, tokenizer, row["context_json"], listed)
+                if settings.generation == "two-phase":
+                    answer_prompt = render_answer_prompt(settings, tokenizer,
+                                                         row["context_json"], listed)
             except MediaError as err:
                 kind, error = "media", str(err)
             except PromptError as err:
@@ -65,13 +73,15 @@ def prepare_batch(batch: pa.Table, *, settings: PlanSettings) -> pa.Table:
         out["audio"].append(clip.audio.tobytes() if send_wave else None)
         out["cues"].append(measured)
         out["prompt"].append(prompt or row["prompt"])
+        out["answer_prompt"].append(answer_prompt)
         out["prompt_sha256"].append(hashlib.sha256(prompt.encode()).hexdigest() if prompt
                                     else row["prompt_sha256"])
         out["error_kind"].append(kind)
         out["error"].append(error)
     types = {"frames": pa.binary(), "frames_shape": pa.list_(pa.int32()), "fps": pa.float64(),
              "audio": pa.binary(), "cues": cues.arrow_type(), "prompt": pa.string(),
-             "prompt_sha256": pa.string(), "error_kind": pa.string(), "error": pa.string()}
+             "answer_prompt": pa.string(), "prompt_sha256": pa.string(),
+             "error_kind": pa.string(), "error": pa.string()}
     table = batch.drop_columns([c for c in out if c in batch.column_names])
     for name, values in out.items():
         table = table.append_column(name, pa.array(values, types[name]))
@@ -90,6 +100,7 @@ class RowContext:
     labels: list[str] | None
     retries: int
     schema_kind: str = "full"
+    generation: str = "one-pass"
 
 
 def _request(row: dict) -> Request:
@@ -100,15 +111,40 @@ def _request(row: dict) -> Request:
     return Request(row["clip_id"], row["prompt"], frames, row["fps"], audio)
 
 
-def _judge(gen: Generation, model) -> tuple[str | None, str | None, dict | None]:
-    """(error_kind, error, description) for one generation."""
-    if gen.error:
-        return "engine", gen.error, None
+@dataclass
+class Attempt:
+    """What the engine made of one clip: the JSON answer, and in two-phase generation the
+    free chain of thought that came before it."""
+
+    answer: Generation
+    thought: Generation | None = None
+
+    @property
+    def text(self) -> str:
+        return self.answer.text
+
+    @property
+    def output_tokens(self) -> int:
+        return len(self.answer.token_ids) + (len(self.thought.token_ids) if self.thought else 0)
+
+
+def _judge(attempt: Attempt, model) -> tuple[str | None, str | None, dict | None]:
+    """(error_kind, error, description) for one attempt; `model` validates the JSON answer
+    (without `reasoning` in two-phase generation, where the thought is the reasoning)."""
+    for gen in (attempt.thought, attempt.answer):
+        if gen is not None and gen.error:
+            return "engine", gen.error, None
+    gen = attempt.answer
     if gen.finish_reason == "length":
         return "truncated", f"hit the output budget ({len(gen.token_ids)} tokens)", None
     parsed, reason = parse_description(model, gen.text)
     if parsed is None:
         return "invalid_output", reason, None
+    if attempt.thought is not None:
+        thought = attempt.thought.text.strip()
+        if len(thought) < 8:
+            return "invalid_output", "reasoning: the chain of thought was empty", None
+        parsed = {"reasoning": thought, **parsed}
     return None, None, parsed
 
 
@@ -123,7 +159,25 @@ class EngineWorker:
             torch.set_num_threads(torch_threads)
         self.engine = create_engine(kind, spec, options)
         self.spec, self.ctx = spec, ctx
+        self.sampling = options.sampling
         self.model = description_model(ctx.labels, ctx.schema_kind)
+        if self.sampling.generation == "two-phase":
+            self.model = answer_model(self.model)
+            self.answer_schema = json_schema(self.model)
+
+    def _attempt(self, rows: list[dict]) -> list[Attempt]:
+        requests = [_request(r) for r in rows]
+        if self.sampling.generation != "two-phase":
+            return [Attempt(g) for g in self.engine.generate(requests)]
+        for request in requests:
+            request.guided, request.max_tokens = False, self.sampling.think_tokens
+        thoughts = self.engine.generate(requests)
+        for request, row, thought in zip(requests, rows, thoughts):
+            # the thought goes back in as the model's own turn, so the answer reads it
+            request.prompt = row["answer_prompt"].replace(THOUGHT_SLOT, thought.text.strip())
+            request.guided, request.max_tokens = True, None
+            request.schema = self.answer_schema
+        return [Attempt(a, t) for a, t in zip(self.engine.generate(requests), thoughts)]
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
@@ -132,13 +186,13 @@ class EngineWorker:
         attempts = {i: 0 for i in todo}
         while todo:
             started = time.perf_counter()
-            gens = self.engine.generate([_request(rows[i]) for i in todo])
+            made = self._attempt([rows[i] for i in todo])
             latency = (time.perf_counter() - started) / len(todo)
             retry = []
-            for i, gen in zip(todo, gens):
+            for i, attempt in zip(todo, made):
                 attempts[i] += 1
-                judged = _judge(gen, self.model)
-                results[i] = (gen, judged, latency)
+                judged = _judge(attempt, self.model)
+                results[i] = (attempt, judged, latency)
                 if judged[0] in RETRYABLE and attempts[i] <= self.ctx.retries:
                     retry.append(i)
             todo = retry
@@ -147,8 +201,8 @@ class EngineWorker:
         return pa.Table.from_pylist(out, schema=ROW_SCHEMA)
 
 
-def build_row(row: dict, gen: Generation | None, judged, latency: float, attempts: int,
-          spec: ModelSpec, ctx: RowContext) -> dict:
+def build_row(row: dict, attempt: Attempt | None, judged, latency: float, attempts: int,
+              spec: ModelSpec, ctx: RowContext) -> dict:
     """One output row (ROW_SCHEMA) from a planned clip and what the engine made of it."""
     kind, error, parsed = judged if judged else (row["error_kind"], row["error"], None)
     description = dict(parsed) if parsed else None
@@ -156,7 +210,7 @@ def build_row(row: dict, gen: Generation | None, judged, latency: float, attempt
     return {
         "clip_id": row["clip_id"], "status": STATUS_OK if kind is None else STATUS_FAILED,
         "error_kind": kind, "error": error, "description": description,
-        "reasoning": reasoning, "raw_output": gen.text if gen else None,
+        "reasoning": reasoning, "raw_output": attempt.text if attempt else None,
         "label": row["label"], "speaker": row["speaker"], "split": row["split"],
         "dataset": row["dataset"], "path": row["path"], "has_video": row["has_video"],
         "has_audio": row["has_audio"], "media_note": row["media_note"],
@@ -166,11 +220,11 @@ def build_row(row: dict, gen: Generation | None, judged, latency: float, attempt
         "model_revision": spec.revision, "engine": ctx.engine,
         "template": ctx.template, "template_sha256": ctx.template_sha256,
         "prompt_sha256": row["prompt_sha256"], "schema_version": SCHEMA_VERSION,
-        "generation_mode": GENERATION_MODE, "sampling": ctx.sampling_json,
+        "generation_mode": GENERATION_MODES[ctx.generation], "sampling": ctx.sampling_json,
         "cache_key": row["cache_key"],
-        "num_input_tokens": len(gen.prompt_token_ids) if gen else 0,
-        "num_output_tokens": len(gen.token_ids) if gen else 0,
-        "finish_reason": gen.finish_reason if gen else None,
+        "num_input_tokens": len(attempt.answer.prompt_token_ids) if attempt else 0,
+        "num_output_tokens": attempt.output_tokens if attempt else 0,
+        "finish_reason": attempt.answer.finish_reason if attempt else None,
         "latency_s": latency, "attempts": max(attempts, 1),
         "run_id": ctx.run_id, "created_at": datetime.now(timezone.utc),
     }

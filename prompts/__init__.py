@@ -12,6 +12,10 @@ error instead of an empty string):
   labels      the label set the answer is constrained to, or None (open vocabulary)
   cues        measured cues (dict) or None
   examples    few-shot examples (list of dicts), possibly empty
+  phase       'one-pass' (one JSON answer, reasoning first), or for two-phase generation
+              'think' (the first turn: reason in free text, no JSON yet) and 'answer' (the
+              follow-up turn after the thought: write the JSON, without a reasoning field).
+              A template that never reads `phase` supports one-pass only.
 The label from the manifest is in `clip.label`; shipped templates never show it, so the
 annotation is not told the answer.
 """
@@ -25,12 +29,13 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from jinja2 import StrictUndefined, TemplateError
+from jinja2 import StrictUndefined, TemplateError, meta
 from jinja2.sandbox import SandboxedEnvironment, SecurityError
 
 _HEADER = re.compile(
     r"\{#-?\s*vaemo-template\s+name=(\S+)\s+version=(\S+)(?:\s+schema=(\S+))?\s*-?#\}")
-CONTEXT_KEYS = ("clip", "media", "modalities", "labels", "cues", "examples")
+CONTEXT_KEYS = ("clip", "media", "modalities", "labels", "cues", "examples", "phase")
+PHASES = ("one-pass", "think", "answer")
 
 
 class PromptError(ValueError):
@@ -45,6 +50,8 @@ class Template:
     origin: str
     schema: str = "full"
     """Which answer schema the template asks for (annotator.schema.SCHEMAS)."""
+    two_phase: bool = False
+    """Whether it renders the 'think' and 'answer' phases (it reads `phase`)."""
 
     @property
     def sha256(self) -> str:
@@ -82,8 +89,13 @@ def load_template(name_or_path: str) -> Template:
     match = _HEADER.search(source)
     name, version = (match.group(1), match.group(2)) if match else (path.stem, "unversioned")
     schema = (match.group(3) if match else None) or "full"
-    _environment().parse(source)  # syntax errors surface at load time, not per clip
-    return Template(name=name, version=version, source=source, origin=origin, schema=schema)
+    try:  # syntax errors surface at load time, not per clip
+        parsed = _environment().parse(source)
+    except TemplateError as err:
+        raise PromptError(f"template {origin} does not parse: {err}") from err
+    two_phase = "phase" in meta.find_undeclared_variables(parsed)
+    return Template(name=name, version=version, source=source, origin=origin, schema=schema,
+                    two_phase=two_phase)
 
 
 def _environment() -> SandboxedEnvironment:
@@ -91,10 +103,19 @@ def _environment() -> SandboxedEnvironment:
                                 autoescape=False)
 
 
+def require_two_phase(template: Template) -> None:
+    if not template.two_phase:
+        raise PromptError(f"template {template.label} ({template.origin}) never reads `phase`, "
+                          "so it cannot drive two-phase generation: use --generation one-pass "
+                          "or add the 'think' and 'answer' phases to it")
+
+
 def render(template: Template, context: dict) -> str:
     missing = [k for k in CONTEXT_KEYS if k not in context]
     if missing:
         raise PromptError(f"render context lacks {missing}")
+    if context["phase"] != "one-pass":
+        require_two_phase(template)
     try:
         return _environment().from_string(template.source).render(**context).strip()
     except SecurityError as err:

@@ -57,7 +57,7 @@ def test_help_examples_run(tmp_path, monkeypatch, clips):
                                terminal_width=200)
         assert result.exit_code == 0, result.output
         assert "SmolLM2-135M-Instruct" in result.output  # the shipped CPU default
-        assert "describe_text@2" in result.output
+        assert "describe_text@3" in result.output
 
 
 def test_bad_values_are_named(tmp_path):
@@ -78,7 +78,7 @@ def test_prompt_preview_prints_placeholders_and_schema(tmp_path, clips, tiny_omn
                            terminal_width=200)
     assert result.exit_code == 0, result.output
     assert "<|vision_bos|><|VIDEO|><|vision_eos|>" in result.output
-    assert "describe_av@3" in result.output and '"reasoning"' in result.output
+    assert "describe_av@4" in result.output and '"reasoning"' in result.output
     assert "happy, sad, neutral, angry, surprise, disgust, fear" in result.output
     assert "video.face_frames_fraction" in result.output and "audio.f0_median_hz" in result.output
     missing = runner.invoke(app, ["prompt", "preview", "--manifest", str(tmp_path / "m.csv"),

@@ -25,7 +25,7 @@ def test_cpu_default_rows_are_valid_or_typed_failures(tmp_path, clips):
     assert len(rows) == 2
     model = description_model(label_sets()["crema-d"])
     for row in rows:
-        assert row["model"] == "SmolLM2-135M-Instruct" and row["template"] == "describe_text@2"
+        assert row["model"] == "SmolLM2-135M-Instruct" and row["template"] == "describe_text@3"
         assert row["cues"]["video"]["face_frames_fraction"] >= 0.75  # grounded in measurements
         if row["status"] == "ok":
             assert row["reasoning"].strip()

@@ -60,7 +60,7 @@ def test_one_row_per_clip_typed_failures_and_valid_descriptions(first_run):
             model.model_validate({"reasoning": row["reasoning"], **row["description"]})
             assert row["reasoning"].strip()
             assert row["num_output_tokens"] > 0 and row["finish_reason"] == "stop"
-            assert row["template"] == "describe_av@3" and len(row["prompt_sha256"]) == 64
+            assert row["template"] == "describe_av@4" and len(row["prompt_sha256"]) == 64
         else:
             assert row["error_kind"] in ("media", "prompt", "engine", "invalid_output",
                                          "truncated")
@@ -109,6 +109,39 @@ def test_output_loads_in_datasets_ray_pandas_duckdb(first_run):
     assert ok == 6
 
 
+def test_two_phase_generation_thinks_then_answers(tmp_path, corpus, tiny_omni, first_run):
+    out = tmp_path / "two"
+    result = runner.invoke(app, ["run", "--manifest", str(corpus), "--out", str(out), "--model",
+                                 str(tiny_omni), "--batch-size", "4", "--labels", LABELS,
+                                 "--subset", "3", "--generation", "two-phase",
+                                 "--think-tokens", "24"])
+    assert result.exit_code == 0, result.output
+    one_pass = {r["clip_id"]: r for r in rows(first_run)}
+    model = description_model(LABELS.split(","))
+    done = [r for r in rows(out) if r["status"] == "ok"]
+    assert done, "the tiny model answers its guided JSON"
+    for row in done:
+        assert row["generation_mode"] == "two-phase, free chain of thought then JSON"
+        # the free thought is the reasoning; the guided answer carries no reasoning field
+        assert "reasoning" not in json.loads(row["raw_output"])
+        assert row["reasoning"] and row["reasoning"] not in row["raw_output"]
+        model.model_validate({"reasoning": row["reasoning"], **row["description"]})
+        # the answer prompt holds the first turn plus the thought and a follow-up turn
+        before = one_pass[row["clip_id"]]
+        assert row["num_input_tokens"] > before["num_input_tokens"]
+        assert row["cache_key"] != before["cache_key"]
+
+
+def test_two_phase_needs_a_template_that_reads_phase(tmp_path, corpus, tiny_omni):
+    plain = tmp_path / "plain.j2"
+    plain.write_text("Describe the person as JSON.")
+    result = runner.invoke(app, ["run", "--manifest", str(corpus), "--out", str(tmp_path / "o"),
+                                 "--model", str(tiny_omni), "--template", str(plain),
+                                 "--generation", "two-phase"])
+    assert result.exit_code != 0 and "--generation one-pass" in " ".join(result.output.split())
+    assert not (tmp_path / "o" / "descriptions").exists()
+
+
 def test_second_run_is_all_cache_hits_without_an_engine(first_run, corpus, tiny_omni):
     before = {f.name: f.stat().st_mtime_ns for f in Store(first_run).files()}
     result = runner.invoke(app, ["run", "--manifest", str(corpus), "--out", str(first_run),
@@ -127,7 +160,7 @@ def test_dry_run_reports_plan_and_cache(first_run, corpus, tiny_omni):
                                  "4", "--dry-run"])
     assert result.exit_code == 0, result.output
     out = result.output
-    assert "describe_av@3" in out and "video, audio" in out
+    assert "describe_av@4" in out and "video, audio" in out
     assert "label=happy,speaker=s1" in out
     assert "8 selected, 8 cached, 0 to compute" in out
 

@@ -1,28 +1,47 @@
 import pytest
 
-from prompts import PromptError, label_sets, load_template, render, shipped
+from prompts import PHASES, PromptError, label_sets, load_template, render, shipped
 
 LABELS = {**label_sets(), "open": None}
 
 
-def context(modalities, labels, has_audio=True):
+def context(modalities, labels, has_audio=True, phase="one-pass"):
     return {"clip": {"clip_id": "c1", "label": "sad", "dataset": "CREMA-D", "speaker": "1001"},
             "media": {"has_video": True, "has_audio": has_audio, "duration_s": 2.5,
                       "source_fps": 30.0, "width": 480, "height": 360, "num_frames": 8},
-            "modalities": modalities, "labels": labels, "cues": None, "examples": []}
+            "modalities": modalities, "labels": labels, "cues": None, "examples": [],
+            "phase": phase}
 
 
 @pytest.mark.parametrize("name", shipped())
 @pytest.mark.parametrize("modalities", [["video", "audio"], []])
 @pytest.mark.parametrize("labels", LABELS.values(), ids=LABELS.keys())
-def test_every_shipped_template_renders(name, modalities, labels):
+@pytest.mark.parametrize("phase", PHASES)
+def test_every_shipped_template_renders(name, modalities, labels, phase):
     template = load_template(name)
-    text = render(template, context(modalities, labels))
-    assert "JSON" in text and "sad" not in text.split("one of:")[0].lower().replace(
-        "sadness", "")  # the manifest label is never shown
+    text = render(template, context(modalities, labels, phase=phase))
+    shown = text.split("one of:")[0].lower().replace("sadness", "")
+    assert "sad" not in shown  # the manifest label is never shown
     if labels:
         assert ", ".join(labels) in text
+    # the thinking turn asks for prose; the answer turn asks for the JSON without reasoning
+    assert ("Do not write JSON yet" in text) == (phase == "think")
+    if phase == "answer":
+        assert "JSON" in text and "reasoning" not in text.split("JSON")[1].split(".")[0]
+    else:
+        assert "clip" in text
+    assert template.two_phase
     assert template.version != "unversioned" and len(template.sha256) == 64
+
+
+def test_a_template_without_phases_refuses_two_phase_generation(tmp_path):
+    plain = tmp_path / "plain.j2"
+    plain.write_text("Describe the clip as JSON.")
+    template = load_template(str(plain))
+    assert not template.two_phase
+    assert render(template, context([], None)) == "Describe the clip as JSON."
+    with pytest.raises(PromptError, match="--generation one-pass"):
+        render(template, context([], None, phase="think"))
 
 
 def test_label_sets_are_the_benchmarks_own():
