@@ -24,12 +24,19 @@ $(VENV)/.installed: pyproject.toml annotator/cpu_env.py
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pocketsphinx-testdata; \
 	else echo "install Debian's pocketsphinx-testdata (sudo apt-get install pocketsphinx-testdata)"; exit 1; fi
 
+# Debian's Chromium: the audit report's browser test drives it headless through Playwright.
+/usr/bin/chromium:
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	else echo "install Debian's chromium (sudo apt-get install chromium)"; exit 1; fi
+
 demo: $(VENV)/.installed /usr/share/pocketsphinx/test/data/librivox
 	$(VENV)/bin/vaemo-annotate demo-corpus data/demo
 	$(VENV)/bin/vaemo-annotate run --manifest data/demo/manifest.csv --out $(OUT) \
 		--labels crema-d
+	$(VENV)/bin/vaemo-annotate audit $(OUT) --clean $(OUT)/clean.parquet
 
-test: $(VENV)/.installed /usr/share/pocketsphinx/test/data/librivox
+test: $(VENV)/.installed /usr/share/pocketsphinx/test/data/librivox /usr/bin/chromium
 	$(PY) -m pytest -q
 
 lint: $(VENV)/.installed

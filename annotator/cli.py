@@ -10,6 +10,7 @@ import typer
 from pydantic import BaseModel, ValidationError
 from rich.console import Console
 
+from annotator.audit import AuditConfig
 from annotator.config import RunConfig
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -40,19 +41,22 @@ def _option_type(annotation):
     return annotation
 
 
-def command_from(config_cls: type[BaseModel], required: tuple[str, ...] = ()):
-    """Decorator: give a `fn(config)` a typer signature built from the config's fields."""
+def command_from(config_cls: type[BaseModel], required: tuple[str, ...] = (),
+                 arguments: tuple[str, ...] = ()):
+    """Decorator: give a `fn(config)` a typer signature built from the config's fields
+    (`arguments` become positional arguments, the rest options)."""
 
     def wrap(fn):
         params = []
         for name, info in config_cls.model_fields.items():
-            default = ... if name in required else info.default
+            default = ... if name in required or name in arguments else info.default
             help_text = " ".join((info.description or "").split())
             if get_origin(info.annotation) is Literal:
                 help_text += f" [{'|'.join(get_args(info.annotation))}]"
+            kind = typer.Argument if name in arguments else typer.Option
             params.append(inspect.Parameter(
                 name, inspect.Parameter.KEYWORD_ONLY,
-                default=typer.Option(default, help=help_text, show_default=default is not ...),
+                default=kind(default, help=help_text, show_default=default is not ...),
                 annotation=_option_type(info.annotation)))
 
         def command(**kwargs):
@@ -105,6 +109,38 @@ def retry_failed(
         retry(out, kinds=kind or None, console=console)
     except (FileNotFoundError, RuntimeError, ValueError) as err:
         _fail(err)
+
+
+AUDIT_EXAMPLES = """
+Examples:
+
+  vaemo-annotate audit runs/demo
+
+  vaemo-annotate audit runs/demo --clean runs/demo/clean.parquet --rules my_rules.toml
+"""
+
+
+@app.command(help="Measure, explain and filter a run's descriptions: metrics.json, "
+                  "flags.parquet, an HTML report and optionally the clean set.\n\n"
+                  + AUDIT_EXAMPLES)
+@command_from(AuditConfig, arguments=("out",))
+def audit(config: AuditConfig) -> None:
+    from annotator.audit import audit as run_audit
+    from annotator.audit.rules import RulesError
+
+    try:
+        metrics = run_audit(config)
+    except (RulesError, FileNotFoundError, ValueError) as err:
+        _fail(err)
+    v, c = metrics["validity"], metrics["clean"]
+    console.print(f"audit: {metrics['rows']} rows ({v['ok']} ok, {v['failed']} failed); "
+                  f"{c['rows']} clean; flags {metrics['flags']['counts'] or 'none'}")
+    agreement = metrics["agreement"]
+    if agreement.get("n"):
+        console.print(f"agreement with labels (n={agreement['n']}): accuracy "
+                      f"{agreement['accuracy']:.3f}, macro-F1 {agreement['macro_f1']:.3f}, "
+                      f"kappa {agreement['cohen_kappa']:.3f}")
+    console.print(f"report: {metrics['report']}")
 
 
 prompt_app = typer.Typer(no_args_is_help=True, help="Inspect prompts before a run.")

@@ -12,7 +12,7 @@ import os
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from importlib.metadata import PackageNotFoundError, version
 
 import pyarrow as pa
@@ -43,7 +43,7 @@ class Prepared:
     settings: PlanSettings
     schema: dict
     chosen: pa.Table
-    run_id: str = field(default_factory=lambda: datetime.now(timezone.utc).strftime(
+    run_id: str = field(default_factory=lambda: datetime.now(UTC).strftime(
         "%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6])
 
 
@@ -272,7 +272,7 @@ def _finish(prep: Prepared, store: Store, tracker, cached: pa.Table, started: fl
                    "failed_by_kind": by_kind, "cached": len(cached),
                    "computed_now": tracker.done},
         "throughput": tracker.rates(), "engine": engine_info, "wall_s": round(wall, 2),
-        "finished_at": datetime.now(timezone.utc).isoformat(),
+        "finished_at": datetime.now(UTC).isoformat(),
     }
     write_json(config.out / "run.json", summary)
     card.write(config.out, summary, store)

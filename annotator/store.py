@@ -117,7 +117,7 @@ class Store:
         table = rows.cast(ROW_SCHEMA).replace_schema_metadata(
             {"vaemo": json.dumps(metadata, sort_keys=True)})
         final = self.dir / f"part-{run_id}-{uuid.uuid4().hex[:8]}.parquet"
-        _atomic_write(table, final)
+        atomic_write_parquet(table, final)
         return final
 
     def drop(self, clip_ids: set[str]) -> int:
@@ -135,13 +135,13 @@ class Store:
             dropped += n
             keep = table.filter(pc.invert(hit))
             if len(keep):
-                _atomic_write(keep.replace_schema_metadata(table.schema.metadata), f)
+                atomic_write_parquet(keep.replace_schema_metadata(table.schema.metadata), f)
             else:
                 f.unlink()
         return dropped
 
 
-def _atomic_write(table: pa.Table, final: Path) -> None:
+def atomic_write_parquet(table: pa.Table, final: Path) -> None:
     tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex[:6]}.tmp")
     pq.write_table(table, tmp, compression="zstd")
     with open(tmp, "rb") as f:

@@ -8,7 +8,7 @@ import functools
 import hashlib
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 
 import numpy as np
 import pyarrow as pa
@@ -226,7 +226,7 @@ def build_row(row: dict, attempt: Attempt | None, judged, latency: float, attemp
         "num_output_tokens": attempt.output_tokens if attempt else 0,
         "finish_reason": attempt.answer.finish_reason if attempt else None,
         "latency_s": latency, "attempts": max(attempts, 1),
-        "run_id": ctx.run_id, "created_at": datetime.now(timezone.utc),
+        "run_id": ctx.run_id, "created_at": datetime.now(UTC),
     }
 
 

@@ -1,0 +1,212 @@
+"""`vaemo-annotate audit OUT`: measure, explain and filter a run's descriptions.
+
+Reads OUT/descriptions/*.parquet (and the labels of the manifest the run came from), and writes
+  OUT/audit/metrics.json   validity, agreement with labels, consistency, calibration, flags,
+                           duplicates, richness
+  OUT/audit/flags.parquet  one row per clip: its flags, why each fired, and scores
+  OUT/audit/index.html     a self-contained report (see annotator/audit/report.py)
+  --clean PATH             the ok rows that no excluding flag hit, same columns as the run
+Everything is computed over whole columns (DuckDB SQL, numpy), never row by row in Python.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import BaseModel, ConfigDict, Field
+
+from annotator.audit import agreement, redundancy, rules
+from annotator.store import Store, atomic_write_parquet, write_json
+
+
+class AuditConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    out: Path
+    """A run's output folder (it holds descriptions/ and run.json)."""
+    report: Path | None = None
+    """Where to write the HTML report (default OUT/audit/index.html)."""
+    clean: Path | None = None
+    """Also write the clean set here: the ok rows no excluding flag hit, ready for injection."""
+    rules: Path | None = None
+    """A rules file (TOML) to use instead of the shipped annotator/audit/rules.toml."""
+    manifest: Path | None = None
+    """Take dataset labels from this manifest (default: the run's, if it still exists)."""
+    near_duplicate: float = Field(0.8, gt=0.0, le=1.0)
+    """Estimated Jaccard similarity of word 3-shingles above which two descriptions are
+    near-duplicates (1.0: exact duplicates only)."""
+    report_rows: int = Field(5000, ge=1)
+    """Most rows listed in the report's table: every flagged row first, then the others."""
+
+
+def audit(config: AuditConfig) -> dict:
+    started = time.perf_counter()
+    out = config.out
+    rows = Store(out).read()
+    if not len(rows):
+        raise FileNotFoundError(f"no rows in {out / 'descriptions'}: run `vaemo-annotate run "
+                                f"--out {out}` first")
+    run = _run_summary(out)
+    rule_list = rules.load_rules(config.rules)  # a bad rules file fails before any work
+    rows = _with_manifest_labels(rows, config.manifest or run.get("config", {}).get("manifest"))
+    rows = rows.append_column("row_id", pa.array(np.arange(len(rows), dtype=np.int64)))
+    labels = run.get("labels")
+
+    con = duckdb.connect()
+    con.execute("SET threads TO 2")
+    rules.derived_view(con, rows, labels)
+    con.register("rule_hits", rules.evaluate(con, rule_list))
+    excluding = [r.name for r in rule_list if r.exclude]
+    preference = con.execute(
+        "SELECT " + (" + ".join(f"({n} IS NOT NULL)::INT" for n in excluding) or "0")
+        + " AS n FROM rule_hits ORDER BY row_id").fetchnumpy()["n"]
+    dups = redundancy.duplicates(con, np.asarray(preference), config.near_duplicate)
+    con.register("dups", pa.table(dups))
+    flags = _flags(con, rule_list)
+    con.register("flags_view", flags)
+
+    audit_dir = out / "audit"
+    audit_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_parquet(flags, audit_dir / "flags.parquet")
+    metrics = {
+        "run_id": run.get("run_id"), "rows": len(rows), "label_set": labels,
+        "validity": _validity(con),
+        "agreement": _agreement(con, labels),
+        "flags": _flag_counts(con, rule_list),
+        "duplicates": {"exact": int(dups["exact"].sum()),
+                       "near": int((~dups["exact"]).sum()),
+                       "threshold": config.near_duplicate},
+        "richness": redundancy.richness(con),
+    }
+    clean = pc.invert(flags["excluded"])
+    metrics["clean"] = {"rows": int(pc.sum(clean).as_py() or 0),
+                        "excluded_ok_rows": int(pc.sum(pc.and_(
+                            pc.equal(flags["status"], "ok"), flags["excluded"])).as_py() or 0)}
+    if config.clean:
+        kept = rows.filter(clean).drop_columns(["row_id"])
+        config.clean.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_parquet(kept, config.clean)
+        metrics["clean"]["path"] = str(config.clean)
+    metrics["seconds"] = round(time.perf_counter() - started, 2)
+    write_json(audit_dir / "metrics.json", metrics)
+    from annotator.audit import report
+
+    report_path = config.report or audit_dir / "index.html"
+    report.write(report_path, metrics, con, rule_list, config.report_rows)
+    metrics["report"] = str(report_path)
+    return metrics
+
+
+def _run_summary(out: Path) -> dict:
+    recorded = out / "run.json"
+    return json.loads(recorded.read_text()) if recorded.is_file() else {}
+
+
+def _with_manifest_labels(rows: pa.Table, manifest: str | Path | None) -> pa.Table:
+    """Labels from the manifest as it is now (labels may have been added after the run)."""
+    if not manifest or not Path(manifest).exists():
+        return rows
+    from annotator.manifest import load_manifest
+
+    manifest_rows = load_manifest(manifest).select(["clip_id", "label"])
+    where = pc.index_in(rows["clip_id"], value_set=manifest_rows["clip_id"])
+    label = pc.coalesce(pc.take(manifest_rows["label"], where), rows["label"])
+    return rows.set_column(rows.schema.get_field_index("label"), "label", label)
+
+
+def _flags(con: duckdb.DuckDBPyConnection, rule_list: list[rules.Rule]) -> pa.Table:
+    names = [r.name for r in rule_list]
+    excluding = [r.name for r in rule_list if r.exclude]
+    flag_items = ", ".join(f"CASE WHEN h.{n} IS NOT NULL THEN '{n}' END" for n in names)
+    details = ", ".join(f"CASE WHEN h.{n} IS NOT NULL THEN {{'flag': '{n}', 'values': h.{n}}} "
+                        "END" for n in names)
+    any_excluding = " OR ".join(f"h.{n} IS NOT NULL" for n in excluding) or "false"
+    return con.sql(f"""
+        SELECT a.clip_id, a.status, a.label,
+               a.description.primary_emotion AS primary_emotion,
+               list_filter([CASE WHEN a.status <> 'ok' THEN 'failed:' || a.error_kind END,
+                            {flag_items},
+                            CASE WHEN d.exact THEN 'duplicate'
+                                 WHEN d.row_id IS NOT NULL THEN 'near_duplicate' END],
+                           lambda x: x IS NOT NULL) AS flags,
+               list_filter([CASE WHEN a.status <> 'ok' THEN {{'flag': 'failed:' || a.error_kind,
+                                  'values': to_json({{'error': a.error}})::VARCHAR}} END,
+                            {details},
+                            CASE WHEN d.row_id IS NOT NULL THEN {{'flag': CASE WHEN d.exact
+                                 THEN 'duplicate' ELSE 'near_duplicate' END,
+                                 'values': to_json({{'duplicate_of': k.clip_id,
+                                 'similarity': round(d.similarity, 3)}})::VARCHAR}} END],
+                           lambda x: x IS NOT NULL) AS details,
+               (a.status <> 'ok' OR {any_excluding} OR d.row_id IS NOT NULL) AS excluded,
+               {{'agrees_with_label': a.primary_label = a.true_label,
+                 'confidence': a.description.confidence,
+                 'words': len(string_split(trim(concat_ws(' ', a.description.face,
+                     a.description.body, a.description.voice, a.description.cross_modal,
+                     a.description.summary)), ' ')),
+                 'duplicate_similarity': d.similarity}} AS scores
+        FROM audited a
+        JOIN rule_hits h ON h.row_id = a.row_id
+        LEFT JOIN dups d ON d.row_id = a.row_id
+        LEFT JOIN audited k ON k.row_id = d."of"
+        ORDER BY a.row_id
+    """).to_arrow_table()
+
+
+def _validity(con: duckdb.DuckDBPyConnection) -> dict:
+    def counts(expr: str, where: str = "true") -> dict:
+        return dict(con.execute(f"SELECT coalesce({expr}::VARCHAR, '(none)'), count(*) "
+                                f"FROM audited WHERE {where} GROUP BY 1 ORDER BY 2 DESC"
+                                ).fetchall())
+
+    total, ok, truncated = con.execute(
+        "SELECT count(*), count(*) FILTER (status = 'ok'), "
+        "count(*) FILTER (error_kind = 'truncated' OR finish_reason = 'length') FROM audited"
+    ).fetchone()
+    return {"ok": ok, "failed": total - ok,
+            "failed_by_kind": counts("error_kind", "status <> 'ok'"),
+            "finish_reasons": counts("finish_reason"),
+            "schema_versions": counts("schema_version"),
+            "generation_modes": counts("generation_mode"),
+            "models": counts("model"),
+            "truncation_rate": round(truncated / total, 4) if total else 0.0}
+
+
+def _agreement(con: duckdb.DuckDBPyConnection, labels: list[str] | None) -> dict:
+    data = con.execute("""
+        SELECT true_label, primary_label, description.confidence AS confidence
+        FROM audited WHERE status = 'ok' AND true_label IS NOT NULL
+    """).fetchnumpy()
+    unmapped = [w for (w,) in con.execute("""
+        SELECT DISTINCT description.primary_emotion FROM audited
+        WHERE status = 'ok' AND primary_label IS NULL ORDER BY 1""").fetchall()]
+    mapping = {
+        "method": "exact match to the label set, else synonyms and fallbacks from "
+                  "annotator/audit/emotions.toml; unmapped predictions count as wrong",
+        "label_set": labels or "open vocabulary (lexicon groups)",
+        "unmapped_predictions": unmapped,
+    }
+    if len(data["true_label"]) == 0:
+        return {"n": 0, "mapping": mapping,
+                "note": "no ok row has a dataset label: nothing to agree with"}
+    true = np.asarray(data["true_label"], dtype=object)
+    pred = np.asarray(data["primary_label"], dtype=object)
+    result = agreement.agreement(true, pred)
+    correct = true == pred
+    confidence = np.asarray(data["confidence"], dtype=float)
+    result["calibration"] = agreement.calibration(confidence, correct)
+    result["mapping"] = mapping
+    return result
+
+
+def _flag_counts(con: duckdb.DuckDBPyConnection, rule_list: list[rules.Rule]) -> dict:
+    counted = dict(con.execute(
+        "SELECT f, count(*) FROM (SELECT unnest(flags) AS f FROM flags_view) GROUP BY f "
+        "ORDER BY 2 DESC").fetchall())
+    about = {r.name: {"about": r.about, "excludes": r.exclude} for r in rule_list}
+    return {"counts": counted, "rules": about}

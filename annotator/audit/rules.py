@@ -1,0 +1,144 @@
+"""Audit rules as data: a TOML file of DuckDB predicates, evaluated over all rows at once.
+
+The shipped rules (annotator/audit/rules.toml) check grounding against the measured cues and
+internal consistency; its header documents the columns a rule can use. A user passes their own
+file with `--rules`; a rule that does not parse or names an unknown column fails with the rule's
+name and DuckDB's reason, before anything is written.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+from annotator.audit.agreement import emotion_properties, label_mapping
+
+# Spans from a negation to the next punctuation are not claims: "not loud, but tense" claims
+# tension only. Crude, but it keeps "no audio"/"not observable" from reading as voice claims.
+NEGATION = r"\b(not|no|never|without|cannot|can't|isn't|wasn't|nor|none|lacks?)\b[^.,;:!?]*"
+
+
+class RulesError(ValueError):
+    """A rules file that cannot be used; the message names the file, the rule and the fix."""
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    about: str
+    where: str
+    values: tuple[str, ...] = ()
+    exclude: bool = True
+
+
+def load_rules(path: str | Path | None = None) -> list[Rule]:
+    """The rules in `path` (default: the shipped file), with {word} patterns substituted."""
+    if path is None:
+        source, origin = resources.files(__package__).joinpath("rules.toml").read_text(), \
+            "annotator/audit/rules.toml"
+    else:
+        path = Path(path)
+        if not path.is_file():
+            raise RulesError(f"rules file {path} not found")
+        source, origin = path.read_text(), str(path)
+    try:
+        data = tomllib.loads(source)
+    except tomllib.TOMLDecodeError as err:
+        raise RulesError(f"rules file {origin} is not valid TOML: {err}") from err
+    words = data.get("words", {})
+
+    def expand(match: re.Match) -> str:
+        name = match.group(1)
+        return words[name].replace("'", "''") if name in words else match.group(0)
+
+    rules, seen = [], set()
+    for i, raw in enumerate(data.get("rule", [])):
+        missing = {"name", "where"} - set(raw)
+        if missing:
+            raise RulesError(f"rules file {origin}: rule #{i + 1} lacks {sorted(missing)}")
+        if raw["name"] in seen or not re.fullmatch(r"[a-z][a-z0-9_]*", raw["name"]):
+            raise RulesError(f"rules file {origin}: rule name {raw['name']!r} must be unique "
+                             "and snake_case")
+        seen.add(raw["name"])
+        rules.append(Rule(raw["name"], raw.get("about", ""),
+                          re.sub(r"\{(\w+)\}", expand, raw["where"]),
+                          tuple(raw.get("values", ())), bool(raw.get("exclude", True))))
+    if not rules:
+        raise RulesError(f"rules file {origin} has no [[rule]] entries")
+    return rules
+
+
+def derived_view(con: duckdb.DuckDBPyConnection, rows: pa.Table, labels: list[str] | None
+                 ) -> None:
+    """Register `audited`: the rows plus the derived columns rules can use (see rules.toml)."""
+    primaries = rows["description"].combine_chunks().field("primary_emotion").to_pylist()
+    secondaries = rows["description"].combine_chunks().field("secondary_emotions").to_pylist()
+    words = {w for w in primaries if w} | {w for ws in secondaries if ws for w in ws} | \
+        {w for w in rows["label"].to_pylist() if w}
+    words = sorted(words)  # distinct label words: a few dozen, not one per row
+    mapped = label_mapping(words, labels)
+    properties = emotion_properties(words)
+    lexicon = pa.table({
+        "word": words, "mapped": [mapped[w] for w in words],
+        "valence": [properties[w][0] for w in words],
+        "arousal": [properties[w][1] for w in words]})
+    con.register("rows_in", rows)
+    con.register("lexicon", lexicon)
+    valence_map = "MAP {" + ", ".join(
+        f"'{w.replace(chr(39), chr(39) * 2)}': '{properties[w][0]}'"
+        for w in words if properties[w][0]) + "}" if any(
+        properties[w][0] for w in words) else "MAP {}::MAP(VARCHAR, VARCHAR)"
+    negation = NEGATION.replace("'", "''")
+    con.execute(f"""
+        CREATE OR REPLACE TEMP MACRO said(t) AS
+            regexp_replace(lower(coalesce(t, '')), '{negation}', '', 'g');
+        CREATE OR REPLACE TEMP VIEW audited AS
+        SELECT r.*,
+               said(r.description.face) AS said_face,
+               said(r.description.body) AS said_body,
+               said(r.description.voice) AS said_voice,
+               coalesce(list_transform(r.description.evidence, lambda e: e.source), [])
+                   AS evidence_sources,
+               p.mapped AS primary_label, t.mapped AS true_label,
+               p.valence AS primary_valence, p.arousal AS primary_arousal,
+               coalesce(list_transform(r.description.secondary_emotions,
+                                       lambda x: ({valence_map})[x]), []) AS secondary_valences
+        FROM rows_in r
+        LEFT JOIN lexicon p ON p.word = r.description.primary_emotion
+        LEFT JOIN lexicon t ON t.word = r.label
+    """)
+
+
+def evaluate(con: duckdb.DuckDBPyConnection, rules: list[Rule]) -> pa.Table:
+    """One row per audited row: row_id and, per rule, NULL or the JSON of its `values`.
+
+    Rules apply to ok rows only; a failed row has no description to check."""
+    columns = []
+    for rule in rules:
+        values = ", ".join(f"{_quote(v)} := {v}" for v in rule.values) or "flagged := true"
+        columns.append(f"CASE WHEN status = 'ok' AND coalesce(({rule.where}), false) "
+                       f"THEN to_json(struct_pack({values}))::VARCHAR END AS {rule.name}")
+    sql = f"SELECT row_id, {', '.join(columns)} FROM audited"
+    try:
+        return con.sql(sql).to_arrow_table()
+    except duckdb.Error:
+        for rule in rules:  # find the rule to blame, so the message can name it
+            try:
+                con.execute(f"SELECT ({rule.where}), "
+                            f"{', '.join(rule.values) or 'true'} FROM audited LIMIT 0")
+            except duckdb.Error as err:
+                raise RulesError(f"rule {rule.name!r} cannot be evaluated: "
+                                 f"{str(err).splitlines()[0]}; the columns a rule can use are "
+                                 "listed in annotator/audit/rules.toml") from err
+        raise
+
+
+def _quote(expression: str) -> str:
+    """A struct field name for a value expression, e.g. cues.audio.loudness_db."""
+    return '"' + expression.replace('"', "") + '"'

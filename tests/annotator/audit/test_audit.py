@@ -1,0 +1,130 @@
+"""`vaemo-annotate audit` on runs with planted faults: each is flagged, clean rows are not."""
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from annotator.audit import AuditConfig, audit
+from annotator.audit.rules import RulesError, load_rules
+from annotator.audit.synthetic import PLANTED, write_synthetic_run
+from annotator.cli import app
+from annotator.store import Store
+
+EXPECTED = {  # planted clip -> the flag that must catch it
+    "zz_valence_conflict": "label_valence_conflict",
+    "zz_voice_without_audio": "voice_without_audio",
+    "zz_face_without_face": "face_without_face",
+    "zz_duplicate": "duplicate",
+    "zz_near_duplicate": "near_duplicate",
+    "zz_truncated": "failed:truncated",
+    "zz_loud_but_quiet": "loud_claim_quiet_audio",
+}
+CLEAN_FALSE_POSITIVES = 0.02  # at most 2% of clean rows may be excluded by a flag
+
+
+@pytest.fixture(scope="module")
+def audited(tmp_path_factory):
+    out = write_synthetic_run(tmp_path_factory.mktemp("run"), 300)
+    runner = CliRunner()
+    result = runner.invoke(app, ["audit", str(out), "--clean", str(out / "clean.parquet")])
+    assert result.exit_code == 0, result.output
+    flags = {r["clip_id"]: r for r in pq.read_table(out / "audit" / "flags.parquet").to_pylist()}
+    return out, flags, json.loads((out / "audit" / "metrics.json").read_text())
+
+
+def test_every_planted_fault_is_flagged_and_says_why(audited):
+    _, flags, _ = audited
+    assert set(EXPECTED) == set(PLANTED)
+    for clip, flag in EXPECTED.items():
+        assert flag in flags[clip]["flags"], (clip, flags[clip]["flags"])
+        assert flags[clip]["excluded"]
+        why = {d["flag"]: json.loads(d["values"]) for d in flags[clip]["details"]}[flag]
+        assert why  # the values the rule saw
+    assert {d["flag"]: json.loads(d["values"]) for d in flags["zz_loud_but_quiet"]["details"]}[
+        "loud_claim_quiet_audio"]["cues.audio.loudness_db"] == -45.0
+    dup = json.loads(flags["zz_duplicate"]["details"][0]["values"])
+    assert dup == {"duplicate_of": "c0000000", "similarity": 1.0}
+
+
+def test_clean_rows_are_rarely_excluded_and_the_clean_set_has_no_fault(audited):
+    out, flags, metrics = audited
+    clean_rows = [r for c, r in flags.items() if c not in EXPECTED]
+    excluded = [r["clip_id"] for r in clean_rows if r["excluded"]]
+    assert len(excluded) <= CLEAN_FALSE_POSITIVES * len(clean_rows), excluded
+    kept = pq.read_table(out / "clean.parquet")
+    assert kept.schema.equals(Store(out).read().schema)  # same columns, ready for injection
+    assert not set(kept["clip_id"].to_pylist()) & set(EXPECTED)
+    assert len(kept) == metrics["clean"]["rows"] == len(clean_rows) - len(excluded)
+    assert "c0000000" in kept["clip_id"].to_pylist()  # the original of the duplicates stays
+
+
+def test_metrics_cover_validity_agreement_and_richness(audited):
+    _, _, metrics = audited
+    assert metrics["validity"]["failed_by_kind"] == {"truncated": 1}
+    assert metrics["validity"]["truncation_rate"] == pytest.approx(1 / 307, abs=1e-4)
+    agreement = metrics["agreement"]
+    assert agreement["n"] == 306 and 0.6 < agreement["accuracy"] < 0.85
+    assert {"macro_f1", "cohen_kappa", "uar", "per_class_recall", "confusion",
+            "calibration"} <= set(agreement)
+    assert metrics["duplicates"] == {"exact": 1, "near": 1, "threshold": 0.8}
+    assert metrics["richness"]["vocabulary"] > 100 and metrics["richness"]["median_words"] > 20
+    assert any("face and voice agree" in b["phrase"] for b in metrics["richness"]["boilerplate"])
+
+
+def test_a_users_rules_file_extends_the_checks(tmp_path, audited):
+    out, _, _ = audited
+    rules = tmp_path / "mine.toml"
+    rules.write_text("""
+[words]
+grin = '\\b(grin\\w*)\\b'
+
+[[rule]]
+name = "grin_when_sad"
+about = "A grin on a sad clip."
+where = "primary_label = 'sad' AND regexp_matches(said_face, '{grin}')"
+values = ["description.face"]
+""")
+    assert [r.name for r in load_rules(rules)] == ["grin_when_sad"]
+    metrics = audit(AuditConfig(out=out, rules=rules, report=tmp_path / "r.html"))
+    assert "grin_when_sad" in metrics["flags"]["rules"]
+    assert "label_valence_conflict" not in metrics["flags"]["counts"]
+
+
+@pytest.mark.parametrize("text, claims", [
+    ("No audio, so the voice is not observable.", False),
+    ("The voice cannot be heard; not observable", False),
+    ("not loud, but fast and shaky", True),
+    ("a loud voice", True),
+])
+def test_only_affirmed_voice_claims_count(text, claims):
+    import re
+    import tomllib
+    from importlib import resources
+
+    from annotator.audit.rules import NEGATION
+
+    words = tomllib.loads(resources.files("annotator.audit").joinpath("rules.toml").read_text())
+    said = re.sub(NEGATION, "", text.lower())  # what the `said` macro does, in RE2 syntax
+    assert bool(re.search(words["words"]["voice"], said)) == claims
+
+
+@pytest.mark.parametrize("body, message", [
+    ("[[rule]]\nname = 'x'\nwhere = 'no_such_column > 1'\n", "rule 'x' cannot be evaluated"),
+    ("[[rule]]\nwhere = 'true'\n", "lacks ['name']"),
+    ("rule = [", "not valid TOML"),
+])
+def test_a_bad_rules_file_is_refused_before_anything_is_written(tmp_path, audited, body,
+                                                               message):
+    out, _, _ = audited
+    rules = tmp_path / "bad.toml"
+    rules.write_text(body)
+    with pytest.raises(RulesError, match=message.replace("[", r"\[")):
+        audit(AuditConfig(out=out, rules=rules, report=tmp_path / "never.html"))
+    assert not (tmp_path / "never.html").exists()
+
+
+def test_auditing_an_empty_folder_says_what_to_do(tmp_path):
+    result = CliRunner().invoke(app, ["audit", str(tmp_path)])
+    assert result.exit_code == 1 and "vaemo-annotate run" in result.output
