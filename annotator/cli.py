@@ -53,10 +53,11 @@ def command_from(config_cls: type[BaseModel], required: tuple[str, ...] = (),
             help_text = " ".join((info.description or "").split())
             if get_origin(info.annotation) is Literal:
                 help_text += f" [{'|'.join(get_args(info.annotation))}]"
+            extra = {"metavar": name.upper()} if name in arguments else {}
             kind = typer.Argument if name in arguments else typer.Option
             params.append(inspect.Parameter(
                 name, inspect.Parameter.KEYWORD_ONLY,
-                default=kind(default, help=help_text, show_default=default is not ...),
+                default=kind(default, help=help_text, show_default=default is not ..., **extra),
                 annotation=_option_type(info.annotation)))
 
         def command(**kwargs):
@@ -116,7 +117,9 @@ Examples:
 
   vaemo-annotate audit runs/demo
 
-  vaemo-annotate audit runs/demo --clean runs/demo/clean.parquet --rules my_rules.toml
+  vaemo-annotate audit runs/demo --clean runs/demo/clean.parquet
+
+  vaemo-annotate audit runs/demo --rules my_rules.toml
 """
 
 
@@ -154,6 +157,7 @@ def prompt_preview(
     template: str = typer.Option("auto", help="Template name or .j2 file (as for `run`)."),
     model: str = typer.Option(None, help="Model folder (default: as for `run`)."),
     labels: str = typer.Option(None, help="Label set (as for `run`)."),
+    generation: str = typer.Option("one-pass", help="one-pass or two-phase (as for `run`)."),
 ) -> None:
     """Print the exact prompt the engine gets for one clip (chat template, media
     placeholders) and the JSON schema it must follow.
@@ -166,12 +170,19 @@ def prompt_preview(
 
     try:
         config = RunConfig(manifest=manifest, out=Path("."), template=template, model=model,
-                           labels=labels)
+                           labels=labels, generation=generation)
         planned, schema = preview(config, clip)
     except (ValidationError, FileNotFoundError, RuntimeError, ValueError) as err:
         _fail(err)
+    from annotator.models import THOUGHT_SLOT
+
     typer.echo(f"# template {planned['template']}  clip {clip}  model {planned['model']}")
+    if planned["answer_prompt"]:
+        typer.echo("# phase 1: free chain of thought (unconstrained)")
     typer.echo(planned["prompt"])
+    if planned["answer_prompt"]:
+        typer.echo("# phase 2: the JSON answer, with the chain of thought as the model's turn")
+        typer.echo(planned["answer_prompt"].replace(THOUGHT_SLOT, "<chain of thought>"))
     typer.echo("# JSON schema enforced while decoding")
     typer.echo(json.dumps(schema, indent=2))
 

@@ -52,9 +52,7 @@ class Request:
     fps: float | None = None
     audio: np.ndarray | None = None
     guided: bool = True
-    """Constrain the output to a JSON schema (False: free text, e.g. a chain of thought)."""
-    schema: dict | None = None
-    """The schema to enforce when guided; None: the engine's EngineOptions.schema."""
+    """Constrain the output to EngineOptions.schema (False: free text, e.g. a thought)."""
     max_tokens: int | None = None
     """Output budget for this request; None: the sampling's max_tokens."""
 

@@ -93,8 +93,8 @@ class TransformersEngine:
         try:
             inputs = self._encode(request)
             vocab = self.model.get_output_embeddings().weight.shape[0]
-            masks = [_SchemaMask(self.tokenizer, request.schema or self.options.schema, 1,
-                                 vocab)] if request.guided else []
+            masks = [_SchemaMask(self.tokenizer, self.options.schema, 1, vocab)] \
+                if request.guided else []
             max_tokens = request.max_tokens or s.max_tokens
             torch.manual_seed(s.seed)
             extra = {"use_audio_in_video": True} if inputs.get("video_second_per_grid") \

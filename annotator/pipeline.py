@@ -26,7 +26,8 @@ from annotator.engine import EngineOptions
 from annotator.manifest import load_manifest
 from annotator.models import ModelSpec, default_model, describe_model
 from annotator.plan import PlanSettings, plan_table
-from annotator.schema import SCHEMA_VERSION, description_model, json_schema, schema_sha256
+from annotator.schema import (SCHEMA_VERSION, answer_model, description_model, json_schema,
+                              schema_sha256)
 from annotator.store import STATUS_FAILED, Store, write_json
 from annotator.subset import parse_subset, select_subset
 from annotator.worker import EngineWorker, RowContext, failed_rows, load_tokenizer, prepare_batch
@@ -96,7 +97,9 @@ def prepare(config: RunConfig, device: str | None = None) -> Prepared:
         max_side=config.max_side, min_pixels=config.min_pixels, max_pixels=config.max_pixels,
         engine_key=f"{config.engine}:{engine_dtype(config, device)}",
         generation=config.generation)
-    return Prepared(config, device, spec, settings, json_schema(model), chosen)
+    # two-phase: the guided second turn writes everything but the reasoning (the free thought)
+    enforced = answer_model(model) if config.generation == "two-phase" else model
+    return Prepared(config, device, spec, settings, json_schema(enforced), chosen)
 
 
 def plan_clips(prep: Prepared) -> pa.Table:

@@ -85,7 +85,7 @@ class VLLMEngine:
             params["max_tokens"] = request.max_tokens or s.max_tokens
             if request.guided:
                 params["structured_outputs"] = StructuredOutputsParams(
-                    json=request.schema or self.options.schema)
+                    json=self.options.schema)
         params.update(overrides)
         return SamplingParams(**params)
 

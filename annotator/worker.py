@@ -19,8 +19,7 @@ from annotator.media import MediaError, decode
 from annotator.models import ModelSpec
 from annotator.models import THOUGHT_SLOT
 from annotator.plan import PlanSettings, render_answer_prompt, render_prompt
-from annotator.schema import (SCHEMA_VERSION, answer_model, description_model, json_schema,
-                              parse_description)
+from annotator.schema import SCHEMA_VERSION, answer_model, description_model, parse_description
 from annotator.store import RETRYABLE, ROW_SCHEMA, STATUS_FAILED, STATUS_OK
 from prompts import PromptError
 
@@ -161,9 +160,8 @@ class EngineWorker:
         self.spec, self.ctx = spec, ctx
         self.sampling = options.sampling
         self.model = description_model(ctx.labels, ctx.schema_kind)
-        if self.sampling.generation == "two-phase":
+        if self.sampling.generation == "two-phase":  # options.schema is the answer's too
             self.model = answer_model(self.model)
-            self.answer_schema = json_schema(self.model)
 
     def _attempt(self, rows: list[dict]) -> list[Attempt]:
         requests = [_request(r) for r in rows]
@@ -176,7 +174,6 @@ class EngineWorker:
             # the thought goes back in as the model's own turn, so the answer reads it
             request.prompt = row["answer_prompt"].replace(THOUGHT_SLOT, thought.text.strip())
             request.guided, request.max_tokens = True, None
-            request.schema = self.answer_schema
         return [Attempt(a, t) for a, t in zip(self.engine.generate(requests), thoughts)]
 
     def __call__(self, batch: pa.Table) -> pa.Table:

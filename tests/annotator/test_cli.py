@@ -1,5 +1,6 @@
 """The README's commands and the `--help` examples are real and work."""
 
+import json
 import re
 import shlex
 import shutil
@@ -81,6 +82,34 @@ def test_prompt_preview_prints_placeholders_and_schema(tmp_path, clips, tiny_omn
     assert "describe_av@4" in result.output and '"reasoning"' in result.output
     assert "happy, sad, neutral, angry, surprise, disgust, fear" in result.output
     assert "video.face_frames_fraction" in result.output and "audio.f0_median_hz" in result.output
+    two = runner.invoke(app, ["prompt", "preview", "--manifest", str(tmp_path / "m.csv"),
+                              "--clip", "a", "--model", str(tiny_omni), "--generation",
+                              "two-phase"], terminal_width=200)
+    assert two.exit_code == 0, two.output
+    first, second = two.output.split("# phase 2")
+    assert "Do not write JSON yet" in first and "<chain of thought>" in second
+    schema = json.loads(second.split("# JSON schema enforced while decoding")[1])
+    assert "reasoning" not in schema["properties"]  # the thought is the reasoning
     missing = runner.invoke(app, ["prompt", "preview", "--manifest", str(tmp_path / "m.csv"),
                                   "--clip", "nope", "--model", str(tiny_omni)])
     assert missing.exit_code == 1 and "'nope' is not in" in missing.output
+
+
+def test_audit_help_examples_run(tmp_path, monkeypatch):
+    """The `audit --help` examples run as written in a folder holding a run."""
+    from importlib import resources
+
+    from annotator.audit.synthetic import write_synthetic_run
+
+    monkeypatch.chdir(tmp_path)
+    write_synthetic_run(Path("runs/demo"), 12)
+    shipped = resources.files("annotator.audit").joinpath("rules.toml").read_text()
+    Path("my_rules.toml").write_text(shipped)
+    text = runner.invoke(app, ["audit", "--help"], terminal_width=200).output
+    examples = [shlex.split(x) for x in re.findall(r"vaemo-annotate (audit [^\n]+)", text)]
+    assert len(examples) == 3
+    for args in examples:
+        result = runner.invoke(app, args, terminal_width=200)
+        assert result.exit_code == 0, result.output
+        assert "report: runs/demo/audit/index.html" in result.output
+    assert Path("runs/demo/clean.parquet").is_file()
