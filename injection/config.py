@@ -1,0 +1,86 @@
+"""`vaemo-inject` settings: pydantic models validated at construction; the CLI is generated
+from them, so each field's docstring is its `--help` text."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+TEXT_SOURCES = ("description", "summary", "reasoning", "fields", "sampled")
+
+
+class TrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True,
+                              protected_namespaces=())
+
+    descriptions: Path
+    """A `vaemo-annotate run` folder, or a Parquet file of its rows (e.g. the audit's clean
+    set)."""
+    encoder: Path
+    """The VA encoder: a transformers folder (video, audio, or video/ + audio/ subfolders), a
+    .safetensors state dict (with --factory) or a torch.export .pt2 program."""
+    out: Path
+    """Output folder: checkpoints/, metrics.jsonl, cache/, and the exported encoder."""
+    factory: str | None = None
+    """module:function that builds the nn.Module of a bare state dict."""
+    trust_remote_code: bool = False
+    """Allow a transformers folder's own code to run (only for code you trust)."""
+    text_encoder: str = "all-MiniLM-L6-v2"
+    """Text encoder: all-MiniLM-L6-v2 (shipped offline) or a sentence-transformers /
+    transformers folder."""
+    text: Literal[TEXT_SOURCES] = "description"
+    """Which text is embedded: description (face, body, voice, cross-modal and summary),
+    summary, reasoning, fields (face, body, voice each on its own, averaged), or sampled
+    (one of description/summary/reasoning at random per step, as open_clip samples among
+    caption sources)."""
+    label_prompts: str = ("a person who feels {label}.|someone showing {label}.|"
+                          "a face and a voice that express {label}.")
+    """|-separated templates for the label texts; each label's embedding is the renormalised
+    mean over the templates."""
+    dual_path: Literal["fused", "per_branch"] = "fused"
+    """fused: one clip embedding (the branches' mean); per_branch: visual<->text and
+    audio<->text losses for an encoder with two branches."""
+    exclude_flagged: bool = True
+    """Leave out rows the audit excluded (OUT/audit/flags.parquet), when the run has one."""
+    dim: int = Field(256, ge=8)
+    """Size of the shared embedding space."""
+    hidden: int = Field(512, ge=0)
+    """Hidden size of the projection MLPs (0: linear projections)."""
+    description_weight: float = Field(1.0, ge=0)
+    """Weight of path 1, clip <-> its description."""
+    label_weight: float = Field(1.0, ge=0)
+    """Weight of path 2, clip <-> its label text (supervised: same label, same positive)."""
+    steps: int = Field(300, ge=1)
+    """Optimizer steps."""
+    batch_size: int = Field(64, ge=2)
+    """Global batch: the negatives each clip is contrasted with."""
+    accumulate: int = Field(1, ge=1)
+    """Micro-batches per step; negatives still span the whole batch (feature cache)."""
+    lr: float = Field(1e-3, gt=0)
+    """Peak learning rate (AdamW)."""
+    weight_decay: float = Field(0.1, ge=0)
+    """AdamW weight decay (not applied to the temperature)."""
+    warmup: int = Field(20, ge=0)
+    """Linear warm-up steps before the cosine decay."""
+    clip_grad: float = Field(1.0, ge=0)
+    """Gradient-norm clipping (0: off)."""
+    seed: int = 0
+    """Seed for initialisation, batches and the eval split."""
+    checkpoint_every: int = Field(100, ge=1)
+    """Save a checkpoint every K steps (and at the end)."""
+    resume: bool = False
+    """Continue from OUT/checkpoints/last exactly where it stopped."""
+    tensorboard: bool = False
+    """Also log to TensorBoard (needs `pip install tensorboard`)."""
+    eval_fraction: float = Field(0.2, gt=0, lt=1)
+    """Share of clips held out (stratified by label) for `vaemo-inject eval`."""
+
+    @model_validator(mode="after")
+    def _batch(self) -> TrainConfig:
+        if self.batch_size % self.accumulate:
+            raise ValueError("--batch-size must be a multiple of --accumulate")
+        if "{label}" not in self.label_prompts:
+            raise ValueError("--label-prompts templates must contain {label}")
+        return self

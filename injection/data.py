@@ -1,0 +1,97 @@
+"""The training corpus: a run's ok descriptions (minus what the audit excluded), the text to
+embed per clip, its label, and a held-out split for evaluation."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+FIELDS = ("face", "body", "voice")
+
+
+@dataclass
+class Corpus:
+    clip_ids: list[str]
+    paths: list[str]
+    media_sha256: list[str]
+    texts: dict[str, list[str]]
+    """Text per source: description, summary, reasoning, face, body, voice."""
+    labels: np.ndarray
+    """Label index per clip (-1: no label)."""
+    label_names: list[str]
+    held_out: np.ndarray
+    """True for clips kept out of training, for evaluation."""
+
+    def __len__(self) -> int:
+        return len(self.clip_ids)
+
+
+class DataError(ValueError):
+    """Descriptions that cannot be trained on; the message says why and what to do."""
+
+
+def load_rows(source: Path, exclude_flagged: bool = True) -> tuple[pa.Table, dict]:
+    """The ok rows of a run folder (or a Parquet file of rows) and the run's summary."""
+    source = Path(source)
+    run: dict = {}
+    if source.is_dir():
+        from annotator.store import Store
+
+        rows = Store(source).read()
+        if (source / "run.json").is_file():
+            run = json.loads((source / "run.json").read_text())
+        flags = source / "audit" / "flags.parquet"
+        if exclude_flagged and flags.is_file():
+            flagged = pq.read_table(flags, columns=["clip_id", "excluded"])
+            out = flagged.filter(flagged["excluded"])["clip_id"]
+            rows = rows.filter(pc.invert(pc.is_in(rows["clip_id"], value_set=out)))
+    elif source.is_file():
+        rows = pq.read_table(source)
+    else:
+        raise DataError(f"descriptions {source} not found: pass a `vaemo-annotate run` folder "
+                        "or a Parquet file of its rows")
+    rows = rows.filter(pc.equal(rows["status"], "ok"))
+    if len(rows) < 2:
+        raise DataError(f"{source} has {len(rows)} usable (ok, not excluded) rows; "
+                        "contrastive training needs at least 2")
+    return rows, run
+
+
+def build_corpus(rows: pa.Table, run: dict, seed: int, eval_fraction: float) -> Corpus:
+    description = rows["description"].combine_chunks()
+    field = {name: [t or "" for t in description.field(name).to_pylist()]
+             for name in (*FIELDS, "cross_modal", "summary")}
+    full = [" ".join(x for x in parts if x) for parts in zip(
+        field["face"], field["body"], field["voice"], field["cross_modal"], field["summary"])]
+    reasoning = [t or s for t, s in zip(rows["reasoning"].to_pylist(), field["summary"])]
+    texts = {"description": full, "summary": field["summary"], "reasoning": reasoning,
+             **{name: field[name] for name in FIELDS}}
+    raw_labels = rows["label"].to_pylist()
+    names = run.get("labels") or sorted({x for x in raw_labels if x})
+    names = [n for n in names if n in set(raw_labels)] or names
+    lookup = {n: i for i, n in enumerate(names)}
+    labels = np.array([lookup.get(x, -1) for x in raw_labels], np.int64)
+    clip_ids = rows["clip_id"].to_pylist()
+    return Corpus(clip_ids, rows["path"].to_pylist(), rows["media_sha256"].to_pylist(), texts,
+                  labels, names, held_out_split(clip_ids, labels, seed, eval_fraction))
+
+
+def held_out_split(clip_ids: list[str], labels: np.ndarray, seed: int, fraction: float
+                   ) -> np.ndarray:
+    """Stratified by label, decided by a hash of seed and clip id: stable as data grows."""
+    rank = np.array([int(hashlib.sha256(f"{seed}:{c}".encode()).hexdigest()[:12], 16)
+                     for c in clip_ids], dtype=np.float64)
+    held = np.zeros(len(clip_ids), bool)
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        count = int(round(fraction * len(members)))
+        if len(members) >= 2:
+            held[members[np.argsort(rank[members])[:max(1, count)]]] = True
+    return held

@@ -1,0 +1,125 @@
+"""`vaemo-inject eval`: the encoder before vs after injection, on held-out labelled clips.
+
+- Linear probe with 1%, 10% and 100% of the training labels (at least one per class):
+  UAR (unweighted average recall, the field's headline metric) and WAR (accuracy).
+  Before: the frozen features as they are; after: the injected embedding.
+- Zero-shot: each clip takes the label whose text embedding is nearest.
+- Retrieval clip <-> its description: R@1, R@5, R@10 both ways.
+Before injection there is no shared space, so zero-shot and retrieval use the heads at their
+initialisation (same seed): the chance baseline the trained heads must beat.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from injection.model import Projector
+from injection.train import Features
+
+FRACTIONS = (0.01, 0.1, 1.0)
+
+
+def uar_war(true: np.ndarray, pred: np.ndarray) -> dict[str, float]:
+    classes = np.unique(true)
+    recall = [float((pred[true == c] == c).mean()) for c in classes]
+    return {"uar": float(np.mean(recall)), "war": float((pred == true).mean())}
+
+
+def few_labels(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Indices of a stratified `fraction` of `labels`, at least one per class."""
+    rng = np.random.default_rng(seed)
+    picked = []
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        count = max(1, int(round(fraction * len(members))))
+        picked.append(rng.choice(members, count, replace=False))
+    return np.sort(np.concatenate(picked))
+
+
+def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
+                 classes: int, l2: float = 1e-3) -> np.ndarray:
+    """Multinomial logistic regression (L-BFGS) on standardised features; test predictions."""
+    x = torch.from_numpy(train_x).double()
+    mean, std = x.mean(0), x.std(0).clamp(min=1e-6) if len(x) > 1 else torch.ones(x.shape[1])
+    x = (x - mean) / std
+    y = torch.from_numpy(train_y)
+    w = torch.zeros(x.shape[1], classes, dtype=torch.double, requires_grad=True)
+    b = torch.zeros(classes, dtype=torch.double, requires_grad=True)
+    optimizer = torch.optim.LBFGS([w, b], max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimizer.zero_grad()
+        loss = F.cross_entropy(x @ w + b, y) + l2 * (w ** 2).sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    test = (torch.from_numpy(test_x).double() - mean) / std
+    return (test @ w + b).argmax(1).detach().numpy()
+
+
+def recall_at(similarity: np.ndarray, ks=(1, 5, 10)) -> dict[str, float]:
+    """Row i's match is column i."""
+    rank = (similarity > similarity.diagonal()[:, None]).sum(1)
+    return {f"r@{k}": float((rank < k).mean()) for k in ks}
+
+
+@torch.no_grad()
+def embed(projector: Projector, features: Features, source: str):
+    va = {k: torch.from_numpy(np.asarray(v, np.float32)) for k, v in features.va.items()}
+    clip = projector.clip_embedding(va).numpy()
+    text = projector.project_text(torch.from_numpy(features.text[source])).numpy()
+    labels = projector.project_text(torch.from_numpy(features.label_text)).numpy()
+    return clip, text, labels
+
+
+def evaluate(projector: Projector, untrained: Projector, features: Features,
+             held_out: np.ndarray, source: str = "description", seed: int = 0) -> dict:
+    train, test = features.subset(~held_out), features.subset(held_out)
+    labelled_train, labelled_test = train.labels >= 0, test.labels >= 0
+    classes = int(features.label_text.shape[0])
+    raw = {"train": np.concatenate(list(train.va.values()), 1),
+           "test": np.concatenate(list(test.va.values()), 1)}
+    result: dict = {"clips": {"train": len(train), "test": len(test)}}
+    for name, model in (("before", untrained), ("after", projector)):
+        clip_train = raw["train"] if name == "before" else embed(model, train, source)[0]
+        clip_test, text_test, label_text = embed(model, test, source)
+        if name == "before":
+            clip_test_probe = raw["test"]
+        else:
+            clip_test_probe = clip_test
+        probe = {}
+        y_train, y_test = train.labels[labelled_train], test.labels[labelled_test]
+        if len(y_train) and len(y_test):
+            for fraction in FRACTIONS:
+                pick = few_labels(y_train, fraction, seed)
+                pred = linear_probe(clip_train[labelled_train][pick], y_train[pick],
+                                    clip_test_probe[labelled_test], classes)
+                probe[f"{fraction:.0%}"] = uar_war(y_test, pred)
+        zero_shot = uar_war(y_test, (clip_test[labelled_test] @ label_text.T).argmax(1)) \
+            if len(y_test) else {}
+        similarity = clip_test @ text_test.T
+        result[name] = {"linear_probe": probe, "zero_shot": zero_shot,
+                        "clip_to_text": recall_at(similarity),
+                        "text_to_clip": recall_at(similarity.T)}
+    return result
+
+
+def table(result: dict) -> str:
+    """A short before/after table for the terminal and the README."""
+    lines = ["| metric | before | after |", "|---|---|---|"]
+    before, after = result["before"], result["after"]
+    for fraction in before["linear_probe"]:
+        for metric in ("uar", "war"):
+            lines.append(f"| probe {fraction} labels {metric.upper()} | "
+                         f"{before['linear_probe'][fraction][metric]:.3f} | "
+                         f"{after['linear_probe'][fraction][metric]:.3f} |")
+    if before["zero_shot"]:
+        lines.append(f"| zero-shot UAR | {before['zero_shot']['uar']:.3f} | "
+                     f"{after['zero_shot']['uar']:.3f} |")
+    for k in ("r@1", "r@5", "r@10"):
+        lines.append(f"| clip->text {k} | {before['clip_to_text'][k]:.3f} | "
+                     f"{after['clip_to_text'][k]:.3f} |")
+    return "\n".join(lines)

