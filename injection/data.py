@@ -41,6 +41,7 @@ def load_rows(source: Path, exclude_flagged: bool = True) -> tuple[pa.Table, dic
     """The ok rows of a run folder (or a Parquet file of rows) and the run's summary."""
     source = Path(source)
     run: dict = {}
+    excluded = 0
     if source.is_dir():
         from annotator.store import Store
 
@@ -51,7 +52,9 @@ def load_rows(source: Path, exclude_flagged: bool = True) -> tuple[pa.Table, dic
         if exclude_flagged and flags.is_file():
             flagged = pq.read_table(flags, columns=["clip_id", "excluded"])
             out = flagged.filter(flagged["excluded"])["clip_id"]
+            before = len(rows)
             rows = rows.filter(pc.invert(pc.is_in(rows["clip_id"], value_set=out)))
+            excluded = before - len(rows)
     elif source.is_file():
         rows = pq.read_table(source)
     else:
@@ -59,8 +62,10 @@ def load_rows(source: Path, exclude_flagged: bool = True) -> tuple[pa.Table, dic
                         "or a Parquet file of its rows")
     rows = rows.filter(pc.equal(rows["status"], "ok"))
     if len(rows) < 2:
+        hint = (f" ({excluded} rows were excluded by the audit; --no-exclude-flagged keeps "
+                "them)") if excluded else ""
         raise DataError(f"{source} has {len(rows)} usable (ok, not excluded) rows; "
-                        "contrastive training needs at least 2")
+                        f"contrastive training needs at least 2{hint}")
     return rows, run
 
 

@@ -1,0 +1,81 @@
+"""`vaemo-inject`: align description embeddings with a VA encoder and write it back."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from annotator.typed_cli import command_from
+from injection.config import TrainConfig
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Inject affective descriptions into a VA encoder (VAEmo stage 2).")
+console = Console(stderr=True)
+
+TRAIN_EXAMPLES = """
+Examples:
+
+  vaemo-inject train --descriptions runs/demo --encoder enc/ --out inj/
+
+  vaemo-inject train --descriptions runs/demo/clean.parquet --encoder enc/ --out inj/ --resume
+"""
+
+
+def _fail(err: Exception) -> None:
+    console.print(f"[red]error[/red] {err}")
+    raise typer.Exit(1)
+
+
+ERRORS = (FileNotFoundError, ValueError, RuntimeError)
+
+
+@app.command(help="Train the projection heads (both contrastive paths) on cached frozen "
+                  "features, checkpoint, and export the injected encoder to OUT/encoder.\n\n"
+                  + TRAIN_EXAMPLES)
+@command_from(TrainConfig, required=("descriptions", "encoder", "out"))
+def train(config: TrainConfig) -> None:
+    from injection.commands import train as run_train
+
+    try:
+        summary = run_train(config, log=console.print)
+    except ERRORS as err:
+        _fail(err)
+    console.print(f"exported: {summary['exported']}")
+
+
+@app.command("eval")
+def evaluate(out: Path = typer.Argument(..., metavar="OUT", help="A `vaemo-inject train` "
+                                        "output folder.")) -> None:
+    """Before vs after on the held-out clips: few-label linear probe (UAR, WAR), zero-shot
+    via label texts, clip<->description retrieval; writes OUT/eval.json.
+
+    Example: vaemo-inject eval inj/
+    """
+    from injection.commands import evaluate as run_eval
+
+    try:
+        run_eval(out, log=lambda text: typer.echo(text))
+    except ERRORS as err:
+        _fail(err)
+
+
+@app.command("export")
+def export(out: Path = typer.Argument(..., metavar="OUT", help="A `vaemo-inject train` "
+                                      "output folder.")) -> None:
+    """Write OUT/encoder again from the last checkpoint, in the encoder's own format.
+
+    Example: vaemo-inject export inj/
+    """
+    from injection.commands import export_checkpoint
+
+    try:
+        target = export_checkpoint(out, log=console.print)
+    except ERRORS as err:
+        _fail(err)
+    console.print(f"exported: {target}")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,135 @@
+"""The `vaemo-inject` commands: train, eval, export. Each reads descriptions and media,
+fills the feature caches, and calls the trainer, the evaluator or the exporter."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from injection.config import TrainConfig
+from injection.data import Corpus, build_corpus, load_rows
+from injection.features import FeatureCache, embed_texts, va_features
+from injection.train import SAMPLED_SOURCES, Features, fit, load_checkpoint, new_projector
+
+
+@dataclass
+class Prepared:
+    config: TrainConfig
+    corpus: Corpus
+    encoder: object
+    text_encoder: object
+    features: Features
+
+
+def prepare(config: TrainConfig, log=print) -> Prepared:
+    import torch
+
+    from injection.encoders import load_encoder
+    from injection.text import TransformersTextEncoder
+
+    if not torch.cuda.is_available():
+        torch.set_num_threads(1)  # measured: 2 CPU threads are erratic (10-50x slower)
+    rows, run = load_rows(config.descriptions, config.exclude_flagged)
+    corpus = build_corpus(rows, run, config.seed, config.eval_fraction)
+    encoder = load_encoder(config.encoder, config.factory, config.trust_remote_code)
+    text_encoder = TransformersTextEncoder(config.text_encoder)
+    cache = config.out / "cache"
+    text_cache = FeatureCache(cache, "text")
+    sources = {"sampled": SAMPLED_SOURCES, "fields": ("face", "body", "voice")}.get(
+        config.text, (config.text,))
+    texts = {s: embed_texts(text_cache, text_encoder, corpus.texts[s])
+             for s in set(sources) | {"description"}}
+    if config.text == "fields":  # one embedding: the renormalised mean of the three fields
+        mean = np.mean([texts[s] for s in sources], 0)
+        texts["fields"] = mean / np.linalg.norm(mean, axis=1, keepdims=True).clip(1e-6)
+    label_text = label_embeddings(text_cache, text_encoder, corpus.label_names,
+                                  config.label_prompts.split("|"))
+    log(f"features: {len(corpus)} clips, encoder {encoder.id}, text {text_encoder.id}")
+    va = va_features(FeatureCache(cache, "va"), encoder, corpus.paths, corpus.media_sha256)
+    return Prepared(config, corpus, encoder, text_encoder,
+                    Features(va, texts, corpus.labels, label_text))
+
+
+def label_embeddings(cache: FeatureCache, encoder, names: list[str], templates: list[str]
+                     ) -> np.ndarray:
+    """One embedding per label: the renormalised mean over the prompt templates."""
+    if not names:
+        return np.zeros((0, encoder.dim), np.float32)
+    texts = [t.format(label=n) for n in names for t in templates]
+    flat = embed_texts(cache, encoder, texts).reshape(len(names), len(templates), -1)
+    mean = flat.mean(1)
+    return (mean / np.linalg.norm(mean, axis=1, keepdims=True).clip(1e-6)).astype(np.float32)
+
+
+def meta(prep: Prepared) -> dict:
+    config, features = prep.config, prep.features
+    return {"branches": {k: v.shape[1] for k, v in features.va.items()},
+            "text_dim": next(iter(features.text.values())).shape[1], "dim": config.dim,
+            "hidden": config.hidden, "dual_path": config.dual_path,
+            "text_encoder": prep.text_encoder.id, "encoder": prep.encoder.id,
+            "factory": config.factory, "label_names": prep.corpus.label_names,
+            "preprocess": prep.encoder.preprocess.__dict__}
+
+
+def train(config: TrainConfig, log=print) -> dict:
+    from injection.export import export
+
+    prep = prepare(config, log)
+    training = prep.features.subset(~prep.corpus.held_out)
+    result = fit(training, config, config.out, log=_progress(config, log))
+    target = export(prep.encoder, result["projector"], meta(prep), prep.features.label_text,
+                    config.out / "encoder")
+    last = result["history"][-1] if result["history"] else {}
+    summary = {"steps": config.steps, "resumed_from": result["start"],
+               "train_clips": len(training), "final": last, "exported": str(target)}
+    (config.out / "train.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _progress(config: TrainConfig, log):
+    def report(record: dict) -> None:
+        if record["step"] % max(1, config.steps // 10) == 0 or record["step"] == config.steps:
+            log(f"step {record['step']}/{config.steps} loss {record['loss']:.4f} "
+                f"({', '.join(f'{k} {v:.4f}' for k, v in record.items() if k.endswith('_loss'))}"
+                f") {record['samples_per_s']} samples/s")
+    return report
+
+
+def recorded_config(out: Path) -> TrainConfig:
+    pointer = Path(out) / "checkpoints" / "last"
+    if not pointer.is_file():
+        raise FileNotFoundError(f"{pointer} not found: run `vaemo-inject train --out {out}` "
+                                "first")
+    folder = pointer.parent / pointer.read_text().strip()
+    return TrainConfig.model_validate_json((folder / "config.json").read_text())
+
+
+def evaluate(out: Path, log=print) -> dict:
+    from injection.evaluate import evaluate as run_eval
+    from injection.evaluate import table
+
+    config = recorded_config(out)
+    prep = prepare(config, log)
+    projector = new_projector(prep.features, config)
+    load_checkpoint(Path(out) / "checkpoints", projector)
+    untrained = new_projector(prep.features, config)
+    source = config.text if config.text in prep.features.text else "description"
+    result = run_eval(projector.eval(), untrained.eval(), prep.features, prep.corpus.held_out,
+                      source, config.seed)
+    (Path(out) / "eval.json").write_text(json.dumps(result, indent=2))
+    log(table(result))
+    return result
+
+
+def export_checkpoint(out: Path, log=print) -> Path:
+    from injection.export import export
+
+    config = recorded_config(out)
+    prep = prepare(config, log)
+    projector = new_projector(prep.features, config)
+    load_checkpoint(Path(out) / "checkpoints", projector)
+    return export(prep.encoder, projector, meta(prep), prep.features.label_text,
+                  Path(out) / "encoder")
