@@ -109,7 +109,7 @@ def prompt_preview(
     template: str = typer.Option("auto", help="Template name or .j2 file (as for `run`)."),
     model: str = typer.Option(None, help="Model folder (default: as for `run`)."),
     labels: str = typer.Option(None, help="Label set (as for `run`)."),
-    generation: str = typer.Option("one-pass", help="one-pass or two-phase (as for `run`)."),
+    generation: str = typer.Option("auto", help="auto, one-pass or two-phase (as for `run`)."),
 ) -> None:
     """Print the exact prompt the engine gets for one clip (chat template, media
     placeholders) and the JSON schema it must follow.

@@ -86,19 +86,22 @@ def prepare(config: RunConfig, device: str | None = None) -> Prepared:
     spec = describe_model(config.model or default_model(device), config.model_revision)
     template = load_template(config.template if config.template != "auto" else
                              "describe_av" if spec.modalities else "describe_text")
-    if config.generation == "two-phase":
+    generation = config.generation
+    if generation == "auto":
+        generation = "two-phase" if template.two_phase else "one-pass"
+    elif generation == "two-phase":
         require_two_phase(template)
     labels = config.label_set([x for x in manifest["label"].to_pylist() if x])
     model = description_model(labels, template.schema)
     settings = PlanSettings(
         spec=spec, template=template, labels=labels,
-        sampling_json=config.sampling().to_json(), schema_sha256=schema_sha256(model),
+        sampling_json=config.sampling(generation).to_json(), schema_sha256=schema_sha256(model),
         num_frames=config.num_frames, max_duration_s=config.max_duration_s,
         max_side=config.max_side, min_pixels=config.min_pixels, max_pixels=config.max_pixels,
         engine_key=f"{config.engine}:{engine_dtype(config, device)}",
-        generation=config.generation)
+        generation=generation)
     # two-phase: the guided second turn writes everything but the reasoning (the free thought)
-    enforced = answer_model(model) if config.generation == "two-phase" else model
+    enforced = answer_model(model) if generation == "two-phase" else model
     return Prepared(config, device, spec, settings, json_schema(enforced), chosen)
 
 
@@ -191,7 +194,7 @@ def run(config: RunConfig, console: Console | None = None) -> dict:
         run_id=prep.run_id, engine=config.engine, template=prep.settings.template.label,
         template_sha256=prep.settings.template.sha256, sampling_json=prep.settings.sampling_json,
         labels=prep.settings.labels, retries=config.retries,
-        schema_kind=prep.settings.template.schema, generation=config.generation)
+        schema_kind=prep.settings.template.schema, generation=prep.settings.generation)
     meta = {"run_id": prep.run_id, "versions": versions(), "schema_version": SCHEMA_VERSION}
     early = pending.filter(pc.is_valid(pending["error_kind"]))
     to_engine = pending.filter(pc.is_null(pending["error_kind"]))
@@ -220,7 +223,7 @@ def engine_options(prep: Prepared, device: str) -> EngineOptions:
     benchmark measures the engine exactly as `run` configures it)."""
     config = prep.config
     return EngineOptions(
-        schema=prep.schema, sampling=config.sampling(), device=device,
+        schema=prep.schema, sampling=config.sampling(prep.settings.generation), device=device,
         max_model_len=config.max_model_len, min_pixels=config.min_pixels,
         max_pixels=config.max_pixels, cpu_kv_cache_gib=config.cpu_kv_cache_gib,
         max_batch=config.batch_size, dtype=engine_dtype(config, device))

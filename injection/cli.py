@@ -42,7 +42,8 @@ def train(config: TrainConfig) -> None:
         summary = run_train(config, log=console.print)
     except ERRORS as err:
         _fail(err)
-    console.print(f"exported: {summary['exported']}")
+    if "exported" in summary:  # rank 0 of a torchrun job, or the only process
+        console.print(f"exported: {summary['exported']}")
 
 
 @app.command("eval")

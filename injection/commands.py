@@ -74,12 +74,35 @@ def meta(prep: Prepared) -> dict:
             "preprocess": prep.encoder.preprocess.__dict__}
 
 
+def _distributed() -> int:
+    """Under torchrun: join the process group (gloo on CPU, nccl on GPUs); the rank."""
+    import os
+
+    import torch
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank()
+
+
 def train(config: TrainConfig, log=print) -> dict:
+    import torch.distributed as dist
+
     from injection.export import export
 
-    prep = prepare(config, log)
+    rank = _distributed()
+    if rank > 0:  # rank 0 fills the caches; the others then read them
+        dist.barrier()
+    prep = prepare(config, log if rank == 0 else (lambda *_: None))
+    if rank == 0 and dist.is_initialized():
+        dist.barrier()
     training = prep.features.subset(~prep.corpus.held_out)
     result = fit(training, config, config.out, log=_progress(config, log))
+    if rank > 0:
+        return {"rank": rank}
     target = export(prep.encoder, result["projector"], meta(prep), prep.features.label_text,
                     config.out / "encoder")
     last = result["history"][-1] if result["history"] else {}

@@ -188,7 +188,7 @@ def fit(features: Features, config: TrainConfig, out: Path, log=None) -> dict:
         record = {"step": step + 1, **{k: float(v) for k, v in parts.items()},
                   "loss": float(weighted_total(parts, config)),
                   "lr": optimizer.param_groups[0]["lr"],
-                  "logit_scale": float(projector.logit_scale()),
+                  "logit_scale": float(projector.logit_scale().detach()),
                   "samples_per_s": round(batch * (step + 1 - start)
                                          / (time.perf_counter() - started), 1)}
         history.append(record)

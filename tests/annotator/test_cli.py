@@ -75,7 +75,8 @@ def test_prompt_preview_prints_placeholders_and_schema(tmp_path, clips, tiny_omn
     shutil.copy(clips["real_astronaut"], tmp_path / "a.mp4")
     (tmp_path / "m.csv").write_text("path,label\na.mp4,sad\n")
     result = runner.invoke(app, ["prompt", "preview", "--manifest", str(tmp_path / "m.csv"),
-                                 "--clip", "a", "--model", str(tiny_omni), "--labels", "dfew"],
+                                 "--clip", "a", "--model", str(tiny_omni), "--labels", "dfew",
+                                 "--generation", "one-pass"],
                            terminal_width=200)
     assert result.exit_code == 0, result.output
     assert "<|vision_bos|><|VIDEO|><|vision_eos|>" in result.output
@@ -83,8 +84,8 @@ def test_prompt_preview_prints_placeholders_and_schema(tmp_path, clips, tiny_omn
     assert "happy, sad, neutral, angry, surprise, disgust, fear" in result.output
     assert "video.face_frames_fraction" in result.output and "audio.f0_median_hz" in result.output
     two = runner.invoke(app, ["prompt", "preview", "--manifest", str(tmp_path / "m.csv"),
-                              "--clip", "a", "--model", str(tiny_omni), "--generation",
-                              "two-phase"], terminal_width=200)
+                              "--clip", "a", "--model", str(tiny_omni)],  # auto: two-phase
+                           terminal_width=200)
     assert two.exit_code == 0, two.output
     first, second = two.output.split("# phase 2")
     assert "Do not write JSON yet" in first and "<chain of thought>" in second

@@ -6,7 +6,7 @@ import pytest
 from typer.testing import CliRunner
 
 from annotator.cli import app
-from annotator.schema import description_model
+from annotator.schema import answer_model, description_model
 from annotator.store import ERROR_KINDS, Store
 from prompts import label_sets
 
@@ -23,12 +23,15 @@ def test_cpu_default_rows_are_valid_or_typed_failures(tmp_path, clips):
     assert result.exit_code == 0, result.output
     rows = Store(tmp_path / "out").read().to_pylist()
     assert len(rows) == 2
-    model = description_model(label_sets()["crema-d"])
+    # the default generation is two-phase: the free thought is the reasoning, the guided
+    # answer holds the rest
+    answer = answer_model(description_model(label_sets()["crema-d"]))
     for row in rows:
         assert row["model"] == "SmolLM2-135M-Instruct" and row["template"] == "describe_text@3"
         assert row["cues"]["video"]["face_frames_fraction"] >= 0.75  # grounded in measurements
+        assert row["generation_mode"] == "two-phase, free chain of thought then JSON"
         if row["status"] == "ok":
             assert row["reasoning"].strip()
-            model.model_validate({"reasoning": row["reasoning"], **row["description"]})
+            answer.model_validate(row["description"])
         else:
             assert row["error_kind"] in ERROR_KINDS

@@ -38,7 +38,8 @@ def corpus(tmp_path_factory, clips):
 def first_run(tmp_path_factory, corpus, tiny_omni):
     out = tmp_path_factory.mktemp("run")
     result = runner.invoke(app, ["run", "--manifest", str(corpus), "--out", str(out), "--model",
-                                 str(tiny_omni), "--batch-size", "4", "--labels", LABELS])
+                                 str(tiny_omni), "--batch-size", "4", "--labels", LABELS,
+                                 "--generation", "one-pass"])
     assert result.exit_code == 0, result.output
     return out
 
@@ -113,8 +114,7 @@ def test_two_phase_generation_thinks_then_answers(tmp_path, corpus, tiny_omni, f
     out = tmp_path / "two"
     result = runner.invoke(app, ["run", "--manifest", str(corpus), "--out", str(out), "--model",
                                  str(tiny_omni), "--batch-size", "4", "--labels", LABELS,
-                                 "--subset", "3", "--generation", "two-phase",
-                                 "--think-tokens", "24"])
+                                 "--subset", "3", "--think-tokens", "24"])  # auto: two-phase
     assert result.exit_code == 0, result.output
     one_pass = {r["clip_id"]: r for r in rows(first_run)}
     model = description_model(LABELS.split(","))
@@ -146,7 +146,7 @@ def test_second_run_is_all_cache_hits_without_an_engine(first_run, corpus, tiny_
     before = {f.name: f.stat().st_mtime_ns for f in Store(first_run).files()}
     result = runner.invoke(app, ["run", "--manifest", str(corpus), "--out", str(first_run),
                                  "--model", str(tiny_omni), "--batch-size", "4", "--labels",
-                                 LABELS])
+                                 LABELS, "--generation", "one-pass"])
     assert result.exit_code == 0, result.output
     run = json.loads((first_run / "run.json").read_text())
     assert run["engine"]["started"] is False
@@ -157,7 +157,7 @@ def test_second_run_is_all_cache_hits_without_an_engine(first_run, corpus, tiny_
 def test_dry_run_reports_plan_and_cache(first_run, corpus, tiny_omni):
     result = runner.invoke(app, ["run", "--manifest", str(corpus), "--out", str(first_run),
                                  "--model", str(tiny_omni), "--labels", LABELS, "--batch-size",
-                                 "4", "--dry-run"])
+                                 "4", "--generation", "one-pass", "--dry-run"])
     assert result.exit_code == 0, result.output
     out = result.output
     assert "describe_av@4" in out and "video, audio" in out
@@ -188,7 +188,7 @@ def test_kill_9_mid_run_then_resume_gives_one_row_per_clip(tmp_path, clips, tiny
            str(out), "--model", str(tiny_omni), "--batch-size", "1",
            # a small budget keeps each clip short (rows end 'truncated'); what is tested here
            # is that rows survive a kill and are neither lost nor duplicated on resume
-           "--max-tokens", "48", "--retries", "0"]
+           "--max-tokens", "48", "--retries", "0", "--generation", "one-pass"]
     proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.time() + 300

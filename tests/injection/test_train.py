@@ -1,0 +1,66 @@
+"""The trainer: accumulation keeps the global batch, resume after a kill is exact, and two
+gloo processes match one process on the same global batch."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from injection.train import fit
+from tests.injection.fit_script import STEPS, config, features
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def losses(history):
+    return np.array([r["loss"] for r in history])
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("plain")
+    return fit(features(), config(out), out)["history"]
+
+
+def test_loss_falls_and_is_logged(uninterrupted, tmp_path):
+    curve = losses(uninterrupted)
+    assert curve[-5:].mean() < 0.7 * curve[:5].mean()
+    assert {"description_loss", "label_loss", "lr", "logit_scale"} <= set(uninterrupted[0])
+    assert uninterrupted[0]["logit_scale"] == pytest.approx(1 / 0.07, rel=0.05)
+
+
+def test_accumulation_keeps_the_whole_batch_as_negatives(uninterrupted, tmp_path):
+    accumulated = fit(features(), config(tmp_path, accumulate=4), tmp_path)["history"]
+    np.testing.assert_allclose(losses(accumulated), losses(uninterrupted), atol=1e-5)
+
+
+def test_kill_then_resume_matches_the_uninterrupted_run(uninterrupted, tmp_path):
+    cmd = [sys.executable, "-m", "tests.injection.fit_script", str(tmp_path), "--sleep", "0.1"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, start_new_session=True)
+    last = tmp_path / "checkpoints" / "last"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (last.is_file() and last.read_text() >= "step-000010"):
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    stopped = int(last.read_text().split("-")[1])
+    assert 10 <= stopped < STEPS, "the kill should land mid-run"
+    subprocess.run(cmd[:-2] + ["--resume"], cwd=ROOT, check=True, timeout=300)
+    resumed = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in resumed] == list(range(1, STEPS + 1))
+    np.testing.assert_allclose(losses(resumed), losses(uninterrupted), atol=1e-5)
+
+
+def test_two_gloo_processes_match_one(uninterrupted, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                    "--master-port", "29517", "-m", "tests.injection.fit_script",
+                    str(tmp_path)], cwd=ROOT, env=env, check=True, timeout=300,
+                   capture_output=True)
+    distributed = json.loads((tmp_path / "history.json").read_text())
+    np.testing.assert_allclose(losses(distributed), losses(uninterrupted), atol=1e-5)
