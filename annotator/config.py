@@ -71,6 +71,9 @@ class RunConfig(BaseModel):
     repetition loops; see the README), else one-pass."""
     think_tokens: int = Field(512, ge=16)
     """Token budget of the free chain of thought in two-phase generation."""
+    samples: int = Field(1, ge=1, le=16)
+    """Descriptions per clip (needs --temperature > 0): the extra ones are kept in the
+    `samples` column, and the audit measures how much they agree."""
     batch_size: int = Field(16, ge=1)
     """Clips per engine call (vLLM batches them continuously)."""
     retries: int = Field(1, ge=0)
@@ -99,6 +102,9 @@ class RunConfig(BaseModel):
             raise ValueError("--min-pixels must not exceed --max-pixels")
         if self.num_frames % 2:
             raise ValueError("--num-frames must be even (video models pair frames)")
+        if self.samples > 1 and self.temperature == 0:
+            raise ValueError("--samples > 1 needs --temperature > 0 (greedy samples are "
+                             "identical)")
         return self
 
     def sampling(self, generation: str) -> Sampling:
@@ -106,7 +112,8 @@ class RunConfig(BaseModel):
         return Sampling(temperature=self.temperature, top_p=self.top_p,
                         max_tokens=self.max_tokens, seed=self.seed,
                         repetition_penalty=self.repetition_penalty,
-                        generation=generation, think_tokens=self.think_tokens)
+                        generation=generation, think_tokens=self.think_tokens,
+                        samples=self.samples)
 
     def label_set(self, manifest_labels: list[str]) -> list[str] | None:
         if self.labels == "open":

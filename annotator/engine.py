@@ -39,6 +39,9 @@ class Sampling(BaseModel):
     in context."""
     think_tokens: int = Field(512, ge=16)
     """Token budget of the free chain of thought (two-phase only)."""
+    samples: int = Field(1, ge=1)
+    """Descriptions per clip: the first is the row's; the others (label, valence, arousal,
+    confidence, summary) go to the `samples` column for the audit's self-consistency."""
 
     def to_json(self) -> str:
         return json.dumps(self.model_dump(), sort_keys=True)

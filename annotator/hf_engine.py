@@ -66,6 +66,7 @@ class TransformersEngine:
             self.model = AutoModelForCausalLM.from_pretrained(spec.path, dtype=torch.float32)
         self.model.eval()
         self.eos = _eos_ids(self.model, self.tokenizer)
+        self.calls = 0  # seeds each generation apart, so repeated samples differ
 
     def _encode(self, request: Request) -> dict:
         if self.processor is None:
@@ -96,7 +97,8 @@ class TransformersEngine:
             masks = [_SchemaMask(self.tokenizer, self.options.schema, 1, vocab)] \
                 if request.guided else []
             max_tokens = request.max_tokens or s.max_tokens
-            torch.manual_seed(s.seed)
+            torch.manual_seed(s.seed + self.calls)
+            self.calls += 1
             extra = {"use_audio_in_video": True} if inputs.get("video_second_per_grid") \
                 is not None and request.audio is not None else {}
             out = self.model.generate(

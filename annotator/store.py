@@ -58,6 +58,9 @@ ROW_SCHEMA = pa.schema([
     ("description", description_type()),
     ("reasoning", pa.string()),
     ("raw_output", pa.string()),
+    ("samples", pa.list_(pa.struct([
+        ("primary_emotion", pa.string()), ("valence", pa.float64()), ("arousal", pa.float64()),
+        ("confidence", pa.float64()), ("summary", pa.string())]))),
     ("label", pa.string()),
     ("speaker", pa.string()),
     ("split", pa.string()),
@@ -104,7 +107,7 @@ class Store:
         if not files:
             return ROW_SCHEMA.empty_table() if columns is None else \
                 pa.schema([ROW_SCHEMA.field(c) for c in columns]).empty_table()
-        return pa.concat_tables([pq.read_table(f, columns=columns) for f in files])
+        return pa.concat_tables([_read_file(f, columns or ROW_SCHEMA.names) for f in files])
 
     def index(self) -> dict[str, dict]:
         """clip_id -> {cache_key, status, error_kind, attempts} for every stored row."""
@@ -139,6 +142,17 @@ class Store:
             else:
                 f.unlink()
         return dropped
+
+
+def _read_file(path: Path, columns: list[str]) -> pa.Table:
+    """One file's `columns`; a column the file predates (e.g. `samples`) is read as nulls."""
+    present = set(pq.read_schema(path).names)
+    table = pq.read_table(path, columns=[c for c in columns if c in present])
+    for name in columns:
+        if name not in present:
+            field = ROW_SCHEMA.field(name)
+            table = table.append_column(field, pa.nulls(len(table), field.type))
+    return table.select(columns)
 
 
 def atomic_write_parquet(table: pa.Table, final: Path) -> None:

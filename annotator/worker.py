@@ -23,6 +23,7 @@ from annotator.schema import SCHEMA_VERSION, answer_model, description_model, pa
 from annotator.store import RETRYABLE, ROW_SCHEMA, STATUS_FAILED, STATUS_OK
 from prompts import PromptError
 
+SAMPLE_FIELDS = ("primary_emotion", "valence", "arousal", "confidence", "summary")
 GENERATION_MODES = {"one-pass": "one-pass, reasoning field first",
                     "two-phase": "two-phase, free chain of thought then JSON"}
 
@@ -193,9 +194,23 @@ class EngineWorker:
                 if judged[0] in RETRYABLE and attempts[i] <= self.ctx.retries:
                     retry.append(i)
             todo = retry
+        if self.sampling.samples > 1:
+            self._sample([i for i, (_, judged, _) in results.items() if judged[0] is None],
+                         rows)
         out = [build_row(r, *results.get(i, (None, None, 0.0)), attempts.get(i, 0),
                          self.spec, self.ctx) for i, r in enumerate(rows)]
         return pa.Table.from_pylist(out, schema=ROW_SCHEMA)
+
+    def _sample(self, ok: list[int], rows: list[dict]) -> None:
+        """The extra samples of each ok clip, in one batch; an invalid one is kept as null."""
+        extra = self.sampling.samples - 1
+        made = self._attempt([rows[i] for i in ok for _ in range(extra)])
+        for n, i in enumerate(ok):
+            kept = []
+            for attempt in made[n * extra:(n + 1) * extra]:
+                _, _, parsed = _judge(attempt, self.model)
+                kept.append({k: parsed.get(k) for k in SAMPLE_FIELDS} if parsed else None)
+            rows[i]["samples"] = kept
 
 
 def build_row(row: dict, attempt: Attempt | None, judged, latency: float, attempts: int,
@@ -208,6 +223,7 @@ def build_row(row: dict, attempt: Attempt | None, judged, latency: float, attemp
         "clip_id": row["clip_id"], "status": STATUS_OK if kind is None else STATUS_FAILED,
         "error_kind": kind, "error": error, "description": description,
         "reasoning": reasoning, "raw_output": attempt.text if attempt else None,
+        "samples": row.get("samples"),
         "label": row["label"], "speaker": row["speaker"], "split": row["split"],
         "dataset": row["dataset"], "path": row["path"], "has_video": row["has_video"],
         "has_audio": row["has_audio"], "media_note": row["media_note"],

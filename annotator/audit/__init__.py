@@ -83,6 +83,7 @@ def audit(config: AuditConfig) -> dict:
                        "near": int((~dups["exact"]).sum()),
                        "threshold": config.near_duplicate},
         "richness": redundancy.richness(con),
+        "self_consistency": _self_consistency(con),
     }
     clean = pc.invert(flags["excluded"])
     metrics["clean"] = {"rows": int(pc.sum(clean).as_py() or 0),
@@ -149,7 +150,9 @@ def _flags(con: duckdb.DuckDBPyConnection, rule_list: list[rules.Rule]) -> pa.Ta
                  'words': len(string_split(trim(concat_ws(' ', a.description.face,
                      a.description.body, a.description.voice, a.description.cross_modal,
                      a.description.summary)), ' ')),
-                 'duplicate_similarity': d.similarity}} AS scores
+                 'duplicate_similarity': d.similarity,
+                 'self_agreement': a.self_agreement,
+                 'summary_dispersion': a.summary_dispersion}} AS scores
         FROM audited a
         JOIN rule_hits h ON h.row_id = a.row_id
         LEFT JOIN dups d ON d.row_id = a.row_id
@@ -167,7 +170,7 @@ def _validity(con: duckdb.DuckDBPyConnection) -> dict:
     total, ok, truncated = con.execute(
         "SELECT count(*), count(*) FILTER (status = 'ok'), "
         "count(*) FILTER (error_kind = 'truncated' OR finish_reason = 'length') FROM audited"
-    ).fetchone()
+    ).fetchall()[0]
     return {"ok": ok, "failed": total - ok,
             "failed_by_kind": counts("error_kind", "status <> 'ok'"),
             "finish_reasons": counts("finish_reason"),
@@ -202,6 +205,27 @@ def _agreement(con: duckdb.DuckDBPyConnection, labels: list[str] | None) -> dict
     result["calibration"] = agreement.calibration(confidence, correct)
     result["mapping"] = mapping
     return result
+
+
+def _self_consistency(con: duckdb.DuckDBPyConnection) -> dict:
+    """With --samples N: how much a clip's descriptions agree, and whether agreement works as
+    a confidence (accuracy against the labels of consistent vs inconsistent clips)."""
+    names = ("rows", "mean_samples", "label_agreement", "valence_spread", "summary_dispersion",
+             "accuracy_when_consistent", "accuracy_when_not")
+    values = con.execute("""
+        SELECT count(*), avg(len(valid_samples) + 1), avg(self_agreement), avg(valence_spread),
+               avg(summary_dispersion),
+               avg((primary_label = true_label)::DOUBLE) FILTER (self_agreement >= 0.8
+                   AND true_label IS NOT NULL),
+               avg((primary_label = true_label)::DOUBLE) FILTER (self_agreement < 0.8
+                   AND true_label IS NOT NULL)
+        FROM audited WHERE status = 'ok' AND self_agreement IS NOT NULL
+    """).fetchall()[0]
+    out = {k: (round(float(v), 4) if v is not None else None) for k, v in zip(names, values)}
+    out["rows"] = int(values[0])
+    if not out["rows"]:
+        out["note"] = "one description per clip: run with --samples N --temperature T"
+    return out
 
 
 def _flag_counts(con: duckdb.DuckDBPyConnection, rule_list: list[rules.Rule]) -> dict:

@@ -127,14 +127,14 @@ def richness(con: duckdb.DuckDBPyConnection, boilerplate_share: float = 0.2,
                quantile_cont(len(words), 0.95) AS p95_words,
                avg(len(list_distinct(words)) / greatest(len(words), 1)) AS type_token_ratio
         FROM t
-    """).fetchone()
+    """).fetchall()[0]
     names = ("texts", "mean_words", "p05_words", "median_words", "p95_words",
              "type_token_ratio")
     out = {k: (round(float(v), 3) if v is not None else None) for k, v in zip(names, stats)}
     out["texts"] = int(stats[0])
     out["vocabulary"] = con.execute(
         f"WITH t AS ({TEXT_SQL}) SELECT count(DISTINCT w) FROM (SELECT unnest(words) w FROM t)"
-    ).fetchone()[0]
+    ).fetchall()[0][0]
     lengths = con.execute(f"WITH t AS ({TEXT_SQL}) SELECT len(words) AS n FROM t"
                           ).fetchnumpy()["n"]
     out["length_histogram"] = _histogram(lengths)

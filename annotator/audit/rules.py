@@ -98,7 +98,10 @@ def derived_view(con: duckdb.DuckDBPyConnection, rows: pa.Table, labels: list[st
     con.execute(f"""
         CREATE OR REPLACE TEMP MACRO said(t) AS
             regexp_replace(lower(coalesce(t, '')), '{negation}', '', 'g');
-        CREATE OR REPLACE TEMP VIEW audited AS
+        CREATE OR REPLACE TEMP MACRO words(t) AS list_filter(list_distinct(string_split(
+            regexp_replace(lower(coalesce(t, '')), '[^a-z0-9]+', ' ', 'g'), ' ')),
+            lambda w: w <> '');
+        CREATE OR REPLACE TEMP VIEW with_samples AS
         SELECT r.*,
                said(r.description.face) AS said_face,
                said(r.description.body) AS said_body,
@@ -108,10 +111,27 @@ def derived_view(con: duckdb.DuckDBPyConnection, rows: pa.Table, labels: list[st
                p.mapped AS primary_label, t.mapped AS true_label,
                p.valence AS primary_valence, p.arousal AS primary_arousal,
                coalesce(list_transform(r.description.secondary_emotions,
-                                       lambda x: ({valence_map})[x]), []) AS secondary_valences
+                                       lambda x: ({valence_map})[x]), []) AS secondary_valences,
+               list_filter(coalesce(r.samples, []), lambda x: x IS NOT NULL) AS valid_samples
         FROM rows_in r
         LEFT JOIN lexicon p ON p.word = r.description.primary_emotion
-        LEFT JOIN lexicon t ON t.word = r.label
+        LEFT JOIN lexicon t ON t.word = r.label;
+        CREATE OR REPLACE TEMP VIEW audited AS
+        SELECT *,
+               CASE WHEN len(valid_samples) > 0 THEN
+                   len(list_filter(sample_labels, lambda x: x = list_aggregate(sample_labels,
+                       'mode'))) / len(sample_labels) END AS self_agreement,
+               CASE WHEN len(valid_samples) > 0 THEN list_aggregate(list_concat(
+                   [description.valence], list_transform(valid_samples, lambda x: x.valence)),
+                   'stddev_pop') END AS valence_spread,
+               CASE WHEN len(valid_samples) > 0 THEN 1 - list_avg(list_transform(
+                   valid_samples, lambda x: len(list_intersect(words(x.summary),
+                       words(description.summary)))
+                   / greatest(len(list_distinct(list_concat(words(x.summary),
+                       words(description.summary)))), 1))) END AS summary_dispersion
+        FROM (SELECT *, list_concat([description.primary_emotion],
+                     list_transform(valid_samples, lambda x: x.primary_emotion)) AS sample_labels
+              FROM with_samples)
     """)
 
 

@@ -115,10 +115,13 @@ def _row(clip_id: str, label: str, description: dict | None, cues: dict, path: s
 
 
 def write_synthetic_run(out: str | Path, n: int, seed: int = 0, planted: bool = True,
-                        media: list[str] | None = None, agreement: float = 0.7) -> Path:
+                        media: list[str] | None = None, agreement: float = 0.7,
+                        samples: int = 1, stable: float = 0.8) -> Path:
     """Write `n` clean rows (and the PLANTED faults) as a run in `out`; returns `out`.
 
-    Dataset labels match the described emotion for a share `agreement` of clean rows."""
+    Dataset labels match the described emotion for a share `agreement` of clean rows. With
+    `samples` > 1, each row has samples - 1 extra samples that keep its emotion with
+    probability `stable` each (as `run --samples` would store)."""
     out = Path(out)
     rng = np.random.default_rng(seed)
     media = media or [str(out / "media" / "missing.mp4")]
@@ -135,6 +138,9 @@ def write_synthetic_run(out: str | Path, n: int, seed: int = 0, planted: bool = 
             row["description"].update(face="no video, so not observable",
                                       body="no video, so not observable")
             row["description"]["evidence"] = row["description"]["evidence"][1:]
+        if samples > 1:
+            row["samples"] = [_sample(rng, row["description"], stable)
+                              for _ in range(samples - 1)]
         rows.append(row)
     if planted:
         rows += _planted(rng, rows[0], media)
@@ -145,6 +151,17 @@ def write_synthetic_run(out: str | Path, n: int, seed: int = 0, planted: bool = 
     write_json(out / "run.json", {"run_id": "synthetic", "labels": LABELS,
                                   "config": {"manifest": None}})
     return out
+
+
+def _sample(rng: np.random.Generator, description: dict, stable: float) -> dict:
+    emotion = description["primary_emotion"] if rng.random() < stable else \
+        str(rng.choice(LABELS))
+    return {"primary_emotion": emotion,
+            "valence": round(float(np.clip(description["valence"] + rng.normal(0, 0.1), -1, 1)),
+                             2),
+            "arousal": description["arousal"], "confidence": description["confidence"],
+            "summary": description["summary"].replace("shows", str(rng.choice(
+                ["shows", "displays", "expresses"])))}
 
 
 def _has_video(path: str) -> bool:

@@ -132,6 +132,29 @@ def test_two_phase_generation_thinks_then_answers(tmp_path, corpus, tiny_omni, f
         assert row["cache_key"] != before["cache_key"]
 
 
+def test_samples_are_kept_for_the_audit(tmp_path, corpus, tiny_omni):
+    out = tmp_path / "sampled"
+    greedy = runner.invoke(app, ["run", "--manifest", str(corpus), "--out", str(out),
+                                 "--model", str(tiny_omni), "--samples", "3"])
+    assert greedy.exit_code == 2 and "--temperature" in greedy.output
+    result = runner.invoke(app, ["run", "--manifest", str(corpus), "--out", str(out), "--model",
+                                 str(tiny_omni), "--labels", LABELS, "--subset", "2",
+                                 "--samples", "3", "--temperature", "0.8",
+                                 "--think-tokens", "16"])
+    assert result.exit_code == 0, result.output
+    done = [r for r in rows(out) if r["status"] == "ok"]
+    assert done
+    for row in done:
+        assert len(row["samples"]) == 2  # the row's own description plus two more
+        valid = [s for s in row["samples"] if s]
+        assert all(s["primary_emotion"] in LABELS.split(",") for s in valid)
+    audited = runner.invoke(app, ["audit", str(out)])
+    assert audited.exit_code == 0, audited.output
+    metrics = json.loads((out / "audit" / "metrics.json").read_text())
+    with_samples = sum(1 for r in done if any(r["samples"]))
+    assert metrics["self_consistency"]["rows"] == with_samples
+
+
 def test_two_phase_needs_a_template_that_reads_phase(tmp_path, corpus, tiny_omni):
     plain = tmp_path / "plain.j2"
     plain.write_text("Describe the person as JSON.")

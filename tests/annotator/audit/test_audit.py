@@ -128,3 +128,32 @@ def test_a_bad_rules_file_is_refused_before_anything_is_written(tmp_path, audite
 def test_auditing_an_empty_folder_says_what_to_do(tmp_path):
     result = CliRunner().invoke(app, ["audit", str(tmp_path)])
     assert result.exit_code == 1 and "vaemo-annotate run" in result.output
+
+
+def test_self_consistency_over_samples(tmp_path):
+    out = write_synthetic_run(tmp_path / "run", 120, samples=4, stable=0.85, planted=False)
+    rows = Store(out).read()
+    unstable = rows["clip_id"][5].as_py()
+    table = rows.to_pylist()
+    table[5]["samples"] = [{**s, "primary_emotion": e} for s, e in zip(
+        table[5]["samples"], ["anger", "fear", "happy"])]  # row 5 is sad
+    import pyarrow as pa
+
+    from annotator.store import ROW_SCHEMA, atomic_write_parquet
+
+    atomic_write_parquet(pa.Table.from_pylist(table, schema=ROW_SCHEMA), Store(out).files()[0])
+    metrics = audit(AuditConfig(out=out))
+    consistency = metrics["self_consistency"]
+    assert consistency["rows"] == 120 and consistency["mean_samples"] == 4
+    # each extra sample keeps the label with p = 0.85 (+ chance): mean share near 0.9
+    assert 0.8 < consistency["label_agreement"] < 0.97
+    assert consistency["valence_spread"] > 0 and consistency["summary_dispersion"] > 0
+    flags = {r["clip_id"]: r for r in pq.read_table(out / "audit" / "flags.parquet").to_pylist()}
+    assert "unstable_label" in flags[unstable]["flags"] and not flags[unstable]["excluded"]
+    assert flags[unstable]["scores"]["self_agreement"] <= 0.5
+
+
+def test_runs_without_samples_say_how_to_get_them(audited):
+    _, _, metrics = audited
+    assert metrics["self_consistency"]["rows"] == 0
+    assert "--samples" in metrics["self_consistency"]["note"]
