@@ -12,6 +12,7 @@ import numpy as np
 from injection.config import TrainConfig
 from injection.data import Corpus, build_corpus, load_rows
 from injection.features import FeatureCache, embed_texts, va_features
+from injection.finetune import Tuned, interpolate
 from injection.train import SAMPLED_SOURCES, Features, fit, load_checkpoint, new_projector
 
 
@@ -71,6 +72,7 @@ def meta(prep: Prepared) -> dict:
             "hidden": config.hidden, "dual_path": config.dual_path,
             "text_encoder": prep.text_encoder.id, "encoder": prep.encoder.id,
             "factory": config.factory, "label_names": prep.corpus.label_names,
+            "mode": config.mode, "interpolate": config.interpolate,
             "preprocess": prep.encoder.preprocess.__dict__}
 
 
@@ -100,11 +102,17 @@ def train(config: TrainConfig, log=print) -> dict:
     if rank == 0 and dist.is_initialized():
         dist.barrier()
     training = prep.features.subset(~prep.corpus.held_out)
-    result = fit(training, config, config.out, log=_progress(config, log))
+    paths = [p for p, held in zip(prep.corpus.paths, prep.corpus.held_out) if not held]
+    original = {n: p.detach().clone() for n, p in prep.encoder.module.named_parameters()}
+    result = fit(training, config, config.out, log=_progress(config, log),
+                 encoder=prep.encoder, paths=paths)
     if rank > 0:
         return {"rank": rank}
+    tuned = config.mode == "blocks"
+    if tuned and config.interpolate < 1:
+        interpolate(prep.encoder, original, config.interpolate)
     target = export(prep.encoder, result["projector"], meta(prep), prep.features.label_text,
-                    config.out / "encoder")
+                    config.out / "encoder", tuned=tuned)
     last = result["history"][-1] if result["history"] else {}
     summary = {"steps": config.steps, "resumed_from": result["start"],
                "train_clips": len(training), "final": last, "exported": str(target)}
@@ -130,18 +138,38 @@ def recorded_config(out: Path) -> TrainConfig:
     return TrainConfig.model_validate_json((folder / "config.json").read_text())
 
 
-def evaluate(out: Path, log=print) -> dict:
-    from injection.evaluate import evaluate as run_eval
-    from injection.evaluate import table
-
+def _restore(out: Path, log):
+    """(config, prepared data, trained projector, tuned encoder features or None)."""
     config = recorded_config(out)
     prep = prepare(config, log)
     projector = new_projector(prep.features, config)
-    load_checkpoint(Path(out) / "checkpoints", projector)
-    untrained = new_projector(prep.features, config)
+    tuned = Tuned(prep.encoder, projector) if config.mode == "blocks" else None
+    load_checkpoint(Path(out) / "checkpoints", projector, tuned=tuned)
+    if tuned is not None and config.interpolate < 1:
+        original = {n: p.detach().clone() for n, p in
+                    load_encoder_like(prep).module.named_parameters()}
+        interpolate(prep.encoder, original, config.interpolate)
+    return config, prep, projector.eval(), tuned
+
+
+def load_encoder_like(prep: Prepared):
+    from injection.encoders import load_encoder
+
+    config = prep.config
+    return load_encoder(config.encoder, config.factory, config.trust_remote_code)
+
+
+def evaluate(out: Path, log=print) -> dict:
+    from injection.evaluate import evaluate as run_eval
+    from injection.evaluate import table
+    from injection.features import encode_clips
+
+    config, prep, projector, tuned = _restore(out, log)
+    tuned_va = encode_clips(prep.encoder, prep.corpus.paths) if tuned is not None else None
+    untrained = new_projector(prep.features, config).eval()
     source = config.text if config.text in prep.features.text else "description"
-    result = run_eval(projector.eval(), untrained.eval(), prep.features, prep.corpus.held_out,
-                      source, config.seed)
+    result = run_eval(projector, untrained, prep.features, prep.corpus.held_out, source,
+                      config.seed, tuned_va)
     (Path(out) / "eval.json").write_text(json.dumps(result, indent=2))
     log(table(result))
     return result
@@ -150,9 +178,6 @@ def evaluate(out: Path, log=print) -> dict:
 def export_checkpoint(out: Path, log=print) -> Path:
     from injection.export import export
 
-    config = recorded_config(out)
-    prep = prepare(config, log)
-    projector = new_projector(prep.features, config)
-    load_checkpoint(Path(out) / "checkpoints", projector)
+    config, prep, projector, tuned = _restore(out, log)
     return export(prep.encoder, projector, meta(prep), prep.features.label_text,
-                  Path(out) / "encoder")
+                  Path(out) / "encoder", tuned=tuned is not None)

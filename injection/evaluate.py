@@ -76,16 +76,25 @@ def embed(projector: Projector, features: Features, source: str):
 
 
 def evaluate(projector: Projector, untrained: Projector, features: Features,
-             held_out: np.ndarray, source: str = "description", seed: int = 0) -> dict:
+             held_out: np.ndarray, source: str = "description", seed: int = 0,
+             tuned_va: dict[str, np.ndarray] | None = None) -> dict:
+    """`tuned_va`: the fine-tuned encoder's features (blocks mode); `features.va` are the
+    original encoder's, which is what "before" measures."""
     train, test = features.subset(~held_out), features.subset(held_out)
+    if tuned_va is not None:
+        tuned = Features(tuned_va, features.text, features.labels, features.label_text)
+        tuned_train, tuned_test = tuned.subset(~held_out), tuned.subset(held_out)
+    else:
+        tuned_train, tuned_test = train, test
     labelled_train, labelled_test = train.labels >= 0, test.labels >= 0
     classes = int(features.label_text.shape[0])
     raw = {"train": np.concatenate(list(train.va.values()), 1),
            "test": np.concatenate(list(test.va.values()), 1)}
     result: dict = {"clips": {"train": len(train), "test": len(test)}}
     for name, model in (("before", untrained), ("after", projector)):
-        clip_train = raw["train"] if name == "before" else embed(model, train, source)[0]
-        clip_test, text_test, label_text = embed(model, test, source)
+        clip_train = raw["train"] if name == "before" else embed(model, tuned_train, source)[0]
+        clip_test, text_test, label_text = embed(model, test if name == "before"
+                                                 else tuned_test, source)
         if name == "before":
             clip_test_probe = raw["test"]
         else:

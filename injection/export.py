@@ -25,21 +25,24 @@ from injection.model import Projector
 HF_FILES = ("*.json", "*.safetensors", "*.txt", "*.model")
 
 
-def export(encoder, projector: Projector, meta: dict, label_text: np.ndarray, target: Path
-           ) -> Path:
+def export(encoder, projector: Projector, meta: dict, label_text: np.ndarray, target: Path,
+           tuned: bool = False) -> Path:
+    """`tuned`: the encoder's own weights changed (blocks mode), so they are saved, not
+    copied."""
     target = Path(target)
     tmp = target.with_name(f".{target.name}.tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     if encoder.kind == "hf":
-        for folder in {f for f in encoder.folders.values()}:
+        for name, folder in encoder.folders.items():
             relative = folder.relative_to(encoder.path)
             (tmp / relative).mkdir(parents=True, exist_ok=True)
             for pattern in HF_FILES:
                 for f in folder.glob(pattern):
                     shutil.copy2(f, tmp / relative / f.name)
-        # a fine-tuned branch would be saved here with save_pretrained; heads-only keeps them
+            if tuned:  # same class and config, new weights
+                encoder.module[name].model.save_pretrained(tmp / relative)
     elif encoder.kind == "factory":
         save_file({k: v.contiguous() for k, v in encoder.module.state_dict().items()},
                   tmp / "encoder.safetensors")

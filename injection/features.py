@@ -92,32 +92,36 @@ def embed_texts(cache: FeatureCache, encoder, texts: list[str]) -> np.ndarray:
     return cache.get_or_compute(keys, lambda pos: encoder.encode([texts[i] for i in pos]))
 
 
-def va_features(cache: FeatureCache, encoder, paths: list[str], media_sha256: list[str]
-                ) -> dict[str, np.ndarray]:
-    """Frozen features per branch, [N, D_branch] each, for clips by path."""
+def encode_clips(encoder, paths: list[str]) -> dict[str, np.ndarray]:
+    """Features per branch, [N, D_branch] each, computed now (no cache)."""
     import torch
 
     from injection.encoders import clip_tensors
 
+    names, out = list(encoder.branches), []
+    with torch.inference_mode():
+        for path in paths:  # one clip per forward: clips differ in length
+            frames, audio = clip_tensors(path, encoder.preprocess)
+            features = encoder(torch.from_numpy(frames)[None], torch.from_numpy(audio)[None])
+            out.append(np.concatenate([features[n][0].float().numpy() for n in names]))
+    return _split(np.stack(out) if out else np.zeros((0, sum(encoder.branches.values()))),
+                  encoder)
+
+
+def va_features(cache: FeatureCache, encoder, paths: list[str], media_sha256: list[str]
+                ) -> dict[str, np.ndarray]:
+    """Frozen features per branch, [N, D_branch] each, for clips by path (cached)."""
     prep = encoder.preprocess
     keys = [va_key(h, encoder.id, prep.key()) for h in media_sha256]
-    names = list(encoder.branches)
 
     def compute(positions: list[int]) -> np.ndarray:
-        out = []
-        with torch.inference_mode():
-            for i in positions:  # one clip per forward: clips differ in length
-                frames, audio = clip_tensors(paths[i], prep)
-                features = encoder(torch.from_numpy(frames)[None], torch.from_numpy(audio)[None])
-                out.append(np.concatenate([features[n][0].float().numpy() for n in names]))
-        return np.stack(out)
+        parts = encode_clips(encoder, [paths[i] for i in positions])
+        return np.concatenate([parts[n] for n in encoder.branches], 1)
 
-    flat = cache.get_or_compute(keys, compute, chunk=64)
+    return _split(cache.get_or_compute(keys, compute, chunk=64), encoder)
+
+
+def _split(flat: np.ndarray, encoder) -> dict[str, np.ndarray]:
+    names = list(encoder.branches)
     split = np.cumsum([encoder.branches[n] for n in names])[:-1]
     return dict(zip(names, np.split(flat, split, axis=1)))
-
-
-def describe(cache: FeatureCache) -> dict:
-    return {"entries": len(cache.index()), "dir": str(cache.dir),
-            "shards": len(list(cache.dir.glob("shard-*.npy")))}
-

@@ -22,6 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from injection.config import TrainConfig
+from injection.finetune import Tuned, anchor_loss, media_batch, unfreeze_last_blocks
 from injection.loss import description_loss, label_loss
 from injection.model import Projector
 
@@ -71,7 +72,8 @@ def text_source(config: TrainConfig, step: int) -> str:
 
 
 def losses(out: dict, labels: torch.Tensor, config: TrainConfig) -> dict[str, torch.Tensor]:
-    """Both paths on projected embeddings (per branch, averaged, for the per-branch path)."""
+    """Both paths on projected embeddings (per branch, averaged, for the per-branch path),
+    and the anchor to the original features when the encoder itself trains."""
     branches = out["va"]
     if config.dual_path == "fused" or len(branches) == 1:
         stacked = torch.stack(list(branches.values())).mean(0)
@@ -85,50 +87,72 @@ def losses(out: dict, labels: torch.Tensor, config: TrainConfig) -> dict[str, to
             parts.update(label_loss(clip, out["label_text"], labels, out["scale"]))
         for name, value in parts.items():
             found.setdefault(name, []).append(value)
-    return {name: torch.stack(values).mean() for name, values in found.items()}
+    found = {name: torch.stack(values).mean() for name, values in found.items()}
+    if "va_raw" in out and config.anchor_weight:
+        found.update(anchor_loss(out["va_raw"], out["va_frozen"]))
+    return found
 
 
 def weighted_total(parts: dict[str, torch.Tensor], config: TrainConfig) -> torch.Tensor:
     weights = {"description_loss": config.description_weight,
-               "label_loss": config.label_weight}
+               "label_loss": config.label_weight, "anchor_loss": config.anchor_weight}
     return sum(weights[name] * value for name, value in parts.items())
 
 
-def _tensors(features: Features, rows: np.ndarray, source: str):
-    va = {k: torch.from_numpy(np.asarray(v[rows], np.float32)) for k, v in features.va.items()}
-    text = torch.from_numpy(np.asarray(features.text[source][rows], np.float32))
-    return va, text, torch.from_numpy(features.labels[rows])
+def _text(features: Features, rows: np.ndarray, source: str) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(features.text[source][rows], np.float32))
 
 
-def train_step(model, features: Features, rows: np.ndarray, config: TrainConfig, step: int
-               ) -> dict[str, torch.Tensor]:
+def _frozen(features: Features, rows: np.ndarray) -> dict[str, torch.Tensor]:
+    return {k: torch.from_numpy(np.asarray(v[rows], np.float32)) for k, v in features.va.items()}
+
+
+def _merge(outs: list[dict], j: int) -> dict:
+    """The global batch from micro-batch outputs; only micro-batch j carries gradients, and
+    the shared parts (label texts, temperature) carry them only in micro-batch 0."""
+    fresh = outs[j]
+    merged = {"va": {k: torch.cat([o["va"][k] for o in outs]) for k in fresh["va"]},
+              "text": torch.cat([o["text"] for o in outs]),
+              "label_text": fresh["label_text"] if j == 0 else fresh["label_text"].detach(),
+              "scale": fresh["scale"] if j == 0 else fresh["scale"].detach()}
+    for key in ("va_raw", "va_frozen"):
+        if key in fresh:
+            merged[key] = {k: torch.cat([o[key][k] for o in outs]) for k in fresh[key]}
+    return merged
+
+
+def train_step(model, features: Features, rows: np.ndarray, config: TrainConfig, step: int,
+               inputs=None) -> dict[str, torch.Tensor]:
     """Forward and backward for one global batch; returns the losses (detached).
 
+    `inputs(rows)` is what the model takes for those clips: their cached frozen features
+    (heads mode, the default) or their decoded media (blocks mode).
     With accumulation, every micro-batch is first embedded without gradients; then each is
     embedded again with gradients and scored against the whole cached batch, so negatives
     span the global batch. Shared parts (label texts, temperature) take their gradient from
     the first micro-batch only, which already sees the whole batch: the sum equals the
     un-accumulated gradient."""
+    inputs = inputs or (lambda r: _frozen(features, r))
     source = text_source(config, step)
     label_text = torch.from_numpy(features.label_text)
-    micro = np.array_split(rows, config.accumulate)
+    labels = torch.from_numpy(features.labels[rows])
+
+    def forward(part: np.ndarray) -> dict:
+        out = model(inputs(part), _text(features, part, source), label_text)
+        if "va_raw" in out:
+            out["va_frozen"] = _frozen(features, part)
+        return out
+
     if config.accumulate == 1:
-        va, text, labels = _tensors(features, rows, source)
-        parts = losses(model(va, text, label_text), labels, config)
+        parts = losses(forward(rows), labels, config)
         weighted_total(parts, config).backward()
         return {k: v.detach() for k, v in parts.items()}
+    micro = np.array_split(rows, config.accumulate)
     with torch.no_grad():
-        cached = [model(*_tensors(features, m, source)[:2], label_text) for m in micro]
-    labels = torch.from_numpy(features.labels[rows])
+        cached = [forward(m) for m in micro]
     for j, m in enumerate(micro):
-        va, text, _ = _tensors(features, m, source)
-        fresh = model(va, text, label_text)
-        outs = [fresh if i == j else c for i, c in enumerate(cached)]
-        merged = {"va": {k: torch.cat([o["va"][k] for o in outs]) for k in fresh["va"]},
-                  "text": torch.cat([o["text"] for o in outs]),
-                  "label_text": fresh["label_text"] if j == 0 else fresh["label_text"].detach(),
-                  "scale": fresh["scale"] if j == 0 else fresh["scale"].detach()}
-        parts = losses(merged, labels, config)
+        outs = [forward(m) if i == j else c for i, c in enumerate(cached)]
+        parts = losses(_merge(outs, j), labels, config)
         weighted_total(parts, config).backward()
     return {k: v.detach() for k, v in parts.items()}
 
@@ -143,15 +167,24 @@ def _schedule(config: TrainConfig):
     return factor
 
 
-def _optimizer(projector: Projector, config: TrainConfig) -> torch.optim.AdamW:
+def _optimizer(projector: Projector, config: TrainConfig, encoder_params=()
+               ) -> torch.optim.AdamW:
     decay = [p for n, p in projector.named_parameters() if p.ndim > 1]
     rest = [p for n, p in projector.named_parameters() if p.ndim <= 1]
-    return torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
-                              {"params": rest, "weight_decay": 0.0}], lr=config.lr)
+    groups = [{"params": decay, "weight_decay": config.weight_decay},
+              {"params": rest, "weight_decay": 0.0}]
+    if encoder_params:
+        groups.append({"params": list(encoder_params), "lr": config.encoder_lr,
+                       "weight_decay": config.weight_decay})
+    return torch.optim.AdamW(groups, lr=config.lr)
 
 
-def fit(features: Features, config: TrainConfig, out: Path, log=None) -> dict:
-    """Train the heads on `features` (the training rows); checkpoints and metrics in `out`."""
+def fit(features: Features, config: TrainConfig, out: Path, log=None, encoder=None,
+        paths: list[str] | None = None) -> dict:
+    """Train the heads on `features` (the training rows); checkpoints and metrics in `out`.
+
+    In blocks mode, `encoder` and the clips' `paths` (aligned with `features`) are needed:
+    its last blocks train with the heads on decoded media."""
     import torch.distributed as dist
 
     distributed = dist.is_available() and dist.is_initialized()
@@ -159,16 +192,25 @@ def fit(features: Features, config: TrainConfig, out: Path, log=None) -> dict:
     if config.batch_size % world:
         raise ValueError(f"--batch-size {config.batch_size} must divide among {world} ranks")
     projector = new_projector(features, config)
-    optimizer = _optimizer(projector, config)
+    tuned, inputs, encoder_params = None, None, []
+    if config.mode == "blocks":
+        if encoder is None or paths is None:
+            raise ValueError("--mode blocks trains the encoder: fit() needs it and the clips")
+        encoder_params = unfreeze_last_blocks(encoder, config.train_blocks)
+        tuned = Tuned(encoder, projector)
+
+        def inputs(rows):
+            return media_batch(paths, rows, encoder, config.clip_seconds)
+    optimizer = _optimizer(projector, config, encoder_params)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config))
     checkpoints = out / "checkpoints"
     start = 0
     if config.resume:
-        start = load_checkpoint(checkpoints, projector, optimizer, scheduler)
-    model = projector
+        start = load_checkpoint(checkpoints, projector, optimizer, scheduler, tuned)
+    model = tuned or projector
     if distributed:
         model = torch.nn.parallel.DistributedDataParallel(
-            projector, find_unused_parameters=config.accumulate > 1)
+            model, find_unused_parameters=config.accumulate > 1)
     batch = min(config.batch_size, len(features))
     metrics_path = out / "metrics.jsonl"
     if rank == 0:
@@ -180,9 +222,10 @@ def fit(features: Features, config: TrainConfig, out: Path, log=None) -> dict:
         rows = batch_rows(len(features), batch, step, config.seed)
         rows = np.array_split(rows, world)[rank]
         optimizer.zero_grad(set_to_none=True)
-        parts = train_step(model, features, rows, config, step)
+        parts = train_step(model, features, rows, config, step, inputs)
         if config.clip_grad:
-            torch.nn.utils.clip_grad_norm_(projector.parameters(), config.clip_grad)
+            torch.nn.utils.clip_grad_norm_([*projector.parameters(), *encoder_params],
+                                           config.clip_grad)
         optimizer.step()
         scheduler.step()
         record = {"step": step + 1, **{k: float(v) for k, v in parts.items()},
@@ -202,21 +245,25 @@ def fit(features: Features, config: TrainConfig, out: Path, log=None) -> dict:
             if log is not None:
                 log(record)
             if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
-                save_checkpoint(checkpoints, step + 1, projector, optimizer, scheduler, config)
+                save_checkpoint(checkpoints, step + 1, projector, optimizer, scheduler, config,
+                                tuned)
     if writer is not None:
         writer.close()
-    return {"projector": projector, "history": history, "start": start}
+    return {"projector": projector, "history": history, "start": start, "tuned": tuned}
 
 
 def save_checkpoint(folder: Path, step: int, projector: Projector, optimizer, scheduler,
-                    config: TrainConfig) -> Path:
-    """step-NNNNNN/: projector.safetensors, state.pt (optimizer, scheduler, RNG: tensors and
-    numbers only, loadable with weights_only=True), config.json; then `last` points to it."""
+                    config: TrainConfig, tuned: Tuned | None = None) -> Path:
+    """step-NNNNNN/: projector.safetensors, encoder_blocks.safetensors (blocks mode: the
+    trained encoder weights), state.pt (optimizer, scheduler, RNG: tensors and numbers only,
+    loadable with weights_only=True), config.json; then `last` points to it."""
     target = folder / f"step-{step:06d}"
     tmp = folder / f".{target.name}.tmp"
     tmp.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in projector.state_dict().items()},
               tmp / "projector.safetensors")
+    if tuned is not None:
+        save_file(tuned.trainable_state(), tmp / "encoder_blocks.safetensors")
     torch.save({"step": step, "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state()},
                tmp / "state.pt")
@@ -232,13 +279,22 @@ def save_checkpoint(folder: Path, step: int, projector: Projector, optimizer, sc
     return target
 
 
-def load_checkpoint(folder: Path, projector: Projector, optimizer=None, scheduler=None) -> int:
+def load_checkpoint(folder: Path, projector: Projector, optimizer=None, scheduler=None,
+                    tuned: Tuned | None = None) -> int:
     pointer = folder / "last"
     if not pointer.is_file():
         raise FileNotFoundError(f"--resume, but {pointer} does not exist: nothing to resume "
                                 "(start without --resume)")
     target = folder / pointer.read_text().strip()
     projector.load_state_dict(load_file(target / "projector.safetensors"))
+    if tuned is not None:
+        blocks = {k.removeprefix("encoder."): v
+                  for k, v in load_file(target / "encoder_blocks.safetensors").items()}
+        missing = set(blocks) - set(dict(tuned.encoder_module.named_parameters()))
+        if missing:
+            raise ValueError(f"checkpoint {target} trained other encoder weights "
+                             f"({sorted(missing)[:3]}...): resume with the same --train-blocks")
+        tuned.encoder_module.load_state_dict(blocks, strict=False)
     state = torch.load(target / "state.pt", weights_only=True)
     if optimizer is not None:
         optimizer.load_state_dict(state["optimizer"])

@@ -1,0 +1,104 @@
+"""Fine-tuning the encoder itself: the last N transformer blocks of each transformers branch
+train with the heads (`--mode blocks`), optionally pulled toward the original features
+(`--anchor-weight`) and interpolated back toward the original weights at export
+(`--interpolate`, WiSE-FT's weight-space ensemble).
+
+The encoder stays in eval mode while its blocks train: dropout and wav2vec2's LayerDrop would
+make steps random, and exact resume and DDP parity rely on steps being a function of the
+batch. Clips are decoded per step (the inputs change nothing, the features do), with audio
+cropped or padded to `--clip-seconds` so a batch stacks.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from injection.encoders import HFEncoder, clip_tensors
+
+
+class FinetuneError(ValueError):
+    """A fine-tuning request the encoder cannot serve; the message says what to use."""
+
+
+def blocks_of(model: nn.Module) -> nn.ModuleList:
+    """The transformer blocks of a transformers encoder (VideoMAE: encoder.layer, wav2vec2 /
+    HuBERT / WavLM / Whisper: encoder.layers)."""
+    inner = model.get_encoder() if hasattr(model, "get_encoder") else model
+    inner = getattr(inner, "encoder", inner)
+    for name in ("layer", "layers"):
+        found = getattr(inner, name, None)
+        if isinstance(found, nn.ModuleList):
+            return found
+    raise FinetuneError(f"{type(model).__name__} has no encoder.layer(s) list: use --mode heads")
+
+
+def unfreeze_last_blocks(encoder, count: int) -> list[nn.Parameter]:
+    """Freeze the encoder, then let the last `count` blocks of every branch train."""
+    if not isinstance(encoder, HFEncoder):
+        raise FinetuneError("--mode blocks needs a transformers encoder folder (a factory or "
+                            ".pt2 encoder has no known blocks): use --mode heads")
+    for parameter in encoder.module.parameters():
+        parameter.requires_grad_(False)
+    trainable = []
+    for branch in encoder.module.values():
+        blocks = blocks_of(branch.model)
+        if count > len(blocks):
+            raise FinetuneError(f"--train-blocks {count}, but {type(branch.model).__name__} "
+                                f"has {len(blocks)} blocks")
+        for block in list(blocks)[-count:]:
+            for parameter in block.parameters():
+                parameter.requires_grad_(True)
+                trainable.append(parameter)
+    return trainable
+
+
+class Tuned(nn.Module):
+    """Encoder + heads as one module (so DDP syncs both): media in, embeddings out."""
+
+    def __init__(self, encoder, projector: nn.Module):
+        super().__init__()
+        self.encoder_module = encoder.module
+        self.encoder = encoder
+        self.projector = projector
+
+    def forward(self, media: dict[str, torch.Tensor], text: torch.Tensor,
+                label_text: torch.Tensor) -> dict:
+        self.encoder_module.eval()  # see the module docstring
+        raw = self.encoder(media["frames"], media["audio"])
+        out = self.projector(raw, text, label_text)
+        out["va_raw"] = raw
+        return out
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        return {f"encoder.{n}": p.detach().contiguous()
+                for n, p in self.encoder_module.named_parameters() if p.requires_grad}
+
+
+def media_batch(paths: list[str], rows: np.ndarray, encoder, seconds: float) -> dict:
+    """Decoded and preprocessed clips for `rows`, audio fitted to `seconds`."""
+    length = int(seconds * 16_000)
+    frames, audio = [], []
+    for i in rows:
+        f, a = clip_tensors(paths[i], encoder.preprocess)
+        frames.append(f)
+        audio.append(np.pad(a[:length], (0, max(0, length - len(a)))))
+    return {"frames": torch.from_numpy(np.stack(frames)),
+            "audio": torch.from_numpy(np.stack(audio).astype(np.float32))}
+
+
+def anchor_loss(raw: dict[str, torch.Tensor], frozen: dict[str, torch.Tensor]
+                ) -> dict[str, torch.Tensor]:
+    """Relative squared distance of the tuned features from the original ones."""
+    parts = [((raw[k] - frozen[k]) ** 2).sum(-1) / (frozen[k] ** 2).sum(-1).clamp(min=1e-8)
+             for k in raw]
+    return {"anchor_loss": torch.stack([p.mean() for p in parts]).mean()}
+
+
+@torch.no_grad()
+def interpolate(encoder, original: dict[str, torch.Tensor], alpha: float) -> None:
+    """theta = alpha * tuned + (1 - alpha) * original, in place, for the trained weights."""
+    for name, parameter in encoder.module.named_parameters():
+        if name in original:
+            parameter.mul_(alpha).add_(original[name], alpha=1 - alpha)
