@@ -12,8 +12,9 @@ import numpy as np
 from injection.config import TrainConfig
 from injection.data import Corpus, build_corpus, load_rows
 from injection.features import FeatureCache, embed_texts, va_features
-from injection.finetune import Tuned, interpolate
-from injection.train import SAMPLED_SOURCES, Features, fit, load_checkpoint, new_projector
+from injection.finetune import Tuned, interpolate, merge_lora
+from injection.train import (SAMPLED_SOURCES, Features, fit, load_checkpoint, new_projector,
+                             tune_encoder)
 
 
 @dataclass
@@ -108,7 +109,8 @@ def train(config: TrainConfig, log=print) -> dict:
                  encoder=prep.encoder, paths=paths)
     if rank > 0:
         return {"rank": rank}
-    tuned = config.mode == "blocks"
+    tuned = config.mode != "heads"
+    merge_lora(prep.encoder)
     if tuned and config.interpolate < 1:
         interpolate(prep.encoder, original, config.interpolate)
     target = export(prep.encoder, result["projector"], meta(prep), prep.features.label_text,
@@ -143,8 +145,12 @@ def _restore(out: Path, log):
     config = recorded_config(out)
     prep = prepare(config, log)
     projector = new_projector(prep.features, config)
-    tuned = Tuned(prep.encoder, projector) if config.mode == "blocks" else None
+    tuned = None
+    if config.mode != "heads":
+        tune_encoder(prep.encoder, config)  # the same trainable layout (LoRA adapters) as trained
+        tuned = Tuned(prep.encoder, projector)
     load_checkpoint(Path(out) / "checkpoints", projector, tuned=tuned)
+    merge_lora(prep.encoder)
     if tuned is not None and config.interpolate < 1:
         original = {n: p.detach().clone() for n, p in
                     load_encoder_like(prep).module.named_parameters()}

@@ -42,21 +42,27 @@ class TrainConfig(BaseModel):
     dual_path: Literal["fused", "per_branch"] = "fused"
     """fused: one clip embedding (the branches' mean); per_branch: visual<->text and
     audio<->text losses for an encoder with two branches."""
-    mode: Literal["heads", "blocks"] = "heads"
+    mode: Literal["heads", "blocks", "lora"] = "heads"
     """heads: train the projection heads on cached frozen features (fast); blocks: also
-    fine-tune the last --train-blocks blocks of each transformers branch (decodes the clips
-    every step)."""
+    fine-tune the last --train-blocks blocks of each transformers branch; lora: also train
+    LoRA adapters (peft) on every branch's attention, merged into the weights at export.
+    blocks and lora decode the clips every step."""
     train_blocks: int = Field(1, ge=1)
     """How many of the last transformer blocks per branch train in --mode blocks."""
     encoder_lr: float = Field(1e-4, gt=0)
-    """Learning rate of the encoder blocks in --mode blocks."""
+    """Learning rate of the encoder's trained weights (--mode blocks or lora)."""
+    lora_rank: int = Field(8, ge=1)
+    """--mode lora: adapter rank."""
+    lora_alpha: float = Field(16.0, gt=0)
+    """--mode lora: adapter scaling (alpha / rank)."""
     anchor_weight: float = Field(0.0, ge=0)
-    """--mode blocks: weight of the pull toward the original features (relative squared
+    """--mode blocks/lora: weight of the pull toward the original features (relative squared
     distance), so the encoder does not forget."""
     interpolate: float = Field(1.0, ge=0, le=1)
-    """--mode blocks: export alpha * tuned + (1 - alpha) * original weights (1: as tuned)."""
+    """--mode blocks/lora: export alpha * tuned + (1 - alpha) * original weights (1: as
+    tuned; WiSE-FT's weight-space ensemble)."""
     clip_seconds: float = Field(4.0, gt=0)
-    """--mode blocks: audio is cropped or padded to this length so a batch stacks."""
+    """--mode blocks/lora: audio is cropped or padded to this length so a batch stacks."""
     exclude_flagged: bool = True
     """Leave out rows the audit excluded (OUT/audit/flags.parquet), when the run has one."""
     dim: int = Field(256, ge=8)

@@ -54,6 +54,39 @@ def unfreeze_last_blocks(encoder, count: int) -> list[nn.Parameter]:
     return trainable
 
 
+LORA_TARGETS = ("query", "value", "q_proj", "v_proj")
+
+
+def apply_lora(encoder, rank: int, alpha: float) -> list[nn.Parameter]:
+    """Wrap every branch in LoRA adapters (peft) on its attention query and value
+    projections; only the adapters train. Export merges them into the weights."""
+    if not isinstance(encoder, HFEncoder):
+        raise FinetuneError("--mode lora needs a transformers encoder folder: use --mode heads")
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError as err:
+        raise FinetuneError("--mode lora needs peft: pip install peft") from err
+    trainable = []
+    for branch in encoder.module.values():
+        names = {n.rsplit(".", 1)[-1] for n, m in branch.model.named_modules()
+                 if isinstance(m, nn.Linear)}
+        targets = [t for t in LORA_TARGETS if t in names]
+        if not targets:
+            raise FinetuneError(f"{type(branch.model).__name__} has no {LORA_TARGETS} "
+                                "projections for LoRA: use --mode blocks")
+        branch.model = get_peft_model(branch.model, LoraConfig(
+            r=rank, lora_alpha=alpha, target_modules=targets, lora_dropout=0.0))
+        trainable += [p for p in branch.model.parameters() if p.requires_grad]
+    return trainable
+
+
+def merge_lora(encoder) -> None:
+    """Fold the adapters into the weights: the branches are their original classes again."""
+    for branch in encoder.module.values():
+        if hasattr(branch.model, "merge_and_unload"):
+            branch.model = branch.model.merge_and_unload()
+
+
 class Tuned(nn.Module):
     """Encoder + heads as one module (so DDP syncs both): media in, embeddings out."""
 

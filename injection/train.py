@@ -22,7 +22,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from injection.config import TrainConfig
-from injection.finetune import Tuned, anchor_loss, media_batch, unfreeze_last_blocks
+from injection.finetune import (Tuned, anchor_loss, apply_lora, media_batch,
+                                unfreeze_last_blocks)
 from injection.loss import description_loss, label_loss
 from injection.model import Projector
 
@@ -157,6 +158,15 @@ def train_step(model, features: Features, rows: np.ndarray, config: TrainConfig,
     return {k: v.detach() for k, v in parts.items()}
 
 
+def tune_encoder(encoder, config: TrainConfig) -> list[torch.nn.Parameter]:
+    """Make the encoder's trained part trainable (the rest frozen); its parameters."""
+    if config.mode == "lora":
+        for parameter in encoder.module.parameters():
+            parameter.requires_grad_(False)
+        return apply_lora(encoder, config.lora_rank, config.lora_alpha)
+    return unfreeze_last_blocks(encoder, config.train_blocks)
+
+
 def _schedule(config: TrainConfig):
     def factor(step: int) -> float:
         if step < config.warmup:
@@ -193,10 +203,11 @@ def fit(features: Features, config: TrainConfig, out: Path, log=None, encoder=No
         raise ValueError(f"--batch-size {config.batch_size} must divide among {world} ranks")
     projector = new_projector(features, config)
     tuned, inputs, encoder_params = None, None, []
-    if config.mode == "blocks":
+    if config.mode != "heads":
         if encoder is None or paths is None:
-            raise ValueError("--mode blocks trains the encoder: fit() needs it and the clips")
-        encoder_params = unfreeze_last_blocks(encoder, config.train_blocks)
+            raise ValueError(f"--mode {config.mode} trains the encoder: fit() needs it and "
+                             "the clips")
+        encoder_params = tune_encoder(encoder, config)
         tuned = Tuned(encoder, projector)
 
         def inputs(rows):

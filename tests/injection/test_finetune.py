@@ -68,3 +68,24 @@ def test_blocks_mode_needs_a_transformers_encoder(tmp_path, clips):
                                  "tests.injection.factories:tiny", "--out", str(tmp_path / "o"),
                                  "--mode", "blocks", "--steps", "2", "--batch-size", "2"])
     assert result.exit_code == 1 and "--mode heads" in result.output
+
+
+def test_lora_adapters_merge_back_into_the_same_class(trained, tmp_path, clips):
+    from transformers import AutoModel, VideoMAEModel
+
+    encoder, _ = trained
+    run = write_synthetic_run(tmp_path / "run", 8, media=[str(clips["real_astronaut"])],
+                              planted=False)
+    out = tmp_path / "lora"
+    result = runner.invoke(app, ["train", "--descriptions", str(run), "--encoder", str(encoder),
+                                 "--out", str(out), "--mode", "lora", "--lora-rank", "2",
+                                 "--steps", "3", "--batch-size", "4", "--encoder-lr", "5e-2",
+                                 "--checkpoint-every", "3"])
+    assert result.exit_code == 0, result.output
+    merged = AutoModel.from_pretrained(out / "encoder" / "video")
+    assert type(merged) is VideoMAEModel
+    original = AutoModel.from_pretrained(encoder / "video").state_dict()
+    moved = {k for k, v in merged.state_dict().items() if not torch.equal(v, original[k])}
+    assert moved and all(k.endswith(("query.weight", "value.weight")) for k in moved)
+    result = runner.invoke(app, ["eval", str(out)])
+    assert result.exit_code == 0, result.output
