@@ -114,9 +114,12 @@ def _duration(container, stream) -> float:
 
 def decode(path: str, audio_path: str | None = None, *, num_frames: int = 8,
            max_duration_s: float = 30.0, max_side: int = 448, video: bool = True,
-           audio: bool = True) -> ClipMedia:
-    """Decode what the model accepts. Raises MediaError on unreadable input."""
-    info = probe(path, audio_path)
+           audio: bool = True, info: MediaInfo | None = None) -> ClipMedia:
+    """Decode what the model accepts. Raises MediaError on unreadable input.
+
+    `info`: the clip's probe when the caller has it (the plan does), which saves opening the
+    container once more."""
+    info = info or probe(path, audio_path)
     covered = min(info.duration_s, max_duration_s) if info.duration_s > 0 else max_duration_s
     frames = fps = None
     if video and info.has_video:

@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from annotator import cues
 from annotator.engine import EngineOptions, Generation, Request, create_engine
-from annotator.media import MediaError, decode
+from annotator.media import MediaError, MediaInfo, decode
 from annotator.models import ModelSpec
 from annotator.models import THOUGHT_SLOT
 from annotator.plan import PlanSettings, render_answer_prompt, render_prompt
@@ -53,8 +53,11 @@ def prepare_batch(batch: pa.Table, *, settings: PlanSettings) -> pa.Table:
         prompt = answer_prompt = ""
         if kind is None:
             try:
+                probed = MediaInfo(row["has_video"], row["has_audio"], row["duration_s"] or 0.0,
+                                   None, None, None)  # the plan's probe: no third open
                 clip = decode(row["path"], row["audio_path"], num_frames=settings.num_frames,
-                              max_duration_s=settings.max_duration_s, max_side=settings.max_side)
+                              max_duration_s=settings.max_duration_s, max_side=settings.max_side,
+                              info=probed)
                 measured = cues.measure(clip.frames, clip.audio)
                 listed = cues.for_template(measured)
                 prompt = render_prompt(settings, tokenizer, row["context_json"], listed)

@@ -45,7 +45,7 @@ def main() -> None:
     config = RunConfig(manifest=manifest, out=work / "out", model=model,
                        subset=str(args.clips), max_tokens=args.max_tokens, retries=0,
                        labels="anger,disgust,fear,happy,neutral,sad", batch_size=args.clips,
-                       dtype="float32")
+                       dtype="float32", generation="one-pass")  # one guided pass per clip
     prep = prepare(config, "cpu")
     plan = plan_clips(prep)
     spec = prep.spec

@@ -140,7 +140,7 @@ def test_samples_are_kept_for_the_audit(tmp_path, corpus, tiny_omni):
     result = runner.invoke(app, ["run", "--manifest", str(corpus), "--out", str(out), "--model",
                                  str(tiny_omni), "--labels", LABELS, "--subset", "2",
                                  "--samples", "3", "--temperature", "0.8",
-                                 "--think-tokens", "16"])
+                                 "--think-tokens", "16", "--template", "coarse"])  # short JSON
     assert result.exit_code == 0, result.output
     done = [r for r in rows(out) if r["status"] == "ok"]
     assert done
