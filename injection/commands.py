@@ -4,6 +4,7 @@ fills the feature caches, and calls the trainer, the evaluator or the exporter."
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,8 +106,9 @@ def train(config: TrainConfig, log=print) -> dict:
     training = prep.features.subset(~prep.corpus.held_out)
     paths = [p for p, held in zip(prep.corpus.paths, prep.corpus.held_out) if not held]
     original = {n: p.detach().clone() for n, p in prep.encoder.module.named_parameters()}
-    result = fit(training, config, config.out, log=_progress(config, log),
-                 encoder=prep.encoder, paths=paths)
+    with _progress(config) if rank == 0 else nullcontext(None) as report:
+        result = fit(training, config, config.out, log=report, encoder=prep.encoder,
+                     paths=paths)
     if rank > 0:
         return {"rank": rank}
     tuned = config.mode != "heads"
@@ -122,13 +124,24 @@ def train(config: TrainConfig, log=print) -> dict:
     return summary
 
 
-def _progress(config: TrainConfig, log):
-    def report(record: dict) -> None:
-        if record["step"] % max(1, config.steps // 10) == 0 or record["step"] == config.steps:
-            log(f"step {record['step']}/{config.steps} loss {record['loss']:.4f} "
-                f"({', '.join(f'{k} {v:.4f}' for k, v in record.items() if k.endswith('_loss'))}"
-                f") {record['samples_per_s']} samples/s")
-    return report
+@contextmanager
+def _progress(config: TrainConfig):
+    """A progress bar with the step, the losses and the throughput (on stderr)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = (TextColumn("train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+               TextColumn("{task.fields[status]}"), TimeRemainingColumn())
+    with Progress(*columns, console=Console(stderr=True)) as bar:
+        task = bar.add_task("train", total=config.steps, status="")
+
+        def report(record: dict) -> None:
+            losses = " ".join(f"{k.removesuffix('_loss')} {v:.4f}" for k, v in record.items()
+                              if k.endswith("_loss"))
+            bar.update(task, completed=record["step"], status=f"loss {record['loss']:.4f} "
+                       f"({losses}) {record['samples_per_s']:.0f} clips/s")
+
+        yield report
 
 
 def recorded_config(out: Path) -> TrainConfig:

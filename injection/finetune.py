@@ -105,7 +105,7 @@ class Tuned(nn.Module):
         return out
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
-        return {f"encoder.{n}": p.detach().contiguous()
+        return {f"encoder.{n}": p.detach().cpu().contiguous()
                 for n, p in self.encoder_module.named_parameters() if p.requires_grad}
 
 
