@@ -191,7 +191,7 @@ def test_retry_failed_recomputes_only_failures(first_run, corpus, clips):
 
 
 def test_kill_9_mid_run_then_resume_gives_one_row_per_clip(tmp_path, clips, tiny_omni):
-    n = 24
+    n = 12
     rows_in = [{"path": str(clips["tone_220" if i % 2 else "tone_440"]), "clip_id": f"k{i:02d}",
                 "label": "neutral"} for i in range(n)]
     manifest = write_manifest(tmp_path / "m.csv", rows_in)
