@@ -9,6 +9,7 @@ from typing import Literal, get_args, get_origin
 import typer
 from pydantic import BaseModel, ValidationError
 from rich.console import Console
+from rich.markup import escape
 
 console = Console(stderr=True)
 
@@ -35,7 +36,8 @@ def command_from(config_cls: type[BaseModel], required: tuple[str, ...] = (),
             default = ... if name in required or name in arguments else info.default
             help_text = " ".join((info.description or "").split())
             if get_origin(info.annotation) is Literal:
-                help_text += f" [{'|'.join(get_args(info.annotation))}]"
+                # escaped: rich would take "[a|b]" for a style tag and drop it
+                help_text += " " + escape(f"[{'|'.join(get_args(info.annotation))}]")
             extra = {"metavar": name.upper()} if name in arguments else {}
             kind = typer.Argument if name in arguments else typer.Option
             params.append(inspect.Parameter(

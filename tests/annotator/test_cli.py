@@ -35,6 +35,7 @@ def test_help_shows_examples_and_every_field():
     assert len(help_examples()) == 4
     for flag in ("--subset", "--template", "--ray-address", "--dry-run", "--max-tokens"):
         assert flag in text
+    assert "[vllm|transformers]" in text  # choices survive rich's markup
 
 
 @pytest.mark.slow

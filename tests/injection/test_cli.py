@@ -1,0 +1,33 @@
+"""The `vaemo-inject --help` examples run as written."""
+
+import re
+import shlex
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from annotator.audit import AuditConfig, audit
+from annotator.audit.synthetic import write_synthetic_run
+from injection.cli import app
+
+runner = CliRunner()
+
+
+def test_train_help_examples_run(tmp_path, monkeypatch, clips):
+    from injection.tiny_models import build_tiny_va_encoder
+
+    monkeypatch.chdir(tmp_path)
+    media = [str(clips["real_astronaut"]), str(clips["tone_440"])]
+    run = write_synthetic_run(Path("runs/demo"), 16, media=media)
+    audit(AuditConfig(out=run, clean=run / "clean.parquet"))
+    build_tiny_va_encoder(Path("enc"))
+    text = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "200"}).output
+    examples = [shlex.split(x) for x in re.findall(r"vaemo-inject (train [^\n]+)", text)]
+    assert len(examples) == 2
+    for args in examples:
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+        assert "exported:" in result.output
+    assert (Path("inj") / "encoder" / "injection.json").is_file()
+    for command in ("eval", "export"):
+        assert runner.invoke(app, [command, "inj/"]).exit_code == 0
