@@ -6,15 +6,13 @@ from pathlib import Path
 
 import typer
 from pydantic import ValidationError
-from rich.console import Console
 
 from annotator.audit import AuditConfig
 from annotator.config import RunConfig
-from annotator.typed_cli import command_from
+from annotator.typed_cli import command_from, console, fail
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Annotate audio-visual clips with affective descriptions.")
-console = Console(stderr=True)
 
 RUN_EXAMPLES = """
 Examples (run from the repository after `make demo` built data/demo):
@@ -29,10 +27,6 @@ Examples (run from the repository after `make demo` built data/demo):
 """
 
 
-def _fail(err: Exception) -> None:
-    console.print(f"[red]error[/red] {err}")
-    raise typer.Exit(1)
-
 
 @app.command(help="Annotate a subset of a manifest; resumable and cached.\n\n" + RUN_EXAMPLES)
 @command_from(RunConfig, required=("manifest", "out"))
@@ -44,7 +38,7 @@ def run(config: RunConfig) -> None:
     try:
         run_pipeline(config, console)
     except (ManifestError, PromptError, FileNotFoundError, RuntimeError, ValueError) as err:
-        _fail(err)
+        fail(err)
 
 
 @app.command("retry-failed")
@@ -61,7 +55,7 @@ def retry_failed(
     try:
         retry(out, kinds=kind or None, console=console)
     except (FileNotFoundError, RuntimeError, ValueError) as err:
-        _fail(err)
+        fail(err)
 
 
 AUDIT_EXAMPLES = """
@@ -86,7 +80,7 @@ def audit(config: AuditConfig) -> None:
     try:
         metrics = run_audit(config)
     except (RulesError, FileNotFoundError, ValueError) as err:
-        _fail(err)
+        fail(err)
     v, c = metrics["validity"], metrics["clean"]
     console.print(f"audit: {metrics['rows']} rows ({v['ok']} ok, {v['failed']} failed); "
                   f"{c['rows']} clean; flags {metrics['flags']['counts'] or 'none'}")
@@ -125,7 +119,7 @@ def prompt_preview(
                            labels=labels, generation=generation)
         planned, schema = preview(config, clip)
     except (ValidationError, FileNotFoundError, RuntimeError, ValueError) as err:
-        _fail(err)
+        fail(err)
     from annotator.models import THOUGHT_SLOT
 
     typer.echo(f"# template {planned['template']}  clip {clip}  model {planned['model']}")
@@ -147,7 +141,7 @@ def demo_corpus(out: Path = typer.Argument(Path("data/demo"), help="Where to wri
     try:
         manifest = build_demo_corpus(out)
     except FileNotFoundError as err:
-        _fail(err)
+        fail(err)
     console.print(f"demo corpus: {manifest}")
 
 

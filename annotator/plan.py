@@ -108,7 +108,7 @@ def plan_clip(row: dict, settings: PlanSettings, tokenizer) -> dict:
     out["context_json"] = json.dumps({"clip": clip, "media": media}, sort_keys=True,
                                       default=str)
     try:
-        prompt = render_prompt(settings, tokenizer, out["context_json"], None)
+        prompt = render_prompt(settings, tokenizer, out["context_json"], None)[0]
     except PromptError as err:
         out.update(error_kind="prompt", error=str(err))
         prompt = ""
@@ -118,34 +118,27 @@ def plan_clip(row: dict, settings: PlanSettings, tokenizer) -> dict:
 
 
 def render_prompt(settings: PlanSettings, tokenizer, context_json: str,
-                  cues: dict | None) -> str:
-    """The chat-formatted prompt for a planned clip, with measured cues once they exist.
+                  cues: dict | None) -> tuple[str, str]:
+    """(prompt, answer prompt) for a planned clip, with measured cues once they exist.
 
-    In two-phase generation this is the first turn, which asks for the free chain of thought."""
-    phase = "think" if settings.generation == "two-phase" else "one-pass"
-    return _chat(settings, tokenizer, context_json, cues, phase)
-
-
-def render_answer_prompt(settings: PlanSettings, tokenizer, context_json: str,
-                         cues: dict | None) -> str:
-    """Two-phase generation's second prompt: the first turn, the model's thought (as
+    One-pass: the answer prompt is "". Two-phase: the prompt is the first turn, which asks for
+    the free chain of thought; the answer prompt is that turn, the model's thought (as
     models.THOUGHT_SLOT) and the turn that asks for the JSON."""
-    return _chat(settings, tokenizer, context_json, cues, "think", followup=True)
-
-
-def _chat(settings: PlanSettings, tokenizer, context_json: str, cues: dict | None,
-          phase: str, followup: bool = False) -> str:
     spec = settings.spec
+    two_phase = settings.generation == "two-phase"
     context = json.loads(context_json)
     media = context["media"]
     context.update(modalities=list(spec.modalities), labels=settings.labels, cues=cues,
-                   examples=[], phase=phase)
+                   examples=[], phase="think" if two_phase else "one-pass")
     user_text = render(settings.template, context)
-    answer = render(settings.template, {**context, "phase": "answer"}) if followup else None
     use_video = media["has_video"] and "video" in spec.modalities
     use_audio = media["has_audio"] and "audio" in spec.modalities
+    prompt = build_prompt(tokenizer, spec, user_text, use_video, use_audio)
+    if not two_phase:
+        return prompt, ""
+    answer = render(settings.template, {**context, "phase": "answer"})
     try:
-        return build_prompt(tokenizer, spec, user_text, use_video, use_audio, answer)
+        return prompt, build_prompt(tokenizer, spec, user_text, use_video, use_audio, answer)
     except ValueError as err:
         raise PromptError(str(err)) from err
 

@@ -29,6 +29,8 @@ from annotator.schema import AffectiveDescription
 STATUS_OK, STATUS_FAILED = "ok", "failed"
 ERROR_KINDS = ("media", "prompt", "engine", "invalid_output", "truncated")
 RETRYABLE = ("engine", "invalid_output", "truncated")
+SAMPLE_FIELDS = ("primary_emotion", "valence", "arousal", "confidence", "summary")
+"""What `run --samples N` keeps of each extra description (the `samples` column)."""
 
 
 def _arrow(annotation) -> pa.DataType:
@@ -58,9 +60,7 @@ ROW_SCHEMA = pa.schema([
     ("description", description_type()),
     ("reasoning", pa.string()),
     ("raw_output", pa.string()),
-    ("samples", pa.list_(pa.struct([
-        ("primary_emotion", pa.string()), ("valence", pa.float64()), ("arousal", pa.float64()),
-        ("confidence", pa.float64()), ("summary", pa.string())]))),
+    ("samples", pa.list_(pa.struct([description_type().field(n) for n in SAMPLE_FIELDS]))),
     ("label", pa.string()),
     ("speaker", pa.string()),
     ("split", pa.string()),

@@ -60,3 +60,9 @@ def command_from(config_cls: type[BaseModel], required: tuple[str, ...] = (),
         return command
 
     return wrap
+
+
+def fail(err: Exception) -> None:
+    """Print a user-facing error (it names the thing and the fix) and exit 1."""
+    console.print(f"[red]error[/red] {err}")
+    raise typer.Exit(1)

@@ -16,14 +16,12 @@ import pyarrow as pa
 from annotator import cues
 from annotator.engine import EngineOptions, Generation, Request, create_engine
 from annotator.media import MediaError, MediaInfo, decode
-from annotator.models import ModelSpec
-from annotator.models import THOUGHT_SLOT
-from annotator.plan import PlanSettings, render_answer_prompt, render_prompt
+from annotator.models import THOUGHT_SLOT, ModelSpec
+from annotator.plan import PlanSettings, render_prompt
 from annotator.schema import SCHEMA_VERSION, answer_model, description_model, parse_description
-from annotator.store import RETRYABLE, ROW_SCHEMA, STATUS_FAILED, STATUS_OK
+from annotator.store import RETRYABLE, ROW_SCHEMA, SAMPLE_FIELDS, STATUS_FAILED, STATUS_OK
 from prompts import PromptError
 
-SAMPLE_FIELDS = ("primary_emotion", "valence", "arousal", "confidence", "summary")
 GENERATION_MODES = {"one-pass": "one-pass, reasoning field first",
                     "two-phase": "two-phase, free chain of thought then JSON"}
 
@@ -60,10 +58,8 @@ def prepare_batch(batch: pa.Table, *, settings: PlanSettings) -> pa.Table:
                               info=probed)
                 measured = cues.measure(clip.frames, clip.audio)
                 listed = cues.for_template(measured)
-                prompt = render_prompt(settings, tokenizer, row["context_json"], listed)
-                if settings.generation == "two-phase":
-                    answer_prompt = render_answer_prompt(settings, tokenizer,
-                                                         row["context_json"], listed)
+                prompt, answer_prompt = render_prompt(settings, tokenizer,
+                                                      row["context_json"], listed)
             except MediaError as err:
                 kind, error = "media", str(err)
             except PromptError as err:

@@ -5,14 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
-from annotator.typed_cli import command_from
+from annotator.typed_cli import command_from, console, fail
 from injection.config import TrainConfig
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Inject affective descriptions into a VA encoder (VAEmo stage 2).")
-console = Console(stderr=True)
 
 TRAIN_EXAMPLES = """
 Examples:
@@ -22,10 +20,6 @@ Examples:
   vaemo-inject train --descriptions runs/demo/clean.parquet --encoder enc/ --out inj/ --resume
 """
 
-
-def _fail(err: Exception) -> None:
-    console.print(f"[red]error[/red] {err}")
-    raise typer.Exit(1)
 
 
 ERRORS = (FileNotFoundError, ValueError, RuntimeError)
@@ -41,7 +35,7 @@ def train(config: TrainConfig) -> None:
     try:
         summary = run_train(config, log=console.print)
     except ERRORS as err:
-        _fail(err)
+        fail(err)
     if "exported" in summary:  # rank 0 of a torchrun job, or the only process
         console.print(f"exported: {summary['exported']}")
 
@@ -59,7 +53,7 @@ def evaluate(out: Path = typer.Argument(..., metavar="OUT", help="A `vaemo-injec
     try:
         run_eval(out, log=lambda text: typer.echo(text))
     except ERRORS as err:
-        _fail(err)
+        fail(err)
 
 
 @app.command("export")
@@ -74,7 +68,7 @@ def export(out: Path = typer.Argument(..., metavar="OUT", help="A `vaemo-inject 
     try:
         target = export_checkpoint(out, log=console.print)
     except ERRORS as err:
-        _fail(err)
+        fail(err)
     console.print(f"exported: {target}")
 
 
