@@ -66,6 +66,7 @@ def audit(config: AuditConfig) -> dict:
     preference = con.execute(
         "SELECT " + (" + ".join(f"({n} IS NOT NULL)::INT" for n in excluding) or "0")
         + " AS n FROM rule_hits ORDER BY row_id").fetchnumpy()["n"]
+    redundancy.tokenize(con)
     dups = redundancy.duplicates(con, np.asarray(preference), config.near_duplicate)
     con.register("dups", pa.table(dups))
     flags = _flags(con, rule_list)

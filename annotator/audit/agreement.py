@@ -34,15 +34,21 @@ def _norm(word: str) -> str:
     return " ".join(word.lower().replace("_", " ").split())
 
 
+def _group_of(groups: dict[str, Emotion]) -> dict[str, str]:
+    """Normalised word (a group's name or synonym) -> its group; the first group wins."""
+    found: dict[str, str] = {}
+    for group in groups.values():
+        for word in (group.name, *group.synonyms):
+            found.setdefault(_norm(word), group.name)
+    return found
+
+
 def label_mapping(words: list[str], label_set: list[str] | None) -> dict[str, str | None]:
     """Map each distinct predicted or dataset label onto the label set (see emotions.toml).
 
     Without a label set, words are mapped onto lexicon group names (open vocabulary)."""
     groups = lexicon()
-    group_of: dict[str, str] = {}
-    for group in groups.values():
-        for word in (group.name, *group.synonyms):
-            group_of.setdefault(_norm(word), group.name)
+    group_of = _group_of(groups)
     targets = {_norm(x): x for x in label_set} if label_set else {g: g for g in groups}
     target_group = {group_of.get(t): x for t, x in targets.items() if group_of.get(t)}
     mapping: dict[str, str | None] = {}
@@ -63,7 +69,7 @@ def label_mapping(words: list[str], label_set: list[str] | None) -> dict[str, st
 def emotion_properties(words: list[str]) -> dict[str, tuple[str | None, str | None]]:
     """(valence, arousal) of each word's lexicon group; (None, None) when unknown."""
     groups = lexicon()
-    group_of = {_norm(w): g.name for g in groups.values() for w in (g.name, *g.synonyms)}
+    group_of = _group_of(groups)
     out = {}
     for word in words:
         group = groups.get(group_of.get(_norm(word), ""))

@@ -18,14 +18,20 @@ from scipy.sparse.csgraph import connected_components
 NUM_HASHES, BANDS = 64, 16  # 16 bands of 4: pairs above ~0.5 Jaccard become candidates
 M1, M2 = np.uint64(0xFF51AFD7ED558CCD), np.uint64(0xC4CEB9FE1A85EC53)
 
-# the description's own words, as the injection trainer embeds them by default
-TEXT_SQL = """
-    SELECT row_id, clip_id, string_split(trim(regexp_replace(
-        lower(concat_ws(' ', description.face, description.body, description.voice,
-                        description.cross_modal, description.summary)),
-        '[^a-z0-9]+', ' ', 'g')), ' ') AS words
-    FROM audited WHERE status = 'ok'
-"""
+
+
+def tokenize(con: duckdb.DuckDBPyConnection) -> None:
+    """Table `description_words` (row_id, clip_id, words) of the ok rows: the description's
+    own text (as the injection trainer embeds it by default), lowercased and split into
+    words once, for the duplicate search and the richness statistics."""
+    con.execute("""
+        CREATE OR REPLACE TEMP TABLE description_words AS
+        SELECT row_id, clip_id, string_split(trim(regexp_replace(
+            lower(concat_ws(' ', description.face, description.body, description.voice,
+                            description.cross_modal, description.summary)),
+            '[^a-z0-9]+', ' ', 'g')), ' ') AS words
+        FROM audited WHERE status = 'ok'
+    """)
 
 
 def _mix(x: np.ndarray) -> np.ndarray:
@@ -39,18 +45,18 @@ def _mix(x: np.ndarray) -> np.ndarray:
 
 def minhash(con: duckdb.DuckDBPyConnection) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(row_ids, signatures [rows, NUM_HASHES], hashes of the whole normalised texts) of the
-    ok rows' description texts."""
-    shingles = con.execute(f"""
-        WITH t AS ({TEXT_SQL})
+    ok rows' description texts (`tokenize` first)."""
+    shingles = con.execute("""
         SELECT row_id, hash(array_to_string(words[i:i + 2], ' ')) AS h
-        FROM (SELECT row_id, words, unnest(range(1, greatest(len(words) - 1, 2))) AS i FROM t)
+        FROM (SELECT row_id, words, unnest(range(1, greatest(len(words) - 1, 2))) AS i
+              FROM description_words)
         ORDER BY row_id
     """).fetchnumpy()
     rid, h = shingles["row_id"], shingles["h"].astype(np.uint64)
     if len(rid) == 0:
         return np.zeros(0, np.int64), np.zeros((0, NUM_HASHES), np.uint64), np.zeros(0)
-    whole = con.execute(f"WITH t AS ({TEXT_SQL}) SELECT hash(array_to_string(words, ' ')) AS h "
-                        "FROM t ORDER BY row_id").fetchnumpy()["h"]
+    whole = con.execute("SELECT hash(array_to_string(words, ' ')) AS h "
+                        "FROM description_words ORDER BY row_id").fetchnumpy()["h"]
     starts = np.flatnonzero(np.r_[True, rid[1:] != rid[:-1]])
     salts = np.random.default_rng(0).integers(1, 2**63, NUM_HASHES, dtype=np.uint64)
     signature = np.empty((len(starts), NUM_HASHES), np.uint64)
@@ -118,32 +124,29 @@ def duplicates(con: duckdb.DuckDBPyConnection, preference: np.ndarray,
 def richness(con: duckdb.DuckDBPyConnection, boilerplate_share: float = 0.2,
              top: int = 15) -> dict:
     """Length and vocabulary of the description texts, and the 4-word phrases found in at
-    least `boilerplate_share` of them (at least 3)."""
-    stats = con.execute(f"""
-        WITH t AS ({TEXT_SQL})
+    least `boilerplate_share` of them (at least 3). `tokenize` first."""
+    stats = con.execute("""
         SELECT count(*) AS texts, avg(len(words)) AS mean_words,
                quantile_cont(len(words), 0.05) AS p05_words,
                quantile_cont(len(words), 0.5) AS median_words,
                quantile_cont(len(words), 0.95) AS p95_words,
                avg(len(list_distinct(words)) / greatest(len(words), 1)) AS type_token_ratio
-        FROM t
+        FROM description_words
     """).fetchall()[0]
     names = ("texts", "mean_words", "p05_words", "median_words", "p95_words",
              "type_token_ratio")
     out = {k: (round(float(v), 3) if v is not None else None) for k, v in zip(names, stats)}
     out["texts"] = int(stats[0])
     out["vocabulary"] = con.execute(
-        f"WITH t AS ({TEXT_SQL}) SELECT count(DISTINCT w) FROM (SELECT unnest(words) w FROM t)"
+        "SELECT count(DISTINCT w) FROM (SELECT unnest(words) w FROM description_words)"
     ).fetchall()[0][0]
-    lengths = con.execute(f"WITH t AS ({TEXT_SQL}) SELECT len(words) AS n FROM t"
-                          ).fetchnumpy()["n"]
+    lengths = con.execute("SELECT len(words) AS n FROM description_words").fetchnumpy()["n"]
     out["length_histogram"] = _histogram(lengths)
     floor = max(3, int(np.ceil(boilerplate_share * out["texts"])))
     phrases = con.execute(f"""
-        WITH t AS ({TEXT_SQL}),
-             grams AS (SELECT DISTINCT row_id, array_to_string(words[i:i + 3], ' ') AS phrase
+        WITH grams AS (SELECT DISTINCT row_id, array_to_string(words[i:i + 3], ' ') AS phrase
                        FROM (SELECT row_id, words, unnest(range(1, len(words) - 2)) AS i
-                             FROM t))
+                             FROM description_words))
         SELECT phrase, count(*) AS n FROM grams GROUP BY phrase HAVING count(*) >= {floor}
         ORDER BY n DESC, phrase LIMIT {top}
     """).fetchall()
