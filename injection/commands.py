@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from injection.config import TrainConfig
 from injection.data import Corpus, build_corpus, load_rows
@@ -105,18 +106,15 @@ def train(config: TrainConfig, log=print) -> dict:
         dist.barrier()
     training = prep.features.subset(~prep.corpus.held_out)
     paths = [p for p, held in zip(prep.corpus.paths, prep.corpus.held_out) if not held]
-    original = {n: p.detach().clone() for n, p in prep.encoder.module.named_parameters()}
+    original = _original_weights(prep.encoder, config)
     with _progress(config) if rank == 0 else nullcontext(None) as report:
         result = fit(training, config, config.out, log=report, encoder=prep.encoder,
                      paths=paths)
     if rank > 0:
         return {"rank": rank}
-    tuned = config.mode != "heads"
-    merge_lora(prep.encoder)
-    if tuned and config.interpolate < 1:
-        interpolate(prep.encoder, original, config.interpolate)
+    _fold_back(prep.encoder, original, config)
     target = export(prep.encoder, result["projector"], meta(prep), prep.features.label_text,
-                    config.out / "encoder", tuned=tuned)
+                    config.out / "encoder", tuned=config.mode != "heads")
     last = result["history"][-1] if result["history"] else {}
     summary = {"steps": config.steps, "resumed_from": result["start"],
                "train_clips": len(training), "final": last, "exported": str(target)}
@@ -153,29 +151,35 @@ def recorded_config(out: Path) -> TrainConfig:
     return TrainConfig.model_validate_json((folder / "config.json").read_text())
 
 
+def _original_weights(encoder, config: TrainConfig) -> dict[str, torch.Tensor] | None:
+    """The encoder's weights before tuning: kept only when the export interpolates back."""
+    if config.mode == "heads" or config.interpolate == 1:
+        return None
+    return {n: p.detach().clone() for n, p in encoder.module.named_parameters()}
+
+
+def _fold_back(encoder, original: dict | None, config: TrainConfig) -> None:
+    """After tuning: LoRA adapters merged into the weights, then the interpolation toward
+    the original weights (--interpolate)."""
+    merge_lora(encoder)
+    if original is not None:
+        interpolate(encoder, original, config.interpolate)
+
+
 def _restore(out: Path, log):
-    """(config, prepared data, trained projector, tuned encoder features or None)."""
+    """(config, prepared data, trained projector, the tuned encoder module or None), from
+    the last checkpoint, the encoder folded back as at export."""
     config = recorded_config(out)
     prep = prepare(config, log)
     projector = new_projector(prep.features, config)
+    original = _original_weights(prep.encoder, config)
     tuned = None
     if config.mode != "heads":
         tune_encoder(prep.encoder, config)  # the same trainable layout (LoRA adapters) as trained
         tuned = Tuned(prep.encoder, projector)
     load_checkpoint(Path(out) / "checkpoints", projector, tuned=tuned)
-    merge_lora(prep.encoder)
-    if tuned is not None and config.interpolate < 1:
-        original = {n: p.detach().clone() for n, p in
-                    load_encoder_like(prep).module.named_parameters()}
-        interpolate(prep.encoder, original, config.interpolate)
+    _fold_back(prep.encoder, original, config)
     return config, prep, projector.eval(), tuned
-
-
-def load_encoder_like(prep: Prepared):
-    from injection.encoders import load_encoder
-
-    config = prep.config
-    return load_encoder(config.encoder, config.factory, config.trust_remote_code)
 
 
 def evaluate(out: Path, log=print) -> dict:

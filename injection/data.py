@@ -3,7 +3,6 @@ embed per clip, its label, and a held-out split for evaluation."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +11,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+
+from annotator.subset import stable_rank
 
 FIELDS = ("face", "body", "voice")
 
@@ -90,9 +91,9 @@ def build_corpus(rows: pa.Table, run: dict, seed: int, eval_fraction: float) -> 
 
 def held_out_split(clip_ids: list[str], labels: np.ndarray, seed: int, fraction: float
                    ) -> np.ndarray:
-    """Stratified by label, decided by a hash of seed and clip id: stable as data grows."""
-    rank = np.array([int(hashlib.sha256(f"{seed}:{c}".encode()).hexdigest()[:12], 16)
-                     for c in clip_ids], dtype=np.float64)
+    """Stratified by label, decided by a hash of seed and clip id (the subset's ranking):
+    stable as data grows."""
+    rank = stable_rank(seed, clip_ids)
     held = np.zeros(len(clip_ids), bool)
     for label in np.unique(labels):
         members = np.flatnonzero(labels == label)

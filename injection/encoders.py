@@ -16,7 +16,6 @@ factory's state dict.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import json
 from dataclasses import dataclass
@@ -26,6 +25,8 @@ from typing import Protocol
 import numpy as np
 import torch
 from torch import nn
+
+from injection.features import weights_digest
 
 VIDEO_TYPES = {"videomae", "vivit", "timesformer"}
 AUDIO_TYPES = {"wav2vec2", "hubert", "wavlm", "whisper", "data2vec-audio", "unispeech",
@@ -85,14 +86,6 @@ def load_encoder(path: str | Path, factory: str | None = None,
                        "state dict with --factory, or a torch.export .pt2 program")
 
 
-def _digest(files: list[Path]) -> str:
-    digest = hashlib.sha256()
-    for f in sorted(files):
-        with open(f, "rb") as handle:
-            digest.update(f.name.encode() + hashlib.file_digest(handle, "sha256").digest())
-    return digest.hexdigest()[:16]
-
-
 class _Branch(nn.Module):
     """One transformers model, mean-pooled over its last hidden states."""
 
@@ -148,7 +141,7 @@ class HFEncoder:
         self.branches = {n: b.model.config.hidden_size for n, b in branches.items()}
         files = [f for folder in folders.values() for f in folder.glob("*.safetensors")]
         files += [f for folder in folders.values() for f in folder.glob("config.json")]
-        self.id = f"hf:{path.name}:{_digest(files)}"
+        self.id = f"hf:{path.name}:{weights_digest(files)}"
 
     def __call__(self, frames, audio):
         out = {}
@@ -203,7 +196,7 @@ class FactoryEncoder:
         self.module.eval()
         self.preprocess = Preprocess(**getattr(self.module, "preprocess", {}))
         self.branches = {"clip": int(getattr(self.module, "output_dim", 0)) or self._probe()}
-        self.id = f"factory:{factory}:{_digest([path])}"
+        self.id = f"factory:{factory}:{weights_digest([path])}"
 
     def _probe(self) -> int:
         p = self.preprocess
@@ -262,7 +255,7 @@ class ExportedEncoder:
         with torch.no_grad():
             out = self.module(*meta) if meta else None
         self.branches = {"clip": int(out.shape[-1]) if out is not None else 0}
-        self.id = f"export:{_digest([path])}"
+        self.id = f"export:{weights_digest([path])}"
 
     def __call__(self, frames, audio):
         if self.example:  # a program's shapes are fixed: fit the audio to its length

@@ -66,13 +66,22 @@ def recall_at(similarity: np.ndarray, ks=(1, 5, 10)) -> dict[str, float]:
     return {f"r@{k}": float((rank < k).mean()) for k in ks}
 
 
+def frozen(features: Features) -> np.ndarray:
+    """The encoder's own features, branches side by side: what a probe reads before."""
+    return np.concatenate(list(features.va.values()), 1)
+
+
+@torch.no_grad()
+def embed_clips(projector: Projector, features: Features) -> np.ndarray:
+    va = {k: torch.from_numpy(np.asarray(v, np.float32)) for k, v in features.va.items()}
+    return projector.clip_embedding(va).numpy()
+
+
 @torch.no_grad()
 def embed(projector: Projector, features: Features, source: str):
-    va = {k: torch.from_numpy(np.asarray(v, np.float32)) for k, v in features.va.items()}
-    clip = projector.clip_embedding(va).numpy()
     text = projector.project_text(torch.from_numpy(features.text[source])).numpy()
     labels = projector.project_text(torch.from_numpy(features.label_text)).numpy()
-    return clip, text, labels
+    return embed_clips(projector, features), text, labels
 
 
 def evaluate(projector: Projector, untrained: Projector, features: Features,
@@ -81,31 +90,25 @@ def evaluate(projector: Projector, untrained: Projector, features: Features,
     """`tuned_va`: the fine-tuned encoder's features (blocks mode); `features.va` are the
     original encoder's, which is what "before" measures."""
     train, test = features.subset(~held_out), features.subset(held_out)
-    if tuned_va is not None:
-        tuned = Features(tuned_va, features.text, features.labels, features.label_text)
-        tuned_train, tuned_test = tuned.subset(~held_out), tuned.subset(held_out)
-    else:
-        tuned_train, tuned_test = train, test
+    tuned = features if tuned_va is None else \
+        Features(tuned_va, features.text, features.labels, features.label_text)
+    tuned_train, tuned_test = tuned.subset(~held_out), tuned.subset(held_out)
     labelled_train, labelled_test = train.labels >= 0, test.labels >= 0
+    y_train, y_test = train.labels[labelled_train], test.labels[labelled_test]
     classes = int(features.label_text.shape[0])
-    raw = {"train": np.concatenate(list(train.va.values()), 1),
-           "test": np.concatenate(list(test.va.values()), 1)}
     result: dict = {"clips": {"train": len(train), "test": len(test)}}
-    for name, model in (("before", untrained), ("after", projector)):
-        clip_train = raw["train"] if name == "before" else embed(model, tuned_train, source)[0]
-        clip_test, text_test, label_text = embed(model, test if name == "before"
-                                                 else tuned_test, source)
-        if name == "before":
-            clip_test_probe = raw["test"]
-        else:
-            clip_test_probe = clip_test
+    for name, model, on_train, on_test in (("before", untrained, train, test),
+                                           ("after", projector, tuned_train, tuned_test)):
+        clip_test, text_test, label_text = embed(model, on_test, source)
+        # the probe reads the frozen features before injection, the injected embedding after
+        probe_train, probe_test = (frozen(on_train), frozen(on_test)) if name == "before" \
+            else (embed_clips(model, on_train), clip_test)
         probe = {}
-        y_train, y_test = train.labels[labelled_train], test.labels[labelled_test]
         if len(y_train) and len(y_test):
             for fraction in FRACTIONS:
                 pick = few_labels(y_train, fraction, seed)
-                pred = linear_probe(clip_train[labelled_train][pick], y_train[pick],
-                                    clip_test_probe[labelled_test], classes)
+                pred = linear_probe(probe_train[labelled_train][pick], y_train[pick],
+                                    probe_test[labelled_test], classes)
                 probe[f"{fraction:.0%}"] = uar_war(y_test, pred)
         zero_shot = uar_war(y_test, (clip_test[labelled_test] @ label_text.T).argmax(1)) \
             if len(y_test) else {}

@@ -20,6 +20,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 
+def weights_digest(files: list[Path]) -> str:
+    """Short digest of files' names and bytes: the part of an encoder's id that changes
+    when its weights (or config) do, so caches never serve features of other weights."""
+    digest = hashlib.sha256()
+    for f in sorted(files):
+        with open(f, "rb") as handle:
+            digest.update(f.name.encode() + hashlib.file_digest(handle, "sha256").digest())
+    return digest.hexdigest()[:16]
+
+
 def text_key(text: str, encoder_id: str) -> str:
     return hashlib.sha256(f"{encoder_id}\0{text}".encode()).hexdigest()
 

@@ -9,13 +9,14 @@ transformers folder gets mean pooling.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+
+from injection.features import weights_digest
 
 DEFAULT = "all-MiniLM-L6-v2"
 
@@ -58,7 +59,9 @@ class TransformersTextEncoder:
         self.pooling, self.normalize = _sentence_transformers_head(self.path)
         self.dim = self.model.config.hidden_size
         self.batch_size, self.max_length = batch_size, max_length
-        self.id = f"{Path(name_or_path).name}:{self.pooling}:{_weights_digest(self.path)}"
+        weights = [*self.path.glob("*.safetensors"), *self.path.glob("*.bin")]
+        self.id = f"{Path(name_or_path).name}:{self.pooling}:" \
+            f"{weights_digest([self.path / 'config.json', *weights])}"
 
     def encode(self, texts: list[str]) -> np.ndarray:
         import torch
@@ -97,13 +100,3 @@ def _sentence_transformers_head(path: Path) -> tuple[str, bool]:
         normalize = any(m.get("type", "").endswith("Normalize")
                         for m in json.loads(modules.read_text()))
     return pooling, normalize
-
-
-def _weights_digest(path: Path) -> str:
-    """Digest of the config and weight files' bytes: a fine-tuned model of the same shape in
-    the same folder must not reuse cached embeddings (~0.3 s for MiniLM's 88 MB)."""
-    digest = hashlib.sha256((path / "config.json").read_bytes())
-    for weights in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")):
-        with open(weights, "rb") as f:
-            digest.update(hashlib.file_digest(f, "sha256").digest())
-    return digest.hexdigest()[:16]
