@@ -6,10 +6,12 @@ import json
 from collections import Counter
 from pathlib import Path
 
+from annotator.layout import RunFolder
 from annotator.store import Store
 
 
 def write(out: Path, summary: dict, store: Store) -> None:
+    """Write OUT/README.md from a run's summary and its stored rows."""
     rows = store.read(["clip_id", "status", "label", "description", "reasoning", "error_kind"])
     ok = [r for r in rows.to_pylist() if r["status"] == "ok"]
     predicted = Counter(r["description"]["primary_emotion"] for r in ok)
@@ -19,7 +21,8 @@ def write(out: Path, summary: dict, store: Store) -> None:
         "",
         f"Run `{summary['run_id']}` annotated {c['rows']} of {c['selected']} selected clips "
         f"from `{summary['config']['manifest']}` with **{summary['model']['name']}** "
-        f"(revision `{summary['model']['revision']}`, {summary['config']['engine']} engine, "
+        f"(revision `{summary['model']['revision']}`, "
+        f"{summary['config']['compute']['engine']} engine, "
         f"{summary['device']}), template `{summary['template']['name']}`.",
         "",
         f"- ok: {c['ok']}, failed: {c['failed']} "
@@ -28,8 +31,8 @@ def write(out: Path, summary: dict, store: Store) -> None:
         f"- predicted primary emotions: "
         f"{', '.join(f'{k} {v}' for k, v in predicted.most_common()) or 'none yet'}",
         f"- schema version {summary['schema_version']}; sampling "
-        f"`{json.dumps(summary['config'].get('temperature'))}` temperature, "
-        f"max {summary['config']['max_tokens']} tokens",
+        f"`{json.dumps(summary['config']['sampling']['temperature'])}` temperature, "
+        f"max {summary['config']['sampling']['max_tokens']} tokens",
         "",
         "## Files",
         "- `descriptions/*.parquet`: one row per clip (`status` ok|failed, `error_kind`, "
@@ -52,4 +55,4 @@ def write(out: Path, summary: dict, store: Store) -> None:
         lines += ["", "## Example", f"`{example['clip_id']}` (label: {example['label']})", "",
                   "```json", json.dumps({"reasoning": example["reasoning"],
                                          **example["description"]}, indent=2)[:2000], "```"]
-    (out / "README.md").write_text("\n".join(lines) + "\n")
+    RunFolder(out).card.write_text("\n".join(lines) + "\n")

@@ -9,6 +9,7 @@ from pydantic import ValidationError
 
 from annotator.audit import AuditConfig
 from annotator.config import RunConfig
+from annotator.errors import VaemoError
 from annotator.typed_cli import command_from, console, fail
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -24,6 +25,8 @@ Examples (run from the repository after `make demo` built data/demo):
   vaemo-annotate run --manifest data/demo/manifest.csv --out runs/demo --dry-run
 
   vaemo-annotate run --manifest data/demo/manifest.csv --out runs/gpu --ray-address auto
+
+  vaemo-annotate run --config runs/demo/run.json --dry-run
 """
 
 
@@ -31,14 +34,9 @@ Examples (run from the repository after `make demo` built data/demo):
 @app.command(help="Annotate a subset of a manifest; resumable and cached.\n\n" + RUN_EXAMPLES)
 @command_from(RunConfig, required=("manifest", "out"))
 def run(config: RunConfig) -> None:
-    from annotator.manifest import ManifestError
     from annotator.pipeline import run as run_pipeline
-    from prompts import PromptError
 
-    try:
-        run_pipeline(config, console)
-    except (ManifestError, PromptError, FileNotFoundError, RuntimeError, ValueError) as err:
-        fail(err)
+    run_pipeline(config, console)
 
 
 @app.command("retry-failed")
@@ -54,7 +52,7 @@ def retry_failed(
 
     try:
         retry(out, kinds=kind or None, console=console)
-    except (FileNotFoundError, RuntimeError, ValueError) as err:
+    except VaemoError as err:
         fail(err)
 
 
@@ -75,12 +73,8 @@ Examples:
 @command_from(AuditConfig, arguments=("out",))
 def audit(config: AuditConfig) -> None:
     from annotator.audit import audit as run_audit
-    from annotator.audit.rules import RulesError
 
-    try:
-        metrics = run_audit(config)
-    except (RulesError, FileNotFoundError, ValueError) as err:
-        fail(err)
+    metrics = run_audit(config)
     v, c = metrics["validity"], metrics["clean"]
     console.print(f"audit: {metrics['rows']} rows ({v['ok']} ok, {v['failed']} failed); "
                   f"{c['rows']} clean; flags {metrics['flags']['counts'] or 'none'}")
@@ -118,9 +112,9 @@ def prompt_preview(
         config = RunConfig(manifest=manifest, out=Path("."), template=template, model=model,
                            labels=labels, generation=generation)
         planned, schema = preview(config, clip)
-    except (ValidationError, FileNotFoundError, RuntimeError, ValueError) as err:
+    except (ValidationError, VaemoError) as err:
         fail(err)
-    from annotator.models import THOUGHT_SLOT
+    from annotator.chat import THOUGHT_SLOT
 
     typer.echo(f"# template {planned['template']}  clip {clip}  model {planned['model']}")
     if planned["answer_prompt"]:
@@ -136,11 +130,11 @@ def prompt_preview(
 @app.command("demo-corpus")
 def demo_corpus(out: Path = typer.Argument(Path("data/demo"), help="Where to write it.")) -> None:
     """Build the demo corpus (real portraits + real read speech) and its manifest.csv."""
-    from annotator.demo import build_demo_corpus
+    from annotator.devtools.demo import build_demo_corpus
 
     try:
         manifest = build_demo_corpus(out)
-    except FileNotFoundError as err:
+    except VaemoError as err:
         fail(err)
     console.print(f"demo corpus: {manifest}")
 

@@ -12,11 +12,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from annotator.errors import ManifestError
+
 KNOWN_COLUMNS = ("clip_id", "path", "audio_path", "label", "speaker", "split", "dataset")
 
-
-class ManifestError(ValueError):
-    """The manifest cannot be used; the message names the file, the rows and the fix."""
 
 
 class ClipRecord(BaseModel):

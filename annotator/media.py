@@ -12,11 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
+from annotator.errors import MediaError
+
 SAMPLE_RATE = 16_000
 
-
-class MediaError(RuntimeError):
-    """A clip that cannot be read; becomes a failed row with error_kind 'media'."""
 
 
 @dataclass(frozen=True)

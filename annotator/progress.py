@@ -52,19 +52,20 @@ class Tracker:
                 "output_tokens": self.tokens, "elapsed_s": round(elapsed, 2)}
 
 
-def print_plan(console: Console, prep, plan: pa.Table, cached: pa.Table,
+def print_plan(console: Console, resolved, plan: pa.Table, cached: pa.Table,
                pending: pa.Table) -> None:
-    s = prep.settings
+    ctx, config = resolved.ctx, resolved.config
     media_errors = sum(1 for k in pending["error_kind"].to_pylist() if k)
     prompt_tokens = sum(len(p) for p in pending["prompt"].to_pylist()) // 4
     for line in (
-        f"[bold]plan[/bold] for {prep.config.manifest} -> {prep.config.out}",
-        f"model      {prep.spec.name} ({prep.spec.revision}), family {prep.spec.family}, "
-        f"modalities: {', '.join(prep.spec.modalities) or 'text only'}",
-        f"device     {prep.device}; engine {prep.config.engine}",
-        f"template   {s.template.label} ({s.template.origin}) sha256 {s.template.sha256[:12]}",
-        f"labels     {', '.join(s.labels) if s.labels else 'open vocabulary'}",
-        f"sampling   {s.sampling_json}",
+        f"[bold]plan[/bold] for {config.manifest} -> {config.out}",
+        f"model      {ctx.spec.name} ({ctx.spec.revision}), family {ctx.spec.family}, "
+        f"modalities: {', '.join(ctx.spec.modalities) or 'text only'}",
+        f"device     {resolved.device}; engine {ctx.engine_key}",
+        f"template   {ctx.template.label} ({ctx.template.origin}) "
+        f"sha256 {ctx.template.sha256[:12]}",
+        f"labels     {', '.join(ctx.labels) if ctx.labels else 'open vocabulary'}",
+        f"sampling   {ctx.sampling.to_json()}",
     ):
         console.print(line, soft_wrap=True)
     strata = Table("stratum", "selected", "cached", title="selected clips per stratum")
@@ -77,7 +78,7 @@ def print_plan(console: Console, prep, plan: pa.Table, cached: pa.Table,
         f"clips      {len(plan)} selected, {len(cached)} cached, {len(pending)} to compute "
         f"({media_errors} will fail before the engine: missing/unreadable media)",
         f"tokens     ~{prompt_tokens} prompt text tokens (+ media tokens), up to "
-        f"{(len(pending) - media_errors) * prep.config.max_tokens} output tokens",
+        f"{(len(pending) - media_errors) * ctx.sampling.max_tokens} output tokens",
     ):
         console.print(line, soft_wrap=True)
 

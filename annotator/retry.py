@@ -14,18 +14,27 @@ import pyarrow.compute as pc
 from rich.console import Console
 
 from annotator.config import RunConfig
-from annotator.store import STATUS_FAILED, Store
+from annotator.errors import ConfigError
+from annotator.layout import RunFolder
+from annotator.settings import ErrorKind, RowStatus
+from annotator.store import Store
 
 
 def retry_failed(out: Path, kinds: list[str] | None, console: Console) -> dict:
+    """Drop the failed rows of the run in `out` (only those of `kinds`, if given) and run it
+    again with its recorded settings; returns the new run's summary."""
     out = Path(out)
-    recorded = out / "run.json"
+    recorded = RunFolder(out).run_json
     if not recorded.is_file():
-        raise FileNotFoundError(f"{recorded} not found: retry-failed needs a finished run's "
-                                "output folder")
+        raise ConfigError(f"{recorded} not found: retry-failed needs a finished run's "
+                          "output folder")
+    for kind in kinds or ():
+        if kind not in {k.value for k in ErrorKind}:
+            raise ConfigError(f"--kind {kind!r}: error kinds are "
+                              f"{', '.join(k.value for k in ErrorKind)}")
     store = Store(out)
     rows = store.read(["clip_id", "status", "error_kind"])
-    failed = rows.filter(pc.equal(rows["status"], STATUS_FAILED))
+    failed = rows.filter(pc.equal(rows["status"], RowStatus.FAILED.value))
     if kinds:
         failed = failed.filter(pc.is_in(failed["error_kind"], value_set=pa.array(kinds)))
     ids = set(failed["clip_id"].to_pylist())

@@ -110,6 +110,20 @@ def answer_model(model: type[BaseModel]) -> type[BaseModel]:
     return create_model(f"{model.__name__}Answer", __config__=model.model_config, **fields)
 
 
+TEXT_FIELDS = ("face", "body", "voice", "cross_modal", "summary")
+"""The fields that make a description's own text (what the audit reads and injection embeds)."""
+
+
+def description_text(description: dict) -> str:
+    """A description's own text: its TEXT_FIELDS joined by spaces (empty ones skipped)."""
+    return " ".join(t for t in (description.get(f) for f in TEXT_FIELDS) if t)
+
+
+def description_text_sql(struct: str = "description") -> str:
+    """The same text as a DuckDB expression over a description struct column."""
+    return "concat_ws(' ', " + ", ".join(f"{struct}.{f}" for f in TEXT_FIELDS) + ")"
+
+
 def json_schema(model: type[BaseModel]) -> dict:
     return model.model_json_schema()
 

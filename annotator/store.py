@@ -1,4 +1,4 @@
-"""The run's on-disk contract: `OUT/descriptions/*.parquet`, `run.json`, `README.md`.
+"""The run's rows on disk: `OUT/descriptions/*.parquet` (names in annotator/layout.py).
 
 Rows are committed a batch at a time, each batch as its own Parquet file written under a
 hidden temporary name and renamed into place, so a kill -9 at any moment leaves only whole
@@ -14,21 +14,17 @@ import json
 import os
 import uuid
 from pathlib import Path
+from typing import Annotated, get_args, get_origin
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-
-from typing import Annotated, get_args, get_origin
-
 from pydantic import BaseModel
 
 from annotator import cues
+from annotator.layout import RunFolder
 from annotator.schema import AffectiveDescription
 
-STATUS_OK, STATUS_FAILED = "ok", "failed"
-ERROR_KINDS = ("media", "prompt", "engine", "invalid_output", "truncated")
-RETRYABLE = ("engine", "invalid_output", "truncated")
 SAMPLE_FIELDS = ("primary_emotion", "valence", "arousal", "confidence", "summary")
 """What `run --samples N` keeps of each extra description (the `samples` column)."""
 
@@ -95,9 +91,11 @@ ROW_SCHEMA = pa.schema([
 
 
 class Store:
+    """The rows of one run folder: read, index by clip, commit a batch, drop clips."""
+
     def __init__(self, out: str | Path):
         self.out = Path(out)
-        self.dir = self.out / "descriptions"
+        self.dir = RunFolder(self.out).descriptions
 
     def files(self) -> list[Path]:
         return sorted(self.dir.glob("*.parquet")) if self.dir.is_dir() else []

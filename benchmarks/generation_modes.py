@@ -75,11 +75,11 @@ def main() -> None:
     args = parser.parse_args()
 
     from annotator.config import RunConfig
-    from annotator.demo import build_demo_corpus
+    from annotator.devtools.demo import build_demo_corpus
     from annotator.models import smollm2_folder
     from annotator.pipeline import run
     from annotator.store import Store
-    from annotator.tiny_models import build_tiny_omni
+    from annotator.devtools.tiny_models import build_tiny_omni
 
     work = Path(tempfile.mkdtemp(prefix="vaemo-modes-"))
     model = (str(smollm2_folder()) if args.model == "smollm2" else args.model

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import typer
 
-from annotator.typed_cli import command_from, console, fail
-from injection.config import TrainConfig
+from annotator.typed_cli import command_from, console
+from injection.config import FolderConfig, TrainConfig
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Inject affective descriptions into a VA encoder (VAEmo stage 2).")
@@ -18,11 +16,10 @@ Examples:
   vaemo-inject train --descriptions runs/demo --encoder enc/ --out inj/
 
   vaemo-inject train --descriptions runs/demo/clean.parquet --encoder enc/ --out inj/ --resume
+
+  vaemo-inject train --config inject.toml --steps 100
 """
 
-
-
-ERRORS = (FileNotFoundError, ValueError, RuntimeError)
 
 
 @app.command(help="Train the projection heads (both contrastive paths) on cached frozen "
@@ -32,17 +29,14 @@ ERRORS = (FileNotFoundError, ValueError, RuntimeError)
 def train(config: TrainConfig) -> None:
     from injection.commands import train as run_train
 
-    try:
-        summary = run_train(config, log=console.print)
-    except ERRORS as err:
-        fail(err)
+    summary = run_train(config, log=console.print)
     if "exported" in summary:  # rank 0 of a torchrun job, or the only process
         console.print(f"exported: {summary['exported']}")
 
 
 @app.command("eval")
-def evaluate(out: Path = typer.Argument(..., metavar="OUT", help="A `vaemo-inject train` "
-                                        "output folder.")) -> None:
+@command_from(FolderConfig, arguments=("out",))
+def evaluate(config: FolderConfig) -> None:
     """Before vs after on the held-out clips: few-label linear probe (UAR, WAR), zero-shot
     via label texts, clip<->description retrieval; writes OUT/eval.json.
 
@@ -50,26 +44,19 @@ def evaluate(out: Path = typer.Argument(..., metavar="OUT", help="A `vaemo-injec
     """
     from injection.commands import evaluate as run_eval
 
-    try:
-        run_eval(out, log=lambda text: typer.echo(text))
-    except ERRORS as err:
-        fail(err)
+    run_eval(config.out, log=lambda text: typer.echo(text))
 
 
 @app.command("export")
-def export(out: Path = typer.Argument(..., metavar="OUT", help="A `vaemo-inject train` "
-                                      "output folder.")) -> None:
+@command_from(FolderConfig, arguments=("out",))
+def export(config: FolderConfig) -> None:
     """Write OUT/encoder again from the last checkpoint, in the encoder's own format.
 
     Example: vaemo-inject export inj/
     """
     from injection.commands import export_checkpoint
 
-    try:
-        target = export_checkpoint(out, log=console.print)
-    except ERRORS as err:
-        fail(err)
-    console.print(f"exported: {target}")
+    console.print(f"exported: {export_checkpoint(config.out, log=console.print)}")
 
 
 if __name__ == "__main__":

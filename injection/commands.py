@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from annotator.errors import ConfigError
 from injection.config import TrainConfig
 from injection.data import Corpus, build_corpus, load_rows
 from injection.features import FeatureCache, embed_texts, va_features
@@ -145,8 +146,8 @@ def _progress(config: TrainConfig):
 def recorded_config(out: Path) -> TrainConfig:
     pointer = Path(out) / "checkpoints" / "last"
     if not pointer.is_file():
-        raise FileNotFoundError(f"{pointer} not found: run `vaemo-inject train --out {out}` "
-                                "first")
+        raise ConfigError(f"{pointer} not found: run `vaemo-inject train --out {out}` "
+                          "first")
     folder = pointer.parent / pointer.read_text().strip()
     return TrainConfig.model_validate_json((folder / "config.json").read_text())
 

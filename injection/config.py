@@ -108,3 +108,12 @@ class TrainConfig(BaseModel):
         if "{label}" not in self.label_prompts:
             raise ValueError("--label-prompts templates must contain {label}")
         return self
+
+
+class FolderConfig(BaseModel):
+    """`vaemo-inject eval` and `export`: they read everything else from the train folder."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    out: Path
+    """A `vaemo-inject train` output folder."""

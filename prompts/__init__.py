@@ -32,14 +32,13 @@ from pathlib import Path
 from jinja2 import StrictUndefined, TemplateError, meta
 from jinja2.sandbox import SandboxedEnvironment, SecurityError
 
+from annotator.errors import PromptError
+
 _HEADER = re.compile(
     r"\{#-?\s*vaemo-template\s+name=(\S+)\s+version=(\S+)(?:\s+schema=(\S+))?\s*-?#\}")
 CONTEXT_KEYS = ("clip", "media", "modalities", "labels", "cues", "examples", "phase")
 PHASES = ("one-pass", "think", "answer")
 
-
-class PromptError(ValueError):
-    """A template that cannot be loaded or rendered; the message says which and why."""
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from annotator.demo import moving_portrait, portraits, read_wav, speech_files, write_clip
+from annotator.devtools.demo import moving_portrait, portraits, read_wav, speech_files, write_clip
 from annotator.media import SAMPLE_RATE
 
 
@@ -44,7 +44,7 @@ def tiny_omni(tmp_path_factory) -> Path:
     import torch
 
     torch.set_num_threads(1)
-    from annotator.tiny_models import build_tiny_omni
+    from annotator.devtools.tiny_models import build_tiny_omni
 
     return build_tiny_omni(tmp_path_factory.mktemp("models") / "tiny-omni")
 

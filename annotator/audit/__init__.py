@@ -22,6 +22,9 @@ import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field
 
 from annotator.audit import agreement, redundancy, rules
+from annotator.errors import ConfigError
+from annotator.schema import description_text_sql
+from annotator.layout import RunFolder
 from annotator.store import Store, atomic_write_parquet, write_json
 
 
@@ -50,8 +53,8 @@ def audit(config: AuditConfig) -> dict:
     out = config.out
     rows = Store(out).read()
     if not len(rows):
-        raise FileNotFoundError(f"no rows in {out / 'descriptions'}: run `vaemo-annotate run "
-                                f"--out {out}` first")
+        raise ConfigError(f"no rows in {RunFolder(out).descriptions}: run `vaemo-annotate "
+                          f"run --out {out}` first")
     run = _run_summary(out)
     rule_list = rules.load_rules(config.rules)  # a bad rules file fails before any work
     rows = _with_manifest_labels(rows, config.manifest or run.get("config", {}).get("manifest"))
@@ -72,9 +75,9 @@ def audit(config: AuditConfig) -> dict:
     flags = _flags(con, rule_list)
     con.register("flags_view", flags)
 
-    audit_dir = out / "audit"
-    audit_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_parquet(flags, audit_dir / "flags.parquet")
+    folder = RunFolder(out)
+    folder.audit.mkdir(parents=True, exist_ok=True)
+    atomic_write_parquet(flags, folder.flags)
     metrics = {
         "run_id": run.get("run_id"), "rows": len(rows), "label_set": labels,
         "validity": _validity(con),
@@ -96,17 +99,17 @@ def audit(config: AuditConfig) -> dict:
         atomic_write_parquet(kept, config.clean)
         metrics["clean"]["path"] = str(config.clean)
     metrics["seconds"] = round(time.perf_counter() - started, 2)
-    write_json(audit_dir / "metrics.json", metrics)
+    write_json(folder.metrics, metrics)
     from annotator.audit import report
 
-    report_path = config.report or audit_dir / "index.html"
+    report_path = config.report or folder.report
     report.write(report_path, metrics, con, rule_list, config.report_rows)
     metrics["report"] = str(report_path)
     return metrics
 
 
 def _run_summary(out: Path) -> dict:
-    recorded = out / "run.json"
+    recorded = RunFolder(out).run_json
     return json.loads(recorded.read_text()) if recorded.is_file() else {}
 
 
@@ -148,9 +151,8 @@ def _flags(con: duckdb.DuckDBPyConnection, rule_list: list[rules.Rule]) -> pa.Ta
                (a.status <> 'ok' OR {any_excluding} OR d.row_id IS NOT NULL) AS excluded,
                {{'agrees_with_label': a.primary_label = a.true_label,
                  'confidence': a.description.confidence,
-                 'words': len(string_split(trim(concat_ws(' ', a.description.face,
-                     a.description.body, a.description.voice, a.description.cross_modal,
-                     a.description.summary)), ' ')),
+                 'words': len(string_split(trim({description_text_sql('a.description')}),
+                                           ' ')),
                  'duplicate_similarity': d.similarity,
                  'self_agreement': a.self_agreement,
                  'summary_dispersion': a.summary_dispersion}} AS scores

@@ -15,6 +15,8 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from annotator.schema import description_text_sql
+
 NUM_HASHES, BANDS = 64, 16  # 16 bands of 4: pairs above ~0.5 Jaccard become candidates
 M1, M2 = np.uint64(0xFF51AFD7ED558CCD), np.uint64(0xC4CEB9FE1A85EC53)
 
@@ -24,12 +26,10 @@ def tokenize(con: duckdb.DuckDBPyConnection) -> None:
     """Table `description_words` (row_id, clip_id, words) of the ok rows: the description's
     own text (as the injection trainer embeds it by default), lowercased and split into
     words once, for the duplicate search and the richness statistics."""
-    con.execute("""
+    con.execute(f"""
         CREATE OR REPLACE TEMP TABLE description_words AS
         SELECT row_id, clip_id, string_split(trim(regexp_replace(
-            lower(concat_ws(' ', description.face, description.body, description.voice,
-                            description.cross_modal, description.summary)),
-            '[^a-z0-9]+', ' ', 'g')), ' ') AS words
+            lower({description_text_sql()}), '[^a-z0-9]+', ' ', 'g')), ' ') AS words
         FROM audited WHERE status = 'ok'
     """)
 

@@ -18,14 +18,12 @@ import duckdb
 import pyarrow as pa
 
 from annotator.audit.agreement import emotion_properties, label_mapping
+from annotator.errors import RulesError
 
 # Spans from a negation to the next punctuation are not claims: "not loud, but tense" claims
 # tension only. Crude, but it keeps "no audio"/"not observable" from reading as voice claims.
 NEGATION = r"\b(not|no|never|without|cannot|can't|isn't|wasn't|nor|none|lacks?)\b[^.,;:!?]*"
 
-
-class RulesError(ValueError):
-    """A rules file that cannot be used; the message names the file, the rule and the fix."""
 
 
 @dataclass(frozen=True)

@@ -32,10 +32,11 @@ def test_readme_opens_with_the_two_commands_and_ci_runs_the_test_one():
 
 def test_help_shows_examples_and_every_field():
     text = runner.invoke(app, ["run", "--help"], terminal_width=200).output
-    assert len(help_examples()) == 4
-    for flag in ("--subset", "--template", "--ray-address", "--dry-run", "--max-tokens"):
+    assert len(help_examples()) == 5
+    for flag in ("--subset", "--template", "--ray-address", "--dry-run", "--max-tokens",
+                 "--config", "--faults"):
         assert flag in text
-    assert "[vllm|transformers]" in text  # choices survive rich's markup
+    assert "[vllm|transformers|fake]" in text  # choices survive rich's markup
 
 
 @pytest.mark.slow
@@ -49,6 +50,10 @@ def test_help_examples_run(tmp_path, monkeypatch, clips):
     (demo / "manifest.csv").write_text(
         "path,label,speaker\nreal_astronaut.mp4,neutral,a\nreal_grace_hopper.mp4,neutral,b\n")
     monkeypatch.chdir(tmp_path)
+    recorded = tmp_path / "runs" / "demo" / "run.json"  # what a finished demo run leaves
+    recorded.parent.mkdir(parents=True)
+    recorded.write_text(json.dumps({"run_id": "r", "config": {
+        "manifest": "data/demo/manifest.csv", "out": "runs/demo", "sampling": {"seed": 0}}}))
     for args in help_examples():
         if "--ray-address" in args:
             result = runner.invoke(app, args)
@@ -62,13 +67,45 @@ def test_help_examples_run(tmp_path, monkeypatch, clips):
         assert "describe_text@3" in result.output
 
 
-def test_bad_values_are_named(tmp_path):
-    result = runner.invoke(app, ["run", "--manifest", "m.csv", "--out", str(tmp_path),
-                                 "--subset", "ten"], terminal_width=200)
+@pytest.mark.parametrize("columns", [None, "60"])
+def test_bad_values_are_named_on_one_line(tmp_path, columns):
+    """Messages never wrap, whatever the terminal width and however long the path."""
+    deep = tmp_path / ("a-rather-long-folder-name-" * 6) / "and-deeper"
+    env = {"COLUMNS": columns} if columns else {}
+    result = runner.invoke(app, ["run", "--manifest", "m.csv", "--out", str(deep),
+                                 "--subset", "ten"], env=env)
     assert result.exit_code == 2 and "--subset" in result.output
-    result = runner.invoke(app, ["run", "--manifest", str(tmp_path / "none.csv"), "--out",
-                                 str(tmp_path), "--dry-run"], terminal_width=200)
-    assert result.exit_code == 1 and "manifest not found" in result.output
+    missing = deep / "none.csv"
+    result = runner.invoke(app, ["run", "--manifest", str(missing), "--out", str(deep),
+                                 "--dry-run"], env=env)
+    assert result.exit_code == 1
+    line = next(x for x in result.output.splitlines() if "error" in x)
+    assert f"{missing}: manifest not found" in line  # path and message on one line
+
+
+def test_config_file_with_flags_on_top(tmp_path):
+    (tmp_path / "run.toml").write_text('manifest = "none.csv"\nsubset = "ten"\n')
+    result = runner.invoke(app, ["run", "--config", str(tmp_path / "run.toml"), "--out",
+                                 str(tmp_path)])
+    assert result.exit_code == 2 and "--subset" in result.output  # the file's value is used
+    result = runner.invoke(app, ["run", "--config", str(tmp_path / "run.toml"), "--out",
+                                 str(tmp_path), "--subset", "2", "--dry-run"])
+    assert result.exit_code == 1 and "none.csv: manifest not found" in result.output
+    (tmp_path / "bad.yaml").write_text("manifest: [unclosed\n")
+    result = runner.invoke(app, ["run", "--config", str(tmp_path / "bad.yaml")])
+    assert result.exit_code == 1 and "does not parse" in result.output
+
+
+def test_a_bug_is_not_dressed_as_a_user_error(tmp_path, monkeypatch):
+    """Only VaemoError becomes a one-line message; anything else keeps its traceback."""
+    import annotator.pipeline
+
+    def broken(config, console):
+        raise KeyError("a programming error")
+
+    monkeypatch.setattr(annotator.pipeline, "run", broken)
+    result = runner.invoke(app, ["run", "--manifest", "m.csv", "--out", str(tmp_path)])
+    assert isinstance(result.exception, KeyError)
 
 
 @pytest.mark.slow
@@ -101,7 +138,7 @@ def test_audit_help_examples_run(tmp_path, monkeypatch):
     """The `audit --help` examples run as written in a folder holding a run."""
     from importlib import resources
 
-    from annotator.audit.synthetic import write_synthetic_run
+    from annotator.devtools.synthetic_runs import write_synthetic_run
 
     monkeypatch.chdir(tmp_path)
     write_synthetic_run(Path("runs/demo"), 12)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from annotator.cues import audio_cues, video_cues
-from annotator.demo import moving_portrait, portraits, read_wav, speech_files
+from annotator.devtools.demo import moving_portrait, portraits, read_wav, speech_files
 from annotator.media import SAMPLE_RATE, decode
 from tests.conftest import pattern_frames, tone
 

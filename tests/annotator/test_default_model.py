@@ -7,7 +7,8 @@ from typer.testing import CliRunner
 
 from annotator.cli import app
 from annotator.schema import answer_model, description_model
-from annotator.store import ERROR_KINDS, Store
+from annotator.settings import ErrorKind
+from annotator.store import Store
 from prompts import label_sets
 
 pytestmark = pytest.mark.slow
@@ -34,4 +35,4 @@ def test_cpu_default_rows_are_valid_or_typed_failures(tmp_path, clips):
             assert row["reasoning"].strip()
             answer.model_validate(row["description"])
         else:
-            assert row["error_kind"] in ERROR_KINDS
+            assert row["error_kind"] in {k.value for k in ErrorKind}

@@ -4,10 +4,13 @@ the transformers reference implementation on teacher-forced log-probabilities.""
 import numpy as np
 import pytest
 
-from annotator.engine import EngineOptions, Request, Sampling, create_engine
+from annotator.chat import build_prompt
+from annotator.engines.factory import create_engine
+from annotator.engines.contract import EngineOptions, Request
 from annotator.media import decode
-from annotator.models import build_prompt, describe_model
+from annotator.models import describe_model
 from annotator.schema import description_model, json_schema, parse_description
+from annotator.settings import EngineSettings, SamplingSettings
 
 pytestmark = pytest.mark.slow
 LABELS = ["anger", "happy", "neutral", "sad"]
@@ -21,7 +24,8 @@ def spec(tiny_omni):
 @pytest.fixture(scope="module")
 def options():
     return EngineOptions(schema=json_schema(description_model(LABELS)),
-                         sampling=Sampling(max_tokens=2048), device="cpu", dtype="float32")
+                         sampling=SamplingSettings(max_tokens=2048, generation="one-pass"),
+                         compute=EngineSettings(dtype="float32"), device="cpu")
 
 
 @pytest.fixture(scope="module")

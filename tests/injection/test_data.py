@@ -3,7 +3,7 @@
 import pytest
 
 from annotator.audit import AuditConfig, audit
-from annotator.audit.synthetic import PLANTED, write_synthetic_run
+from annotator.devtools.synthetic_runs import PLANTED, write_synthetic_run
 from injection.data import DataError, build_corpus, load_rows
 
 

@@ -13,7 +13,7 @@ FACTORY = "tests.injection.factories:tiny"
 
 @pytest.fixture(scope="module")
 def tiny_va(tmp_path_factory):
-    from injection.tiny_models import build_tiny_va_encoder
+    from annotator.devtools.tiny_encoders import build_tiny_va_encoder
 
     return build_tiny_va_encoder(tmp_path_factory.mktemp("va") / "enc")
 

@@ -20,7 +20,7 @@ runner = CliRunner()
 def test_annotate_audit_inject_eval_export_reload(tmp_path, clips, tiny_omni):
     from injection.encoders import clip_tensors, load_encoder
     from injection.export import load_injected
-    from injection.tiny_models import build_tiny_va_encoder
+    from annotator.devtools.tiny_encoders import build_tiny_va_encoder
 
     names = ["real_astronaut", "real_grace_hopper", "tone_220", "tone_440", "silent_video",
              "audio_only"]

@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from annotator.audit import AuditConfig, audit
 from annotator.audit.rules import RulesError, load_rules
-from annotator.audit.synthetic import PLANTED, write_synthetic_run
+from annotator.devtools.synthetic_runs import PLANTED, write_synthetic_run
 from annotator.cli import app
 from annotator.store import Store
 

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from annotator.audit import AuditConfig, audit
-from annotator.audit.synthetic import PLANTED, write_synthetic_run
+from annotator.devtools.synthetic_runs import PLANTED, write_synthetic_run
 from annotator.store import Store, atomic_write_parquet
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

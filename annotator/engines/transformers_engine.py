@@ -12,8 +12,9 @@ import json
 
 import torch
 
-from annotator.engine import EngineOptions, Generation, Request
-from annotator.models import ModelSpec, media_inputs
+from annotator.engines.contract import EngineOptions, Generation, Request
+from annotator.chat import media_inputs
+from annotator.models import ModelSpec
 
 
 class _SchemaMask:
@@ -45,6 +46,8 @@ class _SchemaMask:
 
 
 class TransformersEngine:
+    """The model's own transformers implementation, one request at a time."""
+
     def __init__(self, spec: ModelSpec, options: EngineOptions):
         from transformers import AutoModelForCausalLM, AutoProcessor, AutoTokenizer
 
@@ -73,7 +76,7 @@ class TransformersEngine:
             return dict(self.tokenizer(request.prompt, return_tensors="pt",
                                        add_special_tokens=False))
         data, kwargs = media_inputs(self.spec, request.frames, request.fps, request.audio,
-                                    self.options.min_pixels, self.options.max_pixels)
+                                    self.options.media.min_pixels, self.options.media.max_pixels)
         inputs = {"text": [request.prompt]}
         if "video" in data:
             inputs["videos"] = [data["video"]]

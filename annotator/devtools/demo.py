@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from annotator.errors import ConfigError
 from annotator.media import SAMPLE_RATE, decode
 
 SPEECH_DIR = Path("/usr/share/pocketsphinx/test/data")
@@ -86,7 +87,7 @@ def speech_files() -> list[Path]:
     files = sorted((SPEECH_DIR / "librivox").glob("*.wav")) + sorted(
         (SPEECH_DIR / "cards").glob("*.wav"))
     if not files:
-        raise FileNotFoundError(
+        raise ConfigError(
             f"no speech under {SPEECH_DIR}: install Debian's pocketsphinx-testdata "
             "(apt-get install pocketsphinx-testdata)")
     return files

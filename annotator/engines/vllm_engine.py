@@ -14,8 +14,9 @@ import sys
 import time
 from contextlib import contextmanager
 
-from annotator.engine import EngineOptions, Generation, Request
-from annotator.models import ModelSpec, media_inputs
+from annotator.engines.contract import EngineOptions, Generation, Request
+from annotator.chat import media_inputs
+from annotator.models import ModelSpec
 
 TEMPORAL_PATCH = 2  # frames per temporal patch in Qwen2.5-Omni's vision tower
 
@@ -43,10 +44,12 @@ def _llvmlite_hidden():
 
 
 class VLLMEngine:
+    """`vllm.LLM` owned for the engine's lifetime; one SamplingParams per request."""
+
     def __init__(self, spec: ModelSpec, options: EngineOptions):
         cpu = options.device == "cpu"
         if cpu:
-            configure_cpu_environment(options.cpu_kv_cache_gib)
+            configure_cpu_environment(options.compute.cpu_kv_cache_gib)
         try:
             from vllm import LLM
         except ImportError as err:
@@ -63,8 +66,8 @@ class VLLMEngine:
                 seed=options.sampling.seed,
                 dtype=options.dtype,
                 enforce_eager=cpu,
-                max_model_len=options.max_model_len,
-                max_num_seqs=options.max_batch,
+                max_model_len=options.compute.max_model_len,
+                max_num_seqs=options.compute.batch_size,
                 limit_mm_per_prompt=limits or None,
                 mm_processor_cache_gb=0,  # each clip is seen once: a cache only costs memory
                 structured_outputs_config={"backend": "guidance",
@@ -91,7 +94,7 @@ class VLLMEngine:
 
     def _inputs(self, request: Request, prompt=None) -> dict:
         data, kwargs = media_inputs(self.spec, request.frames, request.fps, request.audio,
-                                    self.options.min_pixels, self.options.max_pixels)
+                                    self.options.media.min_pixels, self.options.media.max_pixels)
         item: dict = {"prompt": request.prompt} if prompt is None else dict(prompt)
         if data:
             if "video" in data:

@@ -1,0 +1,122 @@
+"""A fake engine: instant, deterministic answers that follow the enforced JSON schema.
+
+It serves the fast test tier (plan, prepare, engine stage, rows, retries, samples, resume)
+and the pipeline's own ceiling in benchmarks: a run with `--engine fake` measures everything
+but the model. Its answers derive from the request (a hash of clip id, prompt and attempt),
+so a re-run gives the same rows. `--faults` injects what real engines do wrong, per attempt
+and reproducibly: invalid JSON, truncation at the token budget, a failed request, latency.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from collections import Counter
+
+from annotator.engines.contract import EngineOptions, Generation, Request
+from annotator.models import ModelSpec
+from annotator.settings import parse_faults
+
+TOKEN = re.compile(r"\w+|[^\w\s]")
+"""The fake's tokens: words and punctuation marks, about what a BPE tokenizer makes of JSON."""
+
+
+class FakeEngine:
+    """Answers each request from a hash of it; `options.compute.faults` injects failures."""
+
+    def __init__(self, spec: ModelSpec, options: EngineOptions):
+        self.spec, self.options = spec, options
+        self.faults = parse_faults(options.compute.faults)
+        self.attempts: Counter[str] = Counter()  # guided requests seen per clip
+        self.startup_s = 0.0
+
+    def generate(self, requests: list[Request]) -> list[Generation]:
+        return [self._one(r) for r in requests]
+
+    def score(self, request: Request, continuation: list[int]) -> list[float]:
+        return [self._unit(request.prompt, str(t)) * -5.0 for t in continuation]
+
+    def _one(self, request: Request) -> Generation:
+        if self.faults.get("latency"):
+            time.sleep(self.faults["latency"])
+        prompt_ids = list(range(len(TOKEN.findall(request.prompt))))
+        budget = request.max_tokens or self.options.sampling.max_tokens
+        if not request.guided:  # a free chain of thought (two-phase, first turn)
+            text = (f"Thinking about clip {request.clip_id}: the face, the voice and the "
+                    f"measured cues point the same way ({self._unit(request.prompt):.3f}).")
+            return _generation(text, prompt_ids, budget)
+        self.attempts[request.clip_id] += 1
+        attempt = f"{request.clip_id}:{self.attempts[request.clip_id]}"
+        if self._unit(attempt, "error") < self.faults.get("error", 0.0):
+            return Generation(error="FakeEngineError: injected request failure",
+                              prompt_token_ids=prompt_ids)
+        if self._unit(attempt, "invalid") < self.faults.get("invalid", 0.0):
+            return _generation('{"face": "unterminated', prompt_ids, budget)
+        text = json.dumps(instance(self.options.schema, self._seed(request.prompt)),
+                          separators=(",", ":"))
+        if self._unit(attempt, "truncate") < self.faults.get("truncate", 0.0):
+            budget = max(1, len(TOKEN.findall(text)) // 2)
+        return _generation(text, prompt_ids, budget)
+
+    def _seed(self, *parts: str) -> int:
+        return int.from_bytes(hashlib.sha256("\0".join(parts).encode()).digest()[:8], "big")
+
+    def _unit(self, *parts: str) -> float:
+        """A reproducible number in [0, 1) for these parts."""
+        return self._seed(*parts) / 2**64
+
+
+def _generation(text: str, prompt_ids: list[int], budget: int) -> Generation:
+    """A finished generation, or past the budget one cut at its last token: 'length'."""
+    ends = [m.end() for m in TOKEN.finditer(text)]
+    if len(ends) > budget:
+        return Generation(text=text[:ends[budget - 1]], token_ids=list(range(budget)),
+                          prompt_token_ids=prompt_ids, finish_reason="length")
+    return Generation(text=text, token_ids=list(range(len(ends))),
+                      prompt_token_ids=prompt_ids, finish_reason="stop")
+
+
+WORDS = ("steady", "raised", "soft", "tense", "warm", "level", "quick", "slow", "bright",
+         "low", "open", "still")
+
+
+def instance(schema: dict, seed: int, root: dict | None = None) -> object:
+    """A value that validates against `schema` (the subset pydantic emits: objects with
+    required properties, enums, bounded numbers and strings, arrays, $ref, anyOf)."""
+    root = root or schema
+    if "$ref" in schema:
+        name = schema["$ref"].rsplit("/", 1)[-1]
+        return instance(root["$defs"][name], seed, root)
+    if "enum" in schema:
+        return schema["enum"][seed % len(schema["enum"])]
+    if "const" in schema:
+        return schema["const"]
+    if "anyOf" in schema:
+        options = [s for s in schema["anyOf"] if s.get("type") != "null"] or schema["anyOf"]
+        return instance(options[seed % len(options)], seed, root)
+    kind = schema.get("type")
+    if kind == "object":
+        props = schema.get("properties", {})
+        return {name: instance(sub, _mix(seed, name), root) for name, sub in props.items()}
+    if kind == "array":
+        low = schema.get("minItems", 0)
+        high = min(schema.get("maxItems", low + 2), low + 2)
+        count = low + seed % (high - low + 1)
+        return [instance(schema.get("items", {}), _mix(seed, str(i)), root)
+                for i in range(count)]
+    if kind in ("number", "integer"):
+        low, high = schema.get("minimum", 0), schema.get("maximum", 1)
+        value = low + (high - low) * ((seed % 101) / 100)
+        return int(value) if kind == "integer" else round(value, 2)
+    if kind == "boolean":
+        return bool(seed % 2)
+    low, high = schema.get("minLength", 0), schema.get("maxLength", 80)
+    text = " ".join(WORDS[(seed >> (4 * i)) % len(WORDS)] for i in range(6))
+    text = (text + " and " + text)[:high]
+    return text.ljust(low, ".")
+
+
+def _mix(seed: int, salt: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"{seed}:{salt}".encode()).digest()[:8], "big")

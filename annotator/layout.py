@@ -1,0 +1,57 @@
+"""Where things live on disk: the names of a run folder's files, spelled once.
+
+    OUT/descriptions/*.parquet   the rows (store.py)
+    OUT/subset.parquet           the selected clips and their strata
+    OUT/run.json                 configuration, versions, counts, timings
+    OUT/README.md                the dataset card
+    OUT/audit/metrics.json       the audit's numbers
+    OUT/audit/flags.parquet      the audit's verdict per clip
+    OUT/audit/index.html         the audit's report
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """The files of one `vaemo-annotate run` output folder."""
+
+    root: Path
+
+    def __post_init__(self):
+        object.__setattr__(self, "root", Path(self.root))
+
+    @property
+    def descriptions(self) -> Path:
+        return self.root / "descriptions"
+
+    @property
+    def subset(self) -> Path:
+        return self.root / "subset.parquet"
+
+    @property
+    def run_json(self) -> Path:
+        return self.root / "run.json"
+
+    @property
+    def card(self) -> Path:
+        return self.root / "README.md"
+
+    @property
+    def audit(self) -> Path:
+        return self.root / "audit"
+
+    @property
+    def metrics(self) -> Path:
+        return self.audit / "metrics.json"
+
+    @property
+    def flags(self) -> Path:
+        return self.audit / "flags.parquet"
+
+    @property
+    def report(self) -> Path:
+        return self.audit / "index.html"

@@ -1,0 +1,208 @@
+"""The settings of a run, one pydantic model per concern, each field declared exactly once.
+
+- `MediaSettings`: how a clip is decoded and handed to the model's processor.
+- `SamplingSettings`: how the engine decodes text (and the run's seed).
+- `EngineSettings`: which engine runs where, with what resources.
+
+`RunConfig` (annotator/config.py) holds one of each and passes them on as they are: the plan,
+the Ray stages, the engine and `run.json` all read the same objects, and the cache key is
+derived from them (`key()`), not from a hand-kept list. A field that changes what a row
+contains is in its model's key; one that only changes speed or resources is listed in
+`NOT_IN_KEY`.
+"""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from typing import ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+_CONFIG = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True,
+                     protected_namespaces=())
+
+
+class GenerationMode(StrEnum):
+    ONE_PASS = "one-pass"
+    """One guided JSON answer whose first field is the reasoning."""
+    TWO_PHASE = "two-phase"
+    """Free chain of thought first, then the JSON (without reasoning) with it in context."""
+
+
+class RowStatus(StrEnum):
+    OK = "ok"
+    FAILED = "failed"
+
+
+class ErrorKind(StrEnum):
+    """Why a row failed (the `error_kind` column)."""
+
+    MEDIA = "media"
+    PROMPT = "prompt"
+    ENGINE = "engine"
+    INVALID_OUTPUT = "invalid_output"
+    TRUNCATED = "truncated"
+
+    @property
+    def retryable(self) -> bool:
+        """Engine-side failures are worth another attempt; bad media or templates are not."""
+        return self in (ErrorKind.ENGINE, ErrorKind.INVALID_OUTPUT, ErrorKind.TRUNCATED)
+
+
+class MediaSettings(BaseModel):
+    """How a clip is decoded and handed to the model's processor."""
+
+    model_config = _CONFIG
+    NOT_IN_KEY: ClassVar[frozenset[str]] = frozenset()
+
+    num_frames: int = Field(8, ge=2, le=64)
+    """Frames sampled uniformly per clip (even: Qwen2.5-Omni pairs frames)."""
+    max_duration_s: float = Field(30.0, gt=0)
+    """Only the first seconds of a longer clip are decoded."""
+    max_side: int = Field(448, ge=28)
+    """Decoded frames are downscaled so the longer side is at most this many pixels."""
+    min_pixels: int = Field(28 * 28 * 4, ge=28 * 28)
+    """Per-frame pixel floor handed to the model's processor."""
+    max_pixels: int = Field(28 * 28 * 64, ge=28 * 28)
+    """Per-frame pixel cap handed to the model's processor (bounds visual tokens)."""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> MediaSettings:
+        if self.min_pixels > self.max_pixels:
+            raise ValueError("--min-pixels must not exceed --max-pixels")
+        if self.num_frames % 2:
+            raise ValueError("--num-frames must be even (video models pair frames)")
+        return self
+
+    def key(self) -> dict:
+        return self.model_dump(exclude=set(self.NOT_IN_KEY))
+
+
+class SamplingSettings(BaseModel):
+    """How the engine decodes; recorded per row (`sampling`) and part of the cache key."""
+
+    model_config = _CONFIG
+    NOT_IN_KEY: ClassVar[frozenset[str]] = frozenset()
+
+    temperature: float = Field(0.0, ge=0.0)
+    """Sampling temperature (0: greedy, the default for annotation)."""
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    """Nucleus sampling mass."""
+    max_tokens: int = Field(2048, ge=16)
+    """Output token budget per clip; a row that hits it is 'truncated'."""
+    seed: int = 0
+    """Seed for the subset ranking and the engine."""
+    repetition_penalty: float = Field(1.0, gt=0.0)
+    """Penalty on tokens already seen (1: none; >1 discourages repetition loops)."""
+    generation: Literal["auto", "one-pass", "two-phase"] = "auto"
+    """one-pass: one guided JSON answer, reasoning field first. two-phase: free chain of
+    thought, then the JSON with the thought in context (the template must read `phase`).
+    auto: two-phase when the template supports it (measured: as valid, fewer tokens, no
+    repetition loops; see the README), else one-pass."""
+    think_tokens: int = Field(512, ge=16)
+    """Token budget of the free chain of thought in two-phase generation."""
+    samples: int = Field(1, ge=1, le=16)
+    """Descriptions per clip (needs --temperature > 0): the extra ones are kept in the
+    `samples` column, and the audit measures how much they agree."""
+
+    @model_validator(mode="after")
+    def _samples(self) -> SamplingSettings:
+        if self.samples > 1 and self.temperature == 0:
+            raise ValueError("--samples > 1 needs --temperature > 0 (greedy samples are "
+                             "identical)")
+        return self
+
+    @property
+    def mode(self) -> GenerationMode:
+        """The resolved generation mode ('auto' must be resolved first, see `resolved`)."""
+        if self.generation == "auto":
+            raise ValueError("generation 'auto' is resolved against the template first")
+        return GenerationMode(self.generation)
+
+    def resolved(self, template_two_phase: bool) -> SamplingSettings:
+        """A copy with 'auto' replaced by what the template supports."""
+        if self.generation != "auto":
+            return self
+        mode = GenerationMode.TWO_PHASE if template_two_phase else GenerationMode.ONE_PASS
+        return self.model_copy(update={"generation": mode.value})
+
+    def key(self) -> dict:
+        return self.model_dump(exclude=set(self.NOT_IN_KEY))
+
+    def to_json(self) -> str:
+        """The `sampling` column and the sampling part of the cache key."""
+        return json.dumps(self.key(), sort_keys=True)
+
+
+class EngineSettings(BaseModel):
+    """Which engine runs where, and with what resources."""
+
+    model_config = _CONFIG
+    NOT_IN_KEY: ClassVar[frozenset[str]] = frozenset(
+        {"device", "ray_address", "max_model_len", "cpu_kv_cache_gib", "batch_size"})
+    """Where and how fast: these never change a greedy row's content."""
+
+    engine: Literal["vllm", "transformers", "fake"] = "vllm"
+    """vllm (fast, batched), transformers (reference implementation) or fake (instant,
+    deterministic schema-valid answers with optional --faults: tests and benchmarks)."""
+    device: Literal["auto", "cpu", "gpu"] = "auto"
+    """Where the engine runs: auto picks gpu when the Ray cluster has GPUs."""
+    ray_address: str | None = None
+    """Ray cluster to join ('auto' for a running one); default starts Ray locally."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Engine weights/activations dtype. auto: float32 on CPU (2.5x faster than bf16 for
+    SmolLM2 on CPUs without bf16 instructions, measured), the model's own on GPU."""
+    max_model_len: int | None = None
+    """Context length for the engine (default: the model's)."""
+    cpu_kv_cache_gib: int = Field(2, ge=1)
+    """KV cache reserved by vLLM on CPU (vLLM's own default reserves ~21 GiB)."""
+    batch_size: int = Field(16, ge=1)
+    """Clips per engine call (vLLM batches them continuously)."""
+    faults: str = ""
+    """--engine fake only: injected faults, e.g. 'invalid=0.2,truncate=0.1,error=0.1,
+    latency=0.05' (rates per attempt, latency in seconds per request)."""
+
+    @field_validator("faults")
+    @classmethod
+    def _faults(cls, value: str) -> str:
+        parse_faults(value)
+        return value
+
+    @model_validator(mode="after")
+    def _fake_only(self) -> EngineSettings:
+        if self.faults and self.engine != "fake":
+            raise ValueError("--faults only applies to --engine fake")
+        return self
+
+    def resolved_dtype(self, device: str) -> str:
+        if self.dtype != "auto":
+            return self.dtype
+        return "float32" if device == "cpu" else "auto"
+
+    def key(self, device: str) -> str:
+        """The engine part of the cache key: the same prompt can decode differently on another
+        engine or dtype (and a fake engine answers by its faults)."""
+        fields = self.model_dump(exclude=set(self.NOT_IN_KEY) | {"engine", "dtype", "faults"})
+        assert not fields, f"EngineSettings fields without a place in the key: {fields}"
+        key = f"{self.engine}:{self.resolved_dtype(device)}"
+        return f"{key}:{self.faults}" if self.faults else key
+
+
+FAULTS = ("invalid", "truncate", "error", "latency")
+
+
+def parse_faults(spec: str) -> dict[str, float]:
+    """'invalid=0.2,latency=0.01' -> {'invalid': 0.2, 'latency': 0.01}."""
+    out: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        name, _, value = part.partition("=")
+        if name not in FAULTS:
+            raise ValueError(f"--faults {part!r}: known faults are {', '.join(FAULTS)}")
+        try:
+            out[name] = float(value)
+        except ValueError:
+            raise ValueError(f"--faults {part!r}: the value must be a number") from None
+        if name != "latency" and not 0 <= out[name] <= 1:
+            raise ValueError(f"--faults {part!r}: a rate lies in [0, 1]")
+    return out

@@ -1,0 +1,45 @@
+"""`RunContext`: everything besides the clip that decides a row, resolved once in the driver
+and handed as it is to every stage (plan, prepare, generate, rows)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from annotator.models import ModelSpec
+from annotator.settings import (EngineSettings, GenerationMode, MediaSettings,
+                                SamplingSettings)
+from prompts import Template
+
+
+@dataclass(frozen=True)
+class RunContext:
+    run_id: str
+    spec: ModelSpec
+    template: Template
+    labels: list[str] | None
+    media: MediaSettings
+    sampling: SamplingSettings
+    """With `generation` resolved for the template ('auto' never reaches a stage)."""
+    compute: EngineSettings
+    device: str
+    """Where the engine runs ('auto' decided: cpu or gpu)."""
+    schema_sha256: str
+    retries: int
+
+    @property
+    def engine(self) -> str:
+        """The engine's name (vllm, transformers, fake), recorded per row."""
+        return self.compute.engine
+
+    @property
+    def engine_key(self) -> str:
+        """Engine and dtype: the same prompt can decode differently on another engine."""
+        return self.compute.key(self.device)
+
+    @property
+    def mode(self) -> GenerationMode:
+        return self.sampling.mode
+
+    @property
+    def two_phase(self) -> bool:
+        return self.mode is GenerationMode.TWO_PHASE

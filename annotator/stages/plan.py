@@ -1,0 +1,110 @@
+"""Per-clip plan: probe the streams, hash the media, render the prompt, derive the cache key.
+
+Cheap (no frame decoding), so it runs for every selected clip before any engine starts: the
+run knows what is cached, and the dry run can say so. A clip whose file is missing or cannot
+be opened gets a plan with its `error`, and becomes a failed row without reaching an engine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pyarrow as pa
+
+from annotator.chat import render_prompt
+from annotator.cues import CUES_VERSION
+from annotator.errors import MediaError, PromptError
+from annotator.media import media_sha256, probe
+from annotator.settings import ErrorKind
+from annotator.stages import StageSpec
+from annotator.stages.context import RunContext
+
+
+PLAN_SCHEMA = pa.schema([
+    ("clip_id", pa.string()), ("path", pa.string()), ("audio_path", pa.string()),
+    ("label", pa.string()), ("speaker", pa.string()), ("split", pa.string()),
+    ("dataset", pa.string()), ("stratum", pa.string()),
+    ("has_video", pa.bool_()), ("has_audio", pa.bool_()), ("duration_s", pa.float64()),
+    ("media_note", pa.string()), ("media_sha256", pa.string()),
+    ("context_json", pa.string()),
+    ("prompt", pa.string()), ("prompt_sha256", pa.string()), ("cache_key", pa.string()),
+    ("error_kind", pa.string()), ("error", pa.string()),
+])
+
+STAGE = StageSpec(
+    name="plan", reads=("clip_id", "path", "audio_path", "label", "speaker", "split",
+                        "dataset", "stratum"),
+    writes=tuple(PLAN_SCHEMA.names))
+"""Runs in the driver, before any engine starts (the dry run reports it)."""
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def cache_key(ctx: RunContext, media_hash: str, prompt_hash: str) -> str:
+    """Hash of everything that decides a row: media bytes, rendered prompt, template, model
+    and revision, sampling, schema, and how the media are decoded for the model.
+
+    The prompt hashed here is rendered without cues; the final prompt adds the cues, which
+    are a function of the media bytes and the cue extractor's version, both in the key."""
+    parts = {
+        "cues": CUES_VERSION,
+        "media": media_hash, "prompt": prompt_hash, "template": ctx.template.sha256,
+        "model": ctx.spec.name, "revision": ctx.spec.revision,
+        "sampling": ctx.sampling.to_json(), "schema": ctx.schema_sha256,
+        "decode": ctx.media.key(), "engine": ctx.engine_key,
+    }
+    return _sha(json.dumps(parts, sort_keys=True))
+
+
+def plan_clip(row: dict, ctx: RunContext, tokenizer) -> dict:
+    spec = ctx.spec
+    out = {k: row.get(k) for k in PLAN_SCHEMA.names}
+    out.update(has_video=False, has_audio=False, duration_s=None, media_note="",
+               prompt="", prompt_sha256="", error_kind=None, error=None)
+    try:
+        out["media_sha256"] = media_sha256(row["path"], row.get("audio_path"))
+        info = probe(row["path"], row.get("audio_path"))
+    except MediaError as err:
+        out["media_sha256"] = out.get("media_sha256") or _sha(f"unreadable:{row['path']}")
+        out.update(error_kind=ErrorKind.MEDIA.value, error=str(err))
+        out["cache_key"] = cache_key(ctx, out["media_sha256"], "")
+        return out
+    use_video = info.has_video and "video" in spec.modalities
+    use_audio = info.has_audio and "audio" in spec.modalities
+    notes = []
+    if not info.has_audio:
+        notes.append("no audio stream")
+    if not info.has_video:
+        notes.append("no video stream")
+    if spec.modalities and not (use_video or use_audio):
+        notes.append("nothing the model can see or hear")
+    out.update(has_video=info.has_video, has_audio=info.has_audio, duration_s=info.duration_s,
+               media_note="; ".join(notes))
+    media = {"has_video": info.has_video, "has_audio": info.has_audio,
+             "duration_s": min(info.duration_s, ctx.media.max_duration_s),
+             "source_fps": info.source_fps, "width": info.width, "height": info.height,
+             "num_frames": ctx.media.num_frames if use_video else 0}
+    clip = {k: v for k, v in row.items() if k not in ("path", "audio_path", "stratum")}
+    out["context_json"] = json.dumps({"clip": clip, "media": media}, sort_keys=True,
+                                      default=str)
+    try:
+        prompt = render_prompt(ctx, tokenizer, out["context_json"], None)[0]
+    except PromptError as err:
+        out.update(error_kind=ErrorKind.PROMPT.value, error=str(err))
+        prompt = ""
+    out.update(prompt=prompt, prompt_sha256=_sha(prompt) if prompt else "")
+    out["cache_key"] = cache_key(ctx, out["media_sha256"], out["prompt_sha256"])
+    return out
+
+
+
+def plan_table(rows: pa.Table, ctx: RunContext, tokenizer, workers: int = 8) -> pa.Table:
+    """Plan every selected clip; hashing and probing are I/O, so threads overlap them."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(workers) as pool:
+        planned = list(pool.map(lambda r: plan_clip(r, ctx, tokenizer), rows.to_pylist()))
+    return pa.Table.from_pylist(planned, schema=PLAN_SCHEMA)

@@ -1,0 +1,77 @@
+"""Prepare (Ray CPU tasks): decode each planned clip, measure its cues, render its final prompt.
+
+Both streams are decoded whatever the model takes (a text-only model needs the cues most);
+only what the model accepts is passed on to the engine. A clip that fails becomes a media or
+prompt error in its row, never an exception that stops the run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import pyarrow as pa
+
+from annotator import cues
+from annotator.chat import load_tokenizer, render_prompt
+from annotator.errors import MediaError, PromptError
+from annotator.media import MediaInfo, decode
+from annotator.settings import ErrorKind
+from annotator.stages import StageSpec
+from annotator.stages.context import RunContext
+
+OUTPUT_TYPES = {
+    "frames": pa.binary(), "frames_shape": pa.list_(pa.int32()), "fps": pa.float64(),
+    "audio": pa.binary(), "cues": cues.arrow_type(), "prompt": pa.string(),
+    "answer_prompt": pa.string(), "prompt_sha256": pa.string(), "error_kind": pa.string(),
+    "error": pa.string(),
+}
+
+STAGE = StageSpec(
+    name="prepare",
+    reads=("path", "audio_path", "has_video", "has_audio", "duration_s", "context_json",
+           "prompt", "prompt_sha256", "error_kind", "error"),
+    writes=tuple(OUTPUT_TYPES),
+    # decoding and cues are light: half a CPU, which also keeps Ray from fusing this stage
+    # into the engine actor, so clips are prepared by tasks while the engine generates
+    ray={"batch_size": 4, "num_cpus": 0.5})
+
+
+def prepare_batch(batch: pa.Table, *, ctx: RunContext) -> pa.Table:
+    """The planned clips of `batch` with their media, cues and final prompts added."""
+    spec, media = ctx.spec, ctx.media
+    tokenizer = load_tokenizer(spec.path)
+    out: dict[str, list] = {k: [] for k in OUTPUT_TYPES}
+    for row in batch.to_pylist():
+        kind, error, clip, measured = row["error_kind"], row["error"], None, None
+        prompt = answer_prompt = ""
+        if kind is None:
+            try:
+                probed = MediaInfo(row["has_video"], row["has_audio"], row["duration_s"] or 0.0,
+                                   None, None, None)  # the plan's probe: no third open
+                clip = decode(row["path"], row["audio_path"], num_frames=media.num_frames,
+                              max_duration_s=media.max_duration_s, max_side=media.max_side,
+                              info=probed)
+                measured = cues.measure(clip.frames, clip.audio)
+                listed = cues.for_template(measured)
+                prompt, answer_prompt = render_prompt(ctx, tokenizer, row["context_json"], listed)
+            except MediaError as err:
+                kind, error = ErrorKind.MEDIA.value, str(err)
+            except PromptError as err:
+                kind, error = ErrorKind.PROMPT.value, str(err)
+        send_frames = clip is not None and clip.frames is not None and "video" in spec.modalities
+        send_wave = clip is not None and clip.audio is not None and "audio" in spec.modalities
+        out["frames"].append(clip.frames.tobytes() if send_frames else None)
+        out["frames_shape"].append(list(clip.frames.shape) if send_frames else None)
+        out["fps"].append(clip.fps if send_frames else None)
+        out["audio"].append(clip.audio.tobytes() if send_wave else None)
+        out["cues"].append(measured)
+        out["prompt"].append(prompt or row["prompt"])
+        out["answer_prompt"].append(answer_prompt)
+        out["prompt_sha256"].append(hashlib.sha256(prompt.encode()).hexdigest() if prompt
+                                    else row["prompt_sha256"])
+        out["error_kind"].append(kind)
+        out["error"].append(error)
+    table = batch.drop_columns([c for c in out if c in batch.column_names])
+    for name, values in out.items():
+        table = table.append_column(name, pa.array(values, OUTPUT_TYPES[name]))
+    return table

@@ -1,0 +1,135 @@
+"""The whole annotate path on the fake engine, fast: real media, real Ray, real Parquet, the
+real plan/prepare/generate/rows stages and store; only the model is fake. Typed faults,
+retries, two-phase with samples, `--config run.json`, and kill -9 then resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from typer.testing import CliRunner
+
+from annotator.cli import app
+from annotator.schema import answer_model, description_model
+from annotator.store import Store
+from tests.conftest import write_manifest
+
+LABELS = "anger,happy,neutral,sad"
+FAULTS = "error=0.25,invalid=0.25,truncate=0.25"
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, clips):
+    """The shared clips (real faces and speech, tones, one-stream, corrupt, missing) and
+    eight more ids over the tones, for more fault draws."""
+    rows = [{"path": str(path), "clip_id": name, "label": LABELS.split(",")[i % 4]}
+            for i, (name, path) in enumerate(clips.items())]
+    rows += [{"path": str(clips["tone_220" if i % 2 else "tone_440"]), "clip_id": f"t{i}",
+              "label": "neutral"} for i in range(8)]
+    return write_manifest(tmp_path_factory.mktemp("fake") / "m.csv", rows)
+
+
+def annotate(*args: str) -> None:
+    result = runner.invoke(app, ["run", "--engine", "fake", "--labels", LABELS, *args])
+    assert result.exit_code == 0, result.output
+
+
+def rows(out) -> dict[str, dict]:
+    table = Store(out).read().to_pylist()
+    by_id = {r["clip_id"]: r for r in table}
+    assert len(by_id) == len(table), "one row per clip"
+    return by_id
+
+
+@pytest.fixture(scope="module")
+def faulty(tmp_path_factory, corpus, tiny_omni):
+    out = tmp_path_factory.mktemp("faulty")
+    annotate("--manifest", str(corpus), "--out", str(out), "--model", str(tiny_omni),
+             "--faults", FAULTS, "--retries", "0", "--generation", "one-pass")
+    return out
+
+
+def test_faults_become_typed_rows_and_good_rows_validate(faulty):
+    table = rows(faulty)
+    assert len(table) == 16
+    assert table["missing"]["error_kind"] == "media" and table["corrupt"]["error_kind"] == "media"
+    kinds = {r["error_kind"] for r in table.values()}
+    assert {"engine", "invalid_output", "truncated", None} <= kinds
+    assert kinds <= {"media", "engine", "invalid_output", "truncated", None}
+    model = description_model(LABELS.split(","))
+    for row in table.values():
+        assert row["attempts"] == 1 and row["engine"] == "fake"
+        if row["status"] == "ok":
+            model.model_validate({"reasoning": row["reasoning"], **row["description"]})
+        elif row["error_kind"] == "truncated":
+            assert row["finish_reason"] == "length" and "budget" in row["error"]
+    assert table["tone_220"]["cues"]["audio"]["f0_median_hz"] == pytest.approx(220, rel=0.03)
+    assert table["silent_video"]["media_note"] == "no audio stream"
+
+
+def test_retries_recover_engine_side_failures(faulty, corpus, tiny_omni, tmp_path):
+    annotate("--manifest", str(corpus), "--out", str(tmp_path), "--model", str(tiny_omni),
+             "--faults", FAULTS, "--retries", "4", "--generation", "one-pass")
+    before, after = rows(faulty), rows(tmp_path)
+    ok = lambda table: sum(r["status"] == "ok" for r in table.values())  # noqa: E731
+    assert ok(after) > ok(before)
+    recovered = [r for r in after.values() if r["status"] == "ok" and r["attempts"] > 1]
+    assert recovered and all(r["attempts"] <= 5 for r in after.values())
+    assert {c for c, r in after.items() if r["error_kind"] == "media"} == {"missing", "corrupt"}
+
+
+def test_two_phase_samples_and_a_rerun_from_run_json(corpus, tiny_omni, tmp_path):
+    annotate("--manifest", str(corpus), "--out", str(tmp_path), "--model", str(tiny_omni),
+             "--generation", "two-phase", "--samples", "3", "--temperature", "0.5",
+             "--subset", "6")
+    table = rows(tmp_path)
+    answer = answer_model(description_model(LABELS.split(",")))
+    done = [r for r in table.values() if r["status"] == "ok"]
+    assert done
+    for row in done:
+        assert row["reasoning"].startswith(f"Thinking about clip {row['clip_id']}")
+        assert "reasoning" not in json.loads(row["raw_output"])
+        answer.model_validate_json(row["raw_output"])
+        assert len(row["samples"]) == 2 and all(s["primary_emotion"] for s in row["samples"])
+        assert json.loads(row["sampling"])["generation"] == "two-phase"
+    recorded = json.loads((tmp_path / "run.json").read_text())
+    assert recorded["config"]["sampling"]["samples"] == 3
+    files = {f.name: f.stat().st_mtime_ns for f in Store(tmp_path).files()}
+    again = runner.invoke(app, ["run", "--config", str(tmp_path / "run.json")])
+    assert again.exit_code == 0, again.output
+    rerun = json.loads((tmp_path / "run.json").read_text())
+    assert rerun["engine"]["started"] is False
+    assert rerun["counts"]["cached"] == rerun["counts"]["selected"] == len(table)
+    assert {f.name: f.stat().st_mtime_ns for f in Store(tmp_path).files()} == files
+    assert rerun["config"] == recorded["config"]
+
+
+def test_kill_9_mid_run_then_resume_gives_one_row_per_clip(tmp_path, clips, tiny_omni):
+    n = 10
+    manifest = write_manifest(tmp_path / "m.csv", [
+        {"path": str(clips["tone_220" if i % 2 else "tone_440"]), "clip_id": f"k{i:02d}",
+         "label": "neutral"} for i in range(n)])
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "annotator.cli", "run", "--manifest", str(manifest), "--out",
+           str(out), "--model", str(tiny_omni), "--engine", "fake", "--faults", "latency=0.3",
+           "--batch-size", "1", "--generation", "one-pass"]
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(Store(out).read(["clip_id"])) < 2:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    survived = {c: r["created_at"] for c, r in rows(out).items()}
+    assert 2 <= len(survived) < n, "the kill should land mid-run"
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    final = rows(out)
+    assert sorted(final) == [f"k{i:02d}" for i in range(n)]
+    assert all(r["status"] == "ok" for r in final.values())
+    assert {c: final[c]["created_at"] for c in survived} == survived  # not recomputed
+    assert not list((out / "descriptions").glob(".*"))  # no temp files left
