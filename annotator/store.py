@@ -2,17 +2,22 @@
 
 Rows are committed a batch at a time, each batch as its own Parquet file written under a
 hidden temporary name and renamed into place, so a kill -9 at any moment leaves only whole
-files: every committed row is kept, nothing half-written is ever read. A clip has at most one
-row: rows that are about to be recomputed (stale cache key, `--force`, `retry-failed`) are
-removed from their files (again by atomic rewrite) *before* the new row is computed, so a
-crash in between leaves the clip pending, never duplicated.
+files. A recomputed clip's new row is committed first, and only then is its old row removed
+from the older file (again by atomic rewrite): a crash in between leaves both on disk, and
+readers keep the newer (by `created_at`), so a clip is never lost and never seen twice; the
+next writer compacts the pair. One writer at a time holds OUT/.lock (`Store.lock`, released
+by the OS even on kill -9). Files that cannot be read, or were not written by vaemo, are moved
+to OUT/quarantine/ with the reason beside them; their clips become pending again.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import socket
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, get_args, get_origin
 
@@ -22,6 +27,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel
 
 from annotator import cues
+from annotator.errors import ConfigError
 from annotator.layout import RunFolder
 from annotator.schema import AffectiveDescription
 
@@ -91,61 +97,169 @@ ROW_SCHEMA = pa.schema([
 
 
 class Store:
-    """The rows of one run folder: read, index by clip, commit a batch, drop clips."""
+    """The rows of one run folder: read (one row per clip), index by clip, commit a batch
+    (superseding older rows of its clips), repair, and the writer's lock."""
 
     def __init__(self, out: str | Path):
         self.out = Path(out)
-        self.dir = RunFolder(self.out).descriptions
+        self.folder = RunFolder(self.out)
+        self.dir = self.folder.descriptions
+        self.unreadable: dict[str, str] = {}
+        """Files the last read skipped: name -> why (readers never move files)."""
+        self._holders: dict[str, set[str]] = {}  # clip_id -> files holding a row of it
 
     def files(self) -> list[Path]:
         return sorted(self.dir.glob("*.parquet")) if self.dir.is_dir() else []
 
     def read(self, columns: list[str] | None = None) -> pa.Table:
-        files = self.files()
-        if not files:
-            return ROW_SCHEMA.empty_table() if columns is None else \
-                pa.schema([ROW_SCHEMA.field(c) for c in columns]).empty_table()
-        return pa.concat_tables([_read_file(f, columns or ROW_SCHEMA.names) for f in files])
+        """The stored rows, one per clip (the newest where a crash left two)."""
+        columns = list(columns or ROW_SCHEMA.names)
+        table = self._read_all(columns)
+        return table.drop_columns(["_file"]).select(columns)
+
+    def _read_all(self, columns: list[str]) -> pa.Table:
+        return _newest_per_clip(self._read_raw(columns)).select([*columns, "_file"])
+
+    def _read_raw(self, columns: list[str]) -> pa.Table:
+        """Every stored row (duplicates included) with the file it is in (`_file`)."""
+        wanted = list(dict.fromkeys([*columns, "clip_id", "created_at"]))
+        tables, self.unreadable = [], {}
+        for f in self.files():
+            try:
+                table = _read_file(f, wanted)
+            except ShardError as err:
+                self.unreadable[f.name] = str(err)
+                continue
+            tables.append(table.append_column("_file", pa.array([f.name] * len(table),
+                                                                 pa.string())))
+        if not tables:
+            schema = pa.schema([ROW_SCHEMA.field(c) for c in wanted] + [("_file", pa.string())])
+            return schema.empty_table()
+        return pa.concat_tables(tables)
 
     def index(self) -> dict[str, dict]:
         """clip_id -> {cache_key, status, error_kind, attempts} for every stored row."""
-        table = self.read(["clip_id", "cache_key", "status", "error_kind", "attempts"])
-        return {row["clip_id"]: row for row in table.to_pylist()}
+        columns = ["clip_id", "cache_key", "status", "error_kind", "attempts"]
+        raw = self._read_raw(columns)
+        self._holders = {}
+        for clip, name in zip(raw["clip_id"].to_pylist(), raw["_file"].to_pylist()):
+            self._holders.setdefault(clip, set()).add(name)
+        return {row["clip_id"]: row for row in _newest_per_clip(raw).select(columns).to_pylist()}
+
+    @contextmanager
+    def lock(self):
+        """Hold OUT/.lock for a writer's life; a second writer fails at once, naming us."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.folder.lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise ConfigError(f"{self.out} is being written by {holder}; wait for that run to "
+                              "end or pass another --out") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"vaemo pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
+        try:
+            yield self
+        finally:
+            os.close(fd)  # the OS releases the lock (on kill -9 too)
+
+    def repair(self) -> dict[str, str]:
+        """Writer only (under the lock): remove temp files of killed commits, move unreadable
+        or foreign files to OUT/quarantine/ (reason beside each), and compact clips that a
+        crash left with two rows. Returns {quarantined file: reason}."""
+        if not self.dir.is_dir():
+            return {}
+        for tmp in self.dir.glob(".*.tmp"):
+            tmp.unlink()
+        quarantined = {}
+        for f in sorted(p for p in self.dir.iterdir() if not p.name.startswith(".")):
+            reason = "not a Parquet file" if f.suffix != ".parquet" or not f.is_file() else None
+            if reason is None:
+                try:
+                    _read_file(f, ["clip_id", "cache_key", "created_at"])
+                except ShardError as err:
+                    reason = str(err)
+            if reason:
+                quarantined[f.name] = reason
+                self._quarantine(f, reason)
+        self.index()
+        self._supersede({c for c, files in self._holders.items() if len(files) > 1})
+        return quarantined
+
+    def _quarantine(self, f: Path, reason: str) -> None:
+        self.folder.quarantine.mkdir(parents=True, exist_ok=True)
+        target = self.folder.quarantine / f.name
+        if target.exists():
+            target = target.with_name(f"{uuid.uuid4().hex[:6]}-{f.name}")
+        os.replace(f, target)
+        target.with_name(target.name + ".reason.txt").write_text(reason + "\n")
 
     def commit(self, rows: pa.Table, run_id: str, metadata: dict) -> Path:
-        """Write one batch atomically; returns the final file."""
+        """Write one batch atomically, then drop the older rows of its clips from the files
+        that held them; returns the new file."""
         self.dir.mkdir(parents=True, exist_ok=True)
         table = rows.cast(ROW_SCHEMA).replace_schema_metadata(
             {"vaemo": json.dumps(metadata, sort_keys=True)})
         final = self.dir / f"part-{run_id}-{uuid.uuid4().hex[:8]}.parquet"
         atomic_write_parquet(table, final)
+        ids = set(table["clip_id"].to_pylist())
+        self._supersede(ids, keep=final.name)
+        for clip in ids:
+            self._holders[clip] = {final.name}
         return final
 
-    def drop(self, clip_ids: set[str]) -> int:
-        """Remove the rows of these clips from every file (atomic rewrite per file)."""
-        if not clip_ids:
-            return 0
-        dropped = 0
-        wanted = pa.array(sorted(clip_ids), pa.string())
-        for f in self.files():
-            table = pq.read_table(f)
-            hit = pc.is_in(table["clip_id"], value_set=wanted)
-            n = pc.sum(hit).as_py() or 0
-            if not n:
-                continue
-            dropped += n
-            keep = table.filter(pc.invert(hit))
-            if len(keep):
-                atomic_write_parquet(keep.replace_schema_metadata(table.schema.metadata), f)
+    def _supersede(self, clip_ids: set[str], keep: str | None = None) -> None:
+        """Rewrite the files holding older rows of `clip_ids` without them (the newest row of
+        each clip stays, or the one in `keep`)."""
+        stale: dict[str, set[str]] = {}
+        if keep is None:  # compaction: keep the row readers would pick
+            newest = self._read_all(["clip_id"])
+            winner = dict(zip(newest["clip_id"].to_pylist(), newest["_file"].to_pylist()))
+        for clip in clip_ids:
+            for name in self._holders.get(clip, ()):
+                if name != (keep or winner.get(clip)):
+                    stale.setdefault(name, set()).add(clip)
+        for name, clips in stale.items():
+            path = self.dir / name
+            table = pq.read_table(path)
+            keep_mask = pc.invert(pc.is_in(table["clip_id"], value_set=pa.array(sorted(clips))))
+            kept = table.filter(keep_mask)
+            if len(kept):
+                atomic_write_parquet(kept.replace_schema_metadata(table.schema.metadata), path)
             else:
-                f.unlink()
-        return dropped
+                path.unlink()
+
+
+class ShardError(Exception):
+    """A file in descriptions/ that is not a readable vaemo shard."""
+
+
+def _newest_per_clip(table: pa.Table) -> pa.Table:
+    """One row per clip_id: the latest `created_at` (a crash mid-commit can leave two)."""
+    if pc.count_distinct(table["clip_id"]).as_py() == len(table):
+        return table
+    order = pc.sort_indices(table, [("clip_id", "ascending"), ("created_at", "descending")])
+    table = table.take(order)
+    ids = table["clip_id"]
+    first = pc.not_equal(ids.slice(1), ids.slice(0, len(ids) - 1))
+    keep = pa.concat_arrays([pa.array([True]), first.combine_chunks()])
+    return table.filter(keep)
 
 
 def _read_file(path: Path, columns: list[str]) -> pa.Table:
-    """One file's `columns`; a column the file predates (e.g. `samples`) is read as nulls."""
-    present = set(pq.read_schema(path).names)
-    table = pq.read_table(path, columns=[c for c in columns if c in present])
+    """One file's `columns`; a column the file predates (e.g. `samples`) is read as nulls.
+    Raises ShardError for a file that is not a readable vaemo shard."""
+    try:
+        schema = pq.read_schema(path)
+        if not {"clip_id", "status", "cache_key", "created_at"} <= set(schema.names):
+            raise ShardError("not a vaemo shard (it lacks clip_id, status, cache_key or "
+                             "created_at)")
+        present = set(schema.names)
+        table = pq.read_table(path, columns=[c for c in columns if c in present])
+    except (OSError, pa.ArrowException) as err:
+        raise ShardError(f"unreadable Parquet ({type(err).__name__}: {err})") from err
     for name in columns:
         if name not in present:
             field = ROW_SCHEMA.field(name)

@@ -95,6 +95,8 @@ def _distributed() -> int:
 
 
 def train(config: TrainConfig, log=print) -> dict:
+    """`vaemo-inject train`: fill the feature caches, fit the heads (and, by --mode, the
+    encoder), checkpoint, and on rank 0 export the injected encoder; returns the summary."""
     import torch.distributed as dist
 
     from injection.export import export
@@ -184,6 +186,7 @@ def _restore(out: Path, log):
 
 
 def evaluate(out: Path, log=print) -> dict:
+    """`vaemo-inject eval`: before vs after on the held-out clips; writes OUT/eval.json."""
     from injection.evaluate import evaluate as run_eval
     from injection.evaluate import table
     from injection.features import encode_clips
@@ -200,6 +203,8 @@ def evaluate(out: Path, log=print) -> dict:
 
 
 def export_checkpoint(out: Path, log=print) -> Path:
+    """`vaemo-inject export`: write OUT/encoder from the last checkpoint, in the encoder's
+    own format; returns where."""
     from injection.export import export
 
     config, prep, projector, tuned = _restore(out, log)

@@ -26,7 +26,8 @@ class TrainConfig(BaseModel):
     factory: str | None = None
     """module:function that builds the nn.Module of a bare state dict."""
     trust_remote_code: bool = False
-    """Allow a transformers folder's own code to run (only for code you trust)."""
+    """Allow code from the encoder to run: a transformers folder's own modelling code, or the
+    pickled payloads of a .pt2 (refused otherwise). Only for files you trust."""
     text_encoder: str = "all-MiniLM-L6-v2"
     """Text encoder: all-MiniLM-L6-v2 (shipped offline) or a sentence-transformers /
     transformers folder."""

@@ -19,6 +19,8 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import pickle
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -28,6 +30,7 @@ import torch
 from torch import nn
 
 from annotator.errors import EncoderError
+from annotator.hashing import file_sha256
 from annotator.media import SAMPLE_RATE
 
 VIDEO_TYPES = {"videomae", "vivit", "timesformer"}
@@ -41,8 +44,7 @@ def weights_digest(files: list[Path]) -> str:
     when its weights (or config) do, so caches never serve features of other weights."""
     digest = hashlib.sha256()
     for f in sorted(files):
-        with open(f, "rb") as handle:
-            digest.update(f.name.encode() + hashlib.file_digest(handle, "sha256").digest())
+        digest.update(f.name.encode() + bytes.fromhex(file_sha256(f)))  # hashed once
     return digest.hexdigest()[:16]
 
 
@@ -81,7 +83,7 @@ def load_encoder(path: str | Path, factory: str | None = None,
     if not path.exists():
         raise EncoderError(f"encoder {path} not found")
     if path.suffix == ".pt2":
-        return ExportedEncoder(path)
+        return ExportedEncoder(path, trust_remote_code)
     if path.suffix in (".safetensors", ".pt", ".pth", ".bin"):
         if not factory:
             raise EncoderError(f"{path.name} is a bare state dict: pass --factory "
@@ -111,6 +113,9 @@ class _Branch(nn.Module):
 
 
 class HFEncoder:
+    """A transformers folder (video, audio, or video/ + audio/ subfolders): each branch's
+    mean last hidden state, concatenated; preprocessing from the folder's own config."""
+
     kind = "hf"
 
     def __init__(self, path: Path, trust_remote_code: bool = False):
@@ -246,14 +251,39 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+@contextmanager
+def _weights_only_loads(path: Path):
+    """While a .pt2 loads, every `torch.load` inside it is weights-only: torch.export falls back
+    to a full unpickle for sample inputs and `use_pickle` payloads, which runs whatever code
+    the file carries. Such a file is refused instead, with the opt-in named."""
+    original = torch.load
+
+    def weights_only(f, *args, **kwargs):
+        kwargs["weights_only"] = True
+        try:
+            return original(f, *args, **kwargs)
+        except pickle.UnpicklingError as err:
+            raise EncoderError(
+                f"{path.name} holds a pickled payload that is not plain tensors, and loading it "
+                "would run code from the file; it is refused. Re-export it without custom "
+                "objects, or pass --trust-remote-code if you trust the file") from err
+
+    torch.load = weights_only
+    try:
+        yield
+    finally:
+        torch.load = original
+
+
 class ExportedEncoder:
     """A `torch.export` program (.pt2) with the contract's signature (frames, audio) -> [B, D]."""
 
     kind = "export"
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, trust_pickles: bool = False):
         self.path = path
-        program = torch.export.load(str(path))
+        with nullcontext() if trust_pickles else _weights_only_loads(path):
+            program = torch.export.load(str(path))
         self.module = program.module()
         meta = program.example_inputs[0] if program.example_inputs else None
         frames = meta[0] if meta else torch.zeros(1, 8, 3, 224, 224)

@@ -322,16 +322,25 @@ def load_checkpoint(folder: Path, projector: Projector, optimizer=None, schedule
         raise ConfigError(f"--resume, but {pointer} does not exist: nothing to resume "
                           "(start without --resume)")
     target = folder / pointer.read_text().strip()
-    projector.load_state_dict(load_file(target / "projector.safetensors"))
+    try:
+        heads = load_file(target / "projector.safetensors")
+        blocks = {k.removeprefix("encoder."): v for k, v in
+                  load_file(target / "encoder_blocks.safetensors").items()} if tuned else {}
+        state = torch.load(target / "state.pt", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - safetensors/torch raise many types on damage
+        others = sorted((p.name for p in folder.glob("step-*")
+                         if p != target and p.name[5:].isdigit()), key=lambda n: int(n[5:]))
+        offer = (f"; an earlier checkpoint is there: write `{others[-1]}` into {pointer} to "
+                 "resume from it") if others else ""
+        raise ConfigError(f"checkpoint {target} is damaged ({type(err).__name__}: "
+                          f"{str(err).splitlines()[0] if str(err) else ''}){offer}") from err
+    projector.load_state_dict(heads)
     if tuned is not None:
-        blocks = {k.removeprefix("encoder."): v
-                  for k, v in load_file(target / "encoder_blocks.safetensors").items()}
         missing = set(blocks) - set(dict(tuned.encoder_module.named_parameters()))
         if missing:
             raise ConfigError(f"checkpoint {target} trained other encoder weights "
                               f"({sorted(missing)[:3]}...): resume with the same --train-blocks")
         tuned.encoder_module.load_state_dict(blocks, strict=False)
-    state = torch.load(target / "state.pt", weights_only=True)
     if optimizer is not None:
         optimizer.load_state_dict(state["optimizer"])
     if scheduler is not None:

@@ -25,12 +25,14 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import threading
+import time
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 from jinja2 import StrictUndefined, TemplateError, meta
-from jinja2.sandbox import SandboxedEnvironment, SecurityError
+from jinja2.sandbox import SandboxedEnvironment, SecurityError, safe_range
 
 from annotator.errors import PromptError
 
@@ -57,7 +59,8 @@ class Template:
         return hashlib.sha256(self.source.encode()).hexdigest()
 
     @property
-    def label(self) -> str:
+    def tag(self) -> str:
+        """name@version, as rows and reports record it (e.g. describe_av@4)."""
         return f"{self.name}@{self.version}"
 
 
@@ -97,14 +100,35 @@ def load_template(name_or_path: str) -> Template:
                     two_phase=two_phase)
 
 
+MAX_RENDER_S = 2.0
+"""A prompt that takes longer to render than this is refused (a runaway loop)."""
+MAX_PROMPT_CHARS = 200_000
+"""A rendered prompt longer than this is refused (no model reads that much)."""
+
+
 def _environment() -> SandboxedEnvironment:
-    return SandboxedEnvironment(undefined=StrictUndefined, keep_trailing_newline=False,
-                                autoescape=False)
+    env = SandboxedEnvironment(undefined=StrictUndefined, keep_trailing_newline=False,
+                               autoescape=False)
+    env.globals["range"] = _budgeted_range
+    return env
+
+
+_deadline = threading.local()
+
+
+def _budgeted_range(*args):
+    """The sandbox's range (at most 100,000 items), checking the render's deadline as it goes:
+    nested loops that print nothing cannot run away either."""
+    deadline = getattr(_deadline, "at", None)
+    for i, value in enumerate(safe_range(*args)):
+        if deadline is not None and i % 1024 == 0 and time.monotonic() > deadline:
+            raise PromptError(f"rendering took over {MAX_RENDER_S} s (a runaway loop?)")
+        yield value
 
 
 def require_two_phase(template: Template) -> None:
     if not template.two_phase:
-        raise PromptError(f"template {template.label} ({template.origin}) never reads `phase`, "
+        raise PromptError(f"template {template.tag} ({template.origin}) never reads `phase`, "
                           "so it cannot drive two-phase generation: use --generation one-pass "
                           "or add the 'think' and 'answer' phases to it")
 
@@ -115,10 +139,30 @@ def render(template: Template, context: dict) -> str:
         raise PromptError(f"render context lacks {missing}")
     if context["phase"] != "one-pass":
         require_two_phase(template)
+    _deadline.at = time.monotonic() + MAX_RENDER_S
     try:
-        return _environment().from_string(template.source).render(**context).strip()
+        parts, size = [], 0
+        for chunk in _environment().from_string(template.source).generate(**context):
+            parts.append(chunk)
+            size += len(chunk)
+            if size > MAX_PROMPT_CHARS:
+                raise PromptError(f"template {template.tag} ({template.origin}) rendered "
+                                  f"over {MAX_PROMPT_CHARS} characters; refused")
+            if time.monotonic() > _deadline.at:
+                raise PromptError(f"template {template.tag} ({template.origin}): rendering "
+                                  f"took over {MAX_RENDER_S} s (a runaway loop?)")
+        return "".join(parts).strip()
+    except PromptError as err:
+        if str(err).startswith("rendering took"):
+            raise PromptError(f"template {template.tag} ({template.origin}): {err}") from None
+        raise
     except SecurityError as err:
-        raise PromptError(f"template {template.label} ({template.origin}) tried an unsafe "
+        raise PromptError(f"template {template.tag} ({template.origin}) tried an unsafe "
                           f"operation and was refused: {err}") from err
     except TemplateError as err:
-        raise PromptError(f"template {template.label} ({template.origin}): {err}") from err
+        raise PromptError(f"template {template.tag} ({template.origin}): {err}") from err
+    except (RecursionError, ArithmeticError, TypeError, ValueError, LookupError) as err:
+        raise PromptError(f"template {template.tag} ({template.origin}) failed to render: "
+                          f"{type(err).__name__}: {err}") from err
+    finally:
+        _deadline.at = None

@@ -49,6 +49,8 @@ class AuditConfig(BaseModel):
 
 
 def audit(config: AuditConfig) -> dict:
+    """`vaemo-annotate audit`: flag, measure and report a run's rows; writes metrics.json,
+    flags.parquet, the HTML report (and the clean set with --clean); returns the metrics."""
     started = time.perf_counter()
     out = config.out
     rows = Store(out).read()
@@ -103,7 +105,9 @@ def audit(config: AuditConfig) -> dict:
     from annotator.audit import report
 
     report_path = config.report or folder.report
-    report.write(report_path, metrics, con, rule_list, config.report_rows)
+    manifest = config.manifest or run.get("config", {}).get("manifest")
+    media_root = Path(manifest).expanduser().resolve().parent if manifest else None
+    report.write(report_path, metrics, con, rule_list, config.report_rows, media_root)
     metrics["report"] = str(report_path)
     return metrics
 

@@ -23,10 +23,12 @@ from annotator.audit.rules import Rule
 
 
 def write(path: Path, metrics: dict, con: duckdb.DuckDBPyConnection, rules: list[Rule],
-          max_rows: int) -> None:
+          max_rows: int, media_root: Path | None) -> None:
+    """The report at `path`; clips are linked only where they lie under `media_root` (the
+    manifest's folder), so a manifest row cannot make the page point at any file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    rows = _table_rows(con, path.parent, max_rows)
+    rows = _table_rows(con, path.parent, max_rows, media_root)
     agreement = metrics["agreement"]
     flag_counts = metrics["flags"]["counts"]
     plots = {
@@ -51,7 +53,8 @@ def _script_json(payload) -> str:
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
-def _table_rows(con: duckdb.DuckDBPyConnection, report_dir: Path, max_rows: int) -> list[dict]:
+def _table_rows(con: duckdb.DuckDBPyConnection, report_dir: Path, max_rows: int,
+                media_root: Path | None) -> list[dict]:
     """Flagged rows first (excluded before merely flagged), then the rest, up to max_rows."""
     table = con.sql(f"""
         SELECT a.clip_id, a.path, a.has_video, a.has_audio, a.label, a.status, a.error,
@@ -62,13 +65,15 @@ def _table_rows(con: duckdb.DuckDBPyConnection, report_dir: Path, max_rows: int)
     """).to_arrow_table()
     rows = table.to_pylist()
     for row in rows:  # only the rows shown (bounded by max_rows) are serialised
-        row["src"] = _relative(row.pop("path"), report_dir)
+        row["src"] = _relative(row.pop("path"), report_dir, media_root)
     return rows
 
 
-def _relative(path: str | None, base: Path) -> str | None:
-    if not path:
+def _relative(path: str | None, base: Path, media_root: Path | None) -> str | None:
+    if not path or media_root is None:
         return None
+    if not Path(os.path.realpath(path)).is_relative_to(os.path.realpath(media_root)):
+        return None  # outside the manifest's folder: never linked
     try:
         return Path(os.path.relpath(path, base)).as_posix()
     except ValueError:  # another drive (Windows): an absolute URL still works offline

@@ -148,8 +148,10 @@ def write_synthetic_run(out: str | Path, n: int, seed: int = 0, planted: bool = 
     for start in range(0, len(rows), 50_000):
         store.commit(pa.Table.from_pylist(rows[start:start + 50_000], schema=ROW_SCHEMA),
                      "synthetic", {"run_id": "synthetic"})
+    # a real run records its manifest, and the report links media under its folder only
+    manifest = str(Path(media[0]).parent / "manifest.csv") if media else None
     write_json(out / "run.json", {"run_id": "synthetic", "labels": LABELS,
-                                  "config": {"manifest": None}})
+                                  "config": {"manifest": manifest}})
     return out
 
 

@@ -4,13 +4,15 @@ It serves the fast test tier (plan, prepare, engine stage, rows, retries, sample
 and the pipeline's own ceiling in benchmarks: a run with `--engine fake` measures everything
 but the model. Its answers derive from the request (a hash of clip id, prompt and attempt),
 so a re-run gives the same rows. `--faults` injects what real engines do wrong, per attempt
-and reproducibly: invalid JSON, truncation at the token budget, a failed request, latency.
+and reproducibly: invalid JSON, truncation at the token budget, a failed request, a dying engine
+process (crash), latency.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import time
 from collections import Counter
@@ -49,6 +51,8 @@ class FakeEngine:
             return _generation(text, prompt_ids, budget)
         self.attempts[request.clip_id] += 1
         attempt = f"{request.clip_id}:{self.attempts[request.clip_id]}"
+        if self._unit(attempt, "crash") < self.faults.get("crash", 0.0):
+            os._exit(17)  # the engine process dies, as on an OOM kill or a segfault
         if self._unit(attempt, "error") < self.faults.get("error", 0.0):
             return Generation(error="FakeEngineError: injected request failure",
                               prompt_token_ids=prompt_ids)

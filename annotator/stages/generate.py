@@ -32,6 +32,9 @@ STAGE = StageSpec(
     writes=tuple(ROW_SCHEMA.names))
 """One actor per engine; the driver sets its resources and batch size from EngineSettings."""
 
+MAX_BUDGET_GROWTH = 4
+"""A truncated answer is retried with twice its budget, up to this multiple of --max-tokens."""
+
 
 def _request(row: dict) -> Request:
     frames = None
@@ -75,17 +78,22 @@ class EngineWorker:
         if ctx.two_phase:  # options.schema is the answer's too
             self.model = answer_model(self.model)
 
-    def _attempt(self, rows: list[dict]) -> list[Attempt]:
+    def _attempt(self, rows: list[dict], budgets: list[int] | None = None) -> list[Attempt]:
+        """One attempt per row; `budgets`: the answer's max_tokens per row (default: the
+        run's)."""
         requests = [_request(r) for r in rows]
+        budgets = budgets or [self.ctx.sampling.max_tokens] * len(rows)
         if not self.ctx.two_phase:
+            for request, budget in zip(requests, budgets):
+                request.max_tokens = budget
             return [Attempt(g) for g in self.engine.generate(requests)]
         for request in requests:
             request.guided, request.max_tokens = False, self.ctx.sampling.think_tokens
         thoughts = self.engine.generate(requests)
-        for request, row, thought in zip(requests, rows, thoughts):
+        for request, row, thought, budget in zip(requests, rows, thoughts, budgets):
             # the thought goes back in as the model's own turn, so the answer reads it
             request.prompt = row["answer_prompt"].replace(THOUGHT_SLOT, thought.text.strip())
-            request.guided, request.max_tokens = True, None
+            request.guided, request.max_tokens = True, budget
         return [Attempt(a, t) for a, t in zip(self.engine.generate(requests), thoughts)]
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -93,9 +101,10 @@ class EngineWorker:
         todo = [i for i, r in enumerate(rows) if r["error_kind"] is None]
         results: dict[int, tuple] = {}
         attempts = {i: 0 for i in todo}
+        budget = dict.fromkeys(todo, self.ctx.sampling.max_tokens)
         while todo:
             started = time.perf_counter()
-            made = self._attempt([rows[i] for i in todo])
+            made = self._attempt([rows[i] for i in todo], [budget[i] for i in todo])
             latency = (time.perf_counter() - started) / len(todo)
             retry = []
             for i, attempt in zip(todo, made):
@@ -105,6 +114,9 @@ class EngineWorker:
                 if judged[0] is not None and judged[0].retryable \
                         and attempts[i] <= self.ctx.retries:
                     retry.append(i)
+                    if judged[0] is ErrorKind.TRUNCATED:  # the same budget would cut it again
+                        budget[i] = min(2 * budget[i],
+                                        MAX_BUDGET_GROWTH * self.ctx.sampling.max_tokens)
             todo = retry
         if self.ctx.sampling.samples > 1:
             self._sample([i for i, (_, judged, _) in results.items() if judged[0] is None],

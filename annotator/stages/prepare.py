@@ -58,6 +58,10 @@ def prepare_batch(batch: pa.Table, *, ctx: RunContext) -> pa.Table:
                 kind, error = ErrorKind.MEDIA.value, str(err)
             except PromptError as err:
                 kind, error = ErrorKind.PROMPT.value, str(err)
+            except Exception as err:  # noqa: BLE001 - a decoder or cue library failing on
+                # one clip (FFmpeg, librosa, OpenCV) fails that clip, never the run
+                stage = "prompt" if clip is not None and measured is not None else "media"
+                kind, error = stage, f"{type(err).__name__}: {err}"
         send_frames = clip is not None and clip.frames is not None and "video" in spec.modalities
         send_wave = clip is not None and clip.audio is not None and "audio" in spec.modalities
         out["frames"].append(clip.frames.tobytes() if send_frames else None)

@@ -60,7 +60,7 @@ def build_row(row: dict, attempt: Attempt | None, judged: Judged | None, latency
         "fps": row.get("fps"), "duration_s": row["duration_s"],
         "media_sha256": row["media_sha256"], "cues": row.get("cues"), "model": ctx.spec.name,
         "model_revision": ctx.spec.revision, "engine": ctx.engine,
-        "template": ctx.template.label, "template_sha256": ctx.template.sha256,
+        "template": ctx.template.tag, "template_sha256": ctx.template.sha256,
         "prompt_sha256": row["prompt_sha256"], "schema_version": SCHEMA_VERSION,
         "generation_mode": GENERATION_LABELS[ctx.mode], "sampling": ctx.sampling.to_json(),
         "cache_key": row["cache_key"],
@@ -72,8 +72,13 @@ def build_row(row: dict, attempt: Attempt | None, judged: Judged | None, latency
     }
 
 
-def failed_rows(plan: pa.Table, ctx: RunContext) -> pa.Table:
-    """Rows for clips that failed before reaching an engine (media or prompt errors)."""
-    rows = [build_row({**r, "frames_shape": None, "fps": None}, None, None, 0.0, 1, ctx)
-            for r in plan.to_pylist()]
+def failed_rows(plan: pa.Table, ctx: RunContext, kind: ErrorKind | None = None,
+                error: str | None = None) -> pa.Table:
+    """Rows for clips that failed without an engine answer: their plan's media or prompt
+    error, or `kind` and `error` for all of them (e.g. an engine that kept dying)."""
+    rows = []
+    for r in plan.to_pylist():
+        if kind is not None:
+            r.update(error_kind=kind.value, error=error)
+        rows.append(build_row({**r, "frames_shape": None, "fps": None}, None, None, 0.0, 1, ctx))
     return pa.Table.from_pylist(rows, schema=ROW_SCHEMA)

@@ -96,3 +96,65 @@ def test_bad_encoders_say_what_to_pass(tmp_path):
         load_encoder(tmp_path / "bert")
     with pytest.raises(EncoderError, match="not found"):
         load_encoder(tmp_path / "nothing")
+
+
+class _Payload:
+    """Unpickling this creates a folder: proof that code from the file ran."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+
+        return os.mkdir, (self.marker,)
+
+
+def _planted(tmp_path, kind: str) -> tuple:
+    """A valid .pt2 whose sample inputs, or one weight marked use_pickle, carry a payload."""
+    import io
+    import json
+    import zipfile
+
+    from tests.injection.factories import tiny
+
+    example = (torch.zeros(1, 4, 3, 16, 16), torch.zeros(1, 8000))
+    clean = tmp_path / "clean.pt2"
+    torch.export.save(torch.export.export(tiny().eval(), example), str(clean))
+    marker = tmp_path / f"ran-{kind}"
+    evil = io.BytesIO()
+    torch.save((_Payload(marker),) if kind == "sample_inputs" else _Payload(marker), evil)
+    planted = tmp_path / f"{kind}.pt2"
+    with zipfile.ZipFile(clean) as src, zipfile.ZipFile(planted, "w") as dst:
+        for info in src.infolist():
+            data = src.read(info.filename)
+            if kind == "sample_inputs" and "sample_inputs/" in info.filename:
+                data = evil.getvalue()
+            if kind == "use_pickle" and info.filename.endswith("model_weights_config.json"):
+                config = json.loads(data)
+                first = next(iter(config["config"].values()))
+                first["use_pickle"] = True
+                target = first["path_name"]
+                data = json.dumps(config).encode()
+            dst.writestr(info, data)
+    if kind == "use_pickle":  # second pass: the marked weight's bytes become the payload
+        rewritten = tmp_path / "use_pickle2.pt2"
+        with zipfile.ZipFile(planted) as src, zipfile.ZipFile(rewritten, "w") as dst:
+            for info in src.infolist():
+                data = src.read(info.filename)
+                if info.filename.endswith(f"data/weights/{target}"):
+                    data = evil.getvalue()
+                dst.writestr(info, data)
+        planted = rewritten
+    return planted, marker
+
+
+@pytest.mark.parametrize("kind", ["sample_inputs", "use_pickle"])
+def test_pickled_payloads_in_a_pt2_never_run(tmp_path, kind):
+    planted, marker = _planted(tmp_path, kind)
+    with pytest.raises(EncoderError, match="--trust-remote-code"):
+        load_encoder(planted)
+    assert not marker.exists(), "the payload ran"
+    with pytest.raises(Exception):  # noqa: B017 - trusted: torch unpickles (and it runs)
+        load_encoder(planted, trust_remote_code=True)
+    assert marker.exists()  # proves the planted payload is live, so the refusal matters

@@ -64,3 +64,18 @@ def test_two_gloo_processes_match_one(uninterrupted, tmp_path):
                    capture_output=True)
     distributed = json.loads((tmp_path / "history.json").read_text())
     np.testing.assert_allclose(losses(distributed), losses(uninterrupted), atol=1e-5)
+
+
+def test_a_damaged_checkpoint_names_itself_and_offers_the_earlier_one(tmp_path):
+    from annotator.errors import ConfigError
+    from injection.model import Projector
+    from injection.train import load_checkpoint
+
+    folder = tmp_path / "checkpoints"
+    for step in (100, 200):
+        (folder / f"step-{step:06d}").mkdir(parents=True)
+    (folder / "step-000200" / "projector.safetensors").write_bytes(b"\x00" * 10)  # truncated
+    (folder / "last").write_text("step-000200")
+    projector = Projector({"clip": 8}, text_dim=8, dim=8, hidden=0)
+    with pytest.raises(ConfigError, match="step-000200 is damaged.*`step-000100`"):
+        load_checkpoint(folder, projector)

@@ -90,3 +90,18 @@ def test_report_is_self_contained(report):
     assert "http://" not in html and "https://" not in html
     data = html.split('<script id="rows-data" type="application/json">')[1].split("</script>")[0]
     assert "<script>" not in data and json.loads(data)
+
+
+def test_media_outside_the_manifest_folder_are_never_linked(tmp_path):
+    from annotator.audit.report import _relative
+
+    root = tmp_path / "corpus"
+    (root / "clips").mkdir(parents=True)
+    (root / "clips" / "a.mp4").write_bytes(b"x")
+    (root / "clips" / "escape.mp4").symlink_to("/etc/passwd")
+    report = tmp_path / "run" / "audit"
+    assert _relative(str(root / "clips" / "a.mp4"), report, root) == "../../corpus/clips/a.mp4"
+    assert _relative("/etc/passwd", report, root) is None
+    assert _relative(str(root / "clips" / ".." / ".." / "x.mp4"), report, root) is None
+    assert _relative(str(root / "clips" / "escape.mp4"), report, root) is None
+    assert _relative(str(root / "clips" / "a.mp4"), report, None) is None
