@@ -89,7 +89,33 @@ def audit(config: AuditConfig) -> None:
         console.print(f"agreement with labels (n={agreement['n']}): accuracy "
                       f"{agreement['accuracy']:.3f}, macro-F1 {agreement['macro_f1']:.3f}, "
                       f"kappa {agreement['cohen_kappa']:.3f}")
+    health = metrics["store"]
+    for name, reason in health["unreadable"].items():
+        console.print(f"[yellow]unreadable[/yellow] descriptions/{name}: {reason} (skipped; "
+                      "the next `run` quarantines it and recomputes its clips)")
+    if health["quarantined"]:
+        console.print(f"quarantined earlier: {', '.join(health['quarantined'])} (see "
+                      f"{config.out}/quarantine/)")
     console.print(f"report: {metrics['report']}")
+
+
+@app.command()
+def verify(out: Path = typer.Argument(..., help="A run's output folder.")) -> None:
+    """Check a run folder without changing it: rows, unique clips, unreadable or quarantined
+    files, leftover temp files, and rows whose cache key no longer matches the recorded
+    settings and the media as they are now. Exit code 1 when something needs a re-run.
+
+    Example: vaemo-annotate verify runs/demo
+    """
+    from annotator.verify import verify as check
+
+    try:
+        report = check(out)
+    except (VaemoError, ValidationError) as err:
+        fail(err)
+    for line in report["lines"]:
+        console.print(line)
+    raise typer.Exit(0 if report["healthy"] else 1)
 
 
 prompt_app = typer.Typer(no_args_is_help=True, help="Inspect prompts before a run.")

@@ -53,7 +53,8 @@ def audit(config: AuditConfig) -> dict:
     flags.parquet, the HTML report (and the clean set with --clean); returns the metrics."""
     started = time.perf_counter()
     out = config.out
-    rows = Store(out).read()
+    store = Store(out)
+    rows = store.read()  # a consistent snapshot: whole files, one row per clip
     if not len(rows):
         raise ConfigError(f"no rows in {RunFolder(out).descriptions}: run `vaemo-annotate "
                           f"run --out {out}` first")
@@ -82,6 +83,7 @@ def audit(config: AuditConfig) -> dict:
     atomic_write_parquet(flags, folder.flags)
     metrics = {
         "run_id": run.get("run_id"), "rows": len(rows), "label_set": labels,
+        "store": store_health(store),
         "validity": _validity(con),
         "agreement": _agreement(con, labels),
         "flags": _flag_counts(con, rule_list),
@@ -110,6 +112,15 @@ def audit(config: AuditConfig) -> dict:
     report.write(report_path, metrics, con, rule_list, config.report_rows, media_root)
     metrics["report"] = str(report_path)
     return metrics
+
+
+def store_health(store: Store) -> dict:
+    """Files of the run that hold no readable rows: skipped now, or quarantined by a run."""
+    quarantine = store.folder.quarantine
+    return {"unreadable": dict(store.unreadable),
+            "quarantined": sorted(p.name for p in quarantine.iterdir()
+                                  if not p.name.endswith(".reason.txt"))
+            if quarantine.is_dir() else []}
 
 
 def _run_summary(out: Path) -> dict:

@@ -65,7 +65,7 @@ def test_one_changed_field_moves_key_options_and_run_json(field, manifest, tiny_
     key, options, ctx = planned(base)
     new_key, new_options, new_ctx = planned(changed)
     part = next(p for p in ("media", "sampling", "compute")
-                if field in getattr(changed, p).model_fields)
+                if field in type(getattr(changed, p)).model_fields)
     model = getattr(changed, part)
     in_key = field not in model.NOT_IN_KEY
     assert (new_key != key) == in_key, f"{field}: in the cache key should be {in_key}"

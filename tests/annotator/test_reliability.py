@@ -1,0 +1,162 @@
+"""Nothing lost or doubled under concurrency, damage and crashes (fake engine: the model is
+the only thing not real here). The kill -9 loops live in benchmarks/chaos.py; a short one
+runs in the slow tier below."""
+
+import json
+import shutil
+
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from annotator.cli import app
+from annotator.store import Store
+from tests.conftest import write_manifest
+
+runner = CliRunner()
+N = 6
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory, clips):
+    root = tmp_path_factory.mktemp("reliable")
+    return write_manifest(root / "m.csv", [
+        {"path": str(clips["tone_220" if i % 2 else "tone_440"]), "clip_id": f"c{i}",
+         "label": "neutral"} for i in range(N)])
+
+
+def annotate(manifest, out, model, *extra, code=0):
+    result = runner.invoke(app, ["run", "--manifest", str(manifest), "--out", str(out),
+                                 "--model", str(model), "--engine", "fake", "--labels",
+                                 "anger,neutral", "--generation", "one-pass", *extra])
+    assert result.exit_code == code, result.output
+    return result.output
+
+
+def one_row_per_clip(out) -> dict:
+    table = Store(out).read().to_pylist()
+    by_id = {r["clip_id"]: r for r in table}
+    assert len(by_id) == len(table) == N
+    return by_id
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, manifest, tiny_omni):
+    out = tmp_path_factory.mktemp("finished") / "out"
+    annotate(manifest, out, tiny_omni, "--batch-size", "2")
+    return out
+
+
+def copy_of(run, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(run, out)
+    return out
+
+
+def test_a_second_writer_is_refused_with_the_holder_named(finished, manifest, tiny_omni,
+                                                           tmp_path):
+    out = copy_of(finished, tmp_path)
+    before = one_row_per_clip(out)
+    with Store(out).lock():
+        said = annotate(manifest, out, tiny_omni, "--force", code=1)
+        assert "is being written by vaemo pid" in said and "another --out" in said
+        retry = runner.invoke(app, ["retry-failed", str(out)])
+        assert retry.exit_code in (0, 1)  # nothing failed, or refused: never a second writer
+    assert one_row_per_clip(out) == before
+
+
+def test_damaged_shards_are_named_quarantined_and_recomputed(finished, manifest, tiny_omni,
+                                                             tmp_path):
+    out = copy_of(finished, tmp_path)
+    files = Store(out).files()
+    lost = set(pq.read_table(files[0])["clip_id"].to_pylist())
+    files[0].write_bytes(files[0].read_bytes()[:200])  # truncated
+    zero = out / "descriptions" / "part-zero.parquet"
+    zero.write_bytes(b"")  # zero bytes
+    (out / "descriptions" / "notes.txt").write_text("not a shard")
+    (out / "descriptions" / ".part-x.parquet.abc123.tmp").write_bytes(b"half a commit")
+    audited = runner.invoke(app, ["audit", str(out)])
+    assert audited.exit_code == 0, audited.output
+    assert f"unreadable descriptions/{files[0].name}" in audited.output
+    metrics = json.loads((out / "audit" / "metrics.json").read_text())
+    assert set(metrics["store"]["unreadable"]) == {files[0].name, zero.name}
+    checked = runner.invoke(app, ["verify", str(out)])
+    assert checked.exit_code == 1 and "needs a re-run" in checked.output
+    said = annotate(manifest, out, tiny_omni)
+    for name in (files[0].name, zero.name, "notes.txt"):
+        assert f"quarantined descriptions/{name}" in " ".join(said.split())
+        assert (out / "quarantine" / name).exists()
+        assert (out / "quarantine" / f"{name}.reason.txt").read_text().strip()
+    run = json.loads((out / "run.json").read_text())
+    assert run["counts"]["computed_now"] == len(lost)  # only the lost clips
+    one_row_per_clip(out)
+    assert not list((out / "descriptions").glob(".*"))
+    healthy = runner.invoke(app, ["verify", str(out)])
+    assert healthy.exit_code == 0 and "healthy" in healthy.output
+
+
+def test_a_crash_between_commit_and_cleanup_shows_the_newer_row_once(finished, tmp_path):
+    """Simulates a kill after a new row committed but before its old row was dropped."""
+    out = copy_of(finished, tmp_path)
+    store = Store(out)
+    old = store.read()
+    newer = old.slice(0, 2).to_pylist()
+    for row in newer:
+        row["raw_output"], row["created_at"] = "newer", row["created_at"].replace(year=2099)
+    import pyarrow as pa
+
+    from annotator.store import ROW_SCHEMA, atomic_write_parquet
+
+    atomic_write_parquet(pa.Table.from_pylist(newer, schema=ROW_SCHEMA),
+                         out / "descriptions" / "part-crash-00000000.parquet")
+    rows = one_row_per_clip(out)
+    assert [rows[r["clip_id"]]["raw_output"] for r in newer] == ["newer", "newer"]
+    assert "2 superseded rows" in runner.invoke(app, ["verify", str(out)]).output
+    with store.lock():
+        store.repair()  # what the next run does first: the pair is compacted on disk
+    assert len(pq.read_table(out / "descriptions").to_pylist()) == N
+
+
+def test_same_shape_weights_swapped_are_never_served_from_cache(finished, manifest, tiny_omni,
+                                                                tmp_path):
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    model = tmp_path / "copy" / tiny_omni.name  # same name and content: the same model
+    shutil.copytree(tiny_omni, model)
+    out = copy_of(finished, tmp_path)
+    said = annotate(manifest, out, model, "--dry-run")
+    assert f"{N} selected, {N} cached" in " ".join(said.split())
+    weights = next(model.glob("*.safetensors"))
+    state = load_file(weights)
+    name = next(k for k, v in state.items() if v.is_floating_point())
+    state[name] = state[name] + 1e-3  # fine-tuned: same names, shapes and file size
+    save_file(state, weights, metadata={"format": "pt"})
+    said = annotate(manifest, out, model, "--dry-run")
+    assert f"{N} selected, 0 cached" in " ".join(said.split())
+
+
+def test_truncation_retries_grow_the_budget_and_retry_failed_takes_a_new_one(
+        manifest, tiny_omni, tmp_path):
+    grown = tmp_path / "grown"  # answers need ~220 tokens: 128 is cut, the retry's 256 fits
+    annotate(manifest, grown, tiny_omni, "--max-tokens", "128", "--retries", "1")
+    assert all(r["status"] == "ok" and r["attempts"] == 2
+               for r in one_row_per_clip(grown).values())
+    cut = tmp_path / "cut"
+    annotate(manifest, cut, tiny_omni, "--max-tokens", "64", "--retries", "0")
+    assert {r["error_kind"] for r in one_row_per_clip(cut).values()} == {"truncated"}
+    result = runner.invoke(app, ["retry-failed", str(cut), "--kind", "truncated",
+                                 "--max-tokens", "512"])
+    assert result.exit_code == 0, result.output
+    rows = one_row_per_clip(cut)
+    assert all(r["status"] == "ok" for r in rows.values())
+    assert {json.loads(r["sampling"])["max_tokens"] for r in rows.values()} == {512}
+
+
+def test_an_engine_that_cannot_run_fails_with_a_message_and_keeps_every_row(
+        finished, manifest, tiny_omni, tmp_path):
+    out = copy_of(finished, tmp_path)
+    before = one_row_per_clip(out)
+    said = annotate(manifest, out, tiny_omni, "--faults", "crash=1", code=1)
+    assert "engine failed before its first batch" in " ".join(said.split())
+    assert one_row_per_clip(out) == before
