@@ -45,7 +45,8 @@ def media_sha256(path: str, audio_path: str | None = None) -> str:
     A single file's hash is cached while the file is unchanged (hashing.file_sha256)."""
     for p in (path, audio_path):
         if p and not Path(p).is_file():
-            raise MediaError(f"{p}: not a regular file" if Path(p).exists()
+            raise MediaError(f"{p}: not a regular file" if Path(p).exists() else
+                             f"{p}: a broken or looping symbolic link" if Path(p).is_symlink()
                              else f"{p}: file not found")
     try:
         if not audio_path:

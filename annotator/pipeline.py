@@ -210,7 +210,7 @@ def run(config: RunConfig, console: Console | None = None, only: set[str] | None
 
 
 ENGINE_RESTARTS = 2
-"""How often the engine stage is started again after it died mid-run (then its clips fail)."""
+"""Further tries of the clips whose engine died, before they are stored as failures."""
 
 
 def _run(config: RunConfig, console: Console, store: Store, only: set[str] | None,
@@ -245,7 +245,7 @@ def _run(config: RunConfig, console: Console, store: Store, only: set[str] | Non
     if len(to_engine):
         _ray_init(config)
         device, actors = resolve_device(config)
-        engine_info = {"started": True, "device": device, "actors": actors, "restarts": 0}
+        engine_info = {"started": True, "device": device, "actors": actors}
         engine_started = time.perf_counter()
         with tracker:
             _generate(resolved, to_engine, device, actors, store, meta, tracker, engine_info,
@@ -259,36 +259,46 @@ def _run(config: RunConfig, console: Console, store: Store, only: set[str] | Non
 
 def _generate(resolved: Resolved, to_engine: pa.Table, device: str, actors: int, store: Store,
               meta: dict, tracker, engine_info: dict, first_batch) -> None:
-    """Stream the engine stage's batches into the store. If the engine dies mid-run, start
-    it again (ENGINE_RESTARTS times) on the clips not yet committed, then fail those as
-    `engine` rows; an engine that never produced a batch is a configuration error."""
+    """Stream the engine stage's batches into the store; survive an engine that dies.
+
+    A batch whose engine died is skipped by the stream (Ray restarts the actor), and its
+    clips are tried again, one per batch so that only the culprit fails, ENGINE_RESTARTS
+    more times; what still does not come back is stored as `engine` failures. An engine that
+    never produced a row in this run is a configuration error (a broken model, a wrong
+    device): reported with nothing stored changed."""
     import ray.exceptions
 
-    remaining, committed_any = to_engine, False
+    remaining, committed_any, last = to_engine, False, "the engine process died"
     for attempt in range(ENGINE_RESTARTS + 1):
+        engine_info["retry_rounds"] = attempt
         try:
-            for batch in _engine_stream(resolved, remaining, device, actors):
+            for batch in _engine_stream(resolved, remaining, device, actors,
+                                        isolate=attempt > 0):
                 first_batch()
                 store.commit(batch, resolved.ctx.run_id, meta)
                 tracker.add_rows(batch)
                 committed_any = True
                 done = pa.array(batch["clip_id"].to_pylist(), pa.string())
                 remaining = remaining.filter(pc.invert(pc.is_in(remaining["clip_id"], done)))
-            return
         except (ray.exceptions.RayError, RuntimeError) as err:
-            reason = f"{type(err).__name__}: {str(err).strip().splitlines()[-1][:300]}"
+            lines = [x for x in str(err).strip().splitlines() if x.strip()]
+            last = f"{type(err).__name__}: {lines[-1][:200] if lines else ''}"
             if not committed_any:
                 raise ConfigError(
-                    f"the {resolved.ctx.engine} engine failed before its first batch "
-                    f"({reason}); nothing stored was changed. Check --model "
-                    f"{resolved.spec.path} (and --device, --dtype), then run again") from err
-            engine_info["restarts"] = attempt + 1
-            last = reason
-    message = (f"the engine died {ENGINE_RESTARTS + 1} times ({last}); `vaemo-annotate "
-               "retry-failed OUT --kind engine` runs these clips again")
-    rows = failed_rows(remaining, resolved.ctx, ErrorKind.ENGINE, message)
-    store.commit(rows, resolved.ctx.run_id, meta)
-    tracker.add(failed=len(rows))
+                    f"the {resolved.ctx.engine} engine failed before its first row ({last}); "
+                    f"nothing stored was changed. Check --model {resolved.spec.path} (and "
+                    "--device, --dtype), then run again") from err
+        if not len(remaining):
+            return
+    if not committed_any:
+        raise ConfigError(f"the {resolved.ctx.engine} engine produced no row in "
+                          f"{ENGINE_RESTARTS + 1} tries ({last}); nothing stored was changed. "
+                          f"Check --model {resolved.spec.path}, then run again")
+    message = (f"the engine died on this clip {ENGINE_RESTARTS + 1} times ({last}); "
+               "`vaemo-annotate retry-failed OUT --kind engine` runs it again")
+    store.commit(failed_rows(remaining, resolved.ctx, ErrorKind.ENGINE, message),
+                 resolved.ctx.run_id, meta)
+    tracker.add(failed=len(remaining))
 
 
 def engine_options(resolved: Resolved, device: str) -> EngineOptions:
@@ -299,25 +309,32 @@ def engine_options(resolved: Resolved, device: str) -> EngineOptions:
                          device=device)
 
 
-def _engine_stream(resolved: Resolved, plan: pa.Table, device: str, actors: int):
+def _engine_stream(resolved: Resolved, plan: pa.Table, device: str, actors: int,
+                   isolate: bool = False):
+    """The engine stage's output batches (a batch whose engine died is skipped, and its clips
+    are missing from the output); `isolate`: one clip per engine batch."""
     import ray.data
 
-    logging.getLogger("ray.data").setLevel(logging.ERROR)  # our own progress replaces it
+    # our own progress and error messages replace Ray Data's (it logs a died engine's
+    # traceback, which the driver turns into a restart or a one-line message)
+    logging.getLogger("ray.data").setLevel(logging.CRITICAL)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
     ctx.wait_for_min_actors_s = 600  # an engine actor that cannot start fails, never hangs
-    batch_size = resolved.config.compute.batch_size
+    ctx.max_errored_blocks = -1  # a batch whose engine died: skipped, the driver retries it
+    batch_size = 1 if isolate else resolved.config.compute.batch_size
     resources = {"num_gpus": 1} if device == "gpu" else {"num_cpus": 1}
     ds = ray.data.from_arrow(plan).repartition(max(1, len(plan) // batch_size))
+    prepare_args = {**prepare_stage.STAGE.ray, **({"batch_size": 1} if isolate else {})}
     ds = ds.map_batches(prepare_stage.prepare_batch, batch_format="pyarrow",
-                        fn_kwargs={"ctx": resolved.ctx}, **prepare_stage.STAGE.ray)
+                        fn_kwargs={"ctx": resolved.ctx}, **prepare_args)
     ds = ds.map_batches(
         EngineWorker, batch_format="pyarrow", batch_size=batch_size,
         compute=ray.data.ActorPoolStrategy(size=actors), **resources,
-        # an engine that dies surfaces here (the driver restarts it a bounded number of
-        # times) instead of being restarted by Ray forever
-        max_restarts=0, max_task_retries=0,
+        # a dead engine is restarted by Ray, but its batch is not retried there: the driver
+        # retries those clips a bounded number of times, one per batch
+        max_restarts=-1, max_task_retries=0,
         fn_constructor_kwargs=dict(ctx=resolved.ctx, options=engine_options(resolved, device),
                                    # the fake engine never imports torch
                                    torch_threads=1 if device == "cpu" and

@@ -161,8 +161,8 @@ class EngineSettings(BaseModel):
     """Clips per engine call (vLLM batches them continuously)."""
     faults: str = ""
     """--engine fake only: injected faults, e.g. 'invalid=0.2,truncate=0.1,error=0.1,
-    crash=0.01,latency=0.05' (rates per attempt; crash ends the engine process; latency in
-    seconds per request)."""
+    crash=0.01,latency=0.05' (rates per attempt; crash ends the engine process; broken=1: the
+    engine cannot start; latency in seconds per request)."""
 
     @field_validator("faults")
     @classmethod
@@ -190,7 +190,7 @@ class EngineSettings(BaseModel):
         return f"{key}:{self.faults}" if self.faults else key
 
 
-FAULTS = ("invalid", "truncate", "error", "crash", "latency")
+FAULTS = ("invalid", "truncate", "error", "crash", "broken", "latency")
 
 
 def parse_faults(spec: str) -> dict[str, float]:

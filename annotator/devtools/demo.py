@@ -21,8 +21,11 @@ SPEECH_DIR = Path("/usr/share/pocketsphinx/test/data")
 
 
 def write_clip(path: str | Path, frames: np.ndarray | None, audio: np.ndarray | None,
-               fps: int = 25) -> Path:
-    """Write an H.264/AAC MP4 (or audio-only/video-only) clip. frames: uint8 [T, H, W, 3]."""
+               fps: int = 25, video_codec: str = "libx264", audio_codec: str = "aac",
+               audio_rate: int = SAMPLE_RATE, frame_times: list[float] | None = None) -> Path:
+    """Write a clip (H.264/AAC MP4 by default; the container follows the suffix), or an
+    audio-only/video-only one. frames: uint8 [T, H, W, 3]; `frame_times` (seconds) gives a
+    variable frame rate."""
     import av
 
     path = Path(path)
@@ -30,29 +33,51 @@ def write_clip(path: str | Path, frames: np.ndarray | None, audio: np.ndarray | 
     with av.open(str(path), "w") as container:
         vstream = astream = None
         if frames is not None:
-            vstream = container.add_stream("libx264", rate=fps)
+            vstream = container.add_stream(video_codec, rate=fps)
             vstream.width, vstream.height = frames.shape[2], frames.shape[1]
             vstream.pix_fmt = "yuv420p"
-            vstream.options = {"preset": "ultrafast", "crf": "23"}
+            if video_codec == "libx264":
+                vstream.options = {"preset": "ultrafast", "crf": "23"}
+            if frame_times is not None:
+                vstream.codec_context.time_base = Fraction(1, 1000)
         if audio is not None:
-            astream = container.add_stream("aac", rate=SAMPLE_RATE, layout="mono")
+            astream = container.add_stream(audio_codec, rate=audio_rate, layout="mono")
         if vstream is not None:
-            for image in frames:
+            for i, image in enumerate(frames):
                 frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
+                if frame_times is not None:
+                    frame.pts, frame.time_base = int(frame_times[i] * 1000), Fraction(1, 1000)
                 container.mux(vstream.encode(frame))
             container.mux(vstream.encode(None))
         if astream is not None:
             samples = np.clip(audio, -1, 1).astype(np.float32)
-            step = 1024
+            if audio_rate != SAMPLE_RATE:
+                samples = np.interp(np.arange(int(len(samples) * audio_rate / SAMPLE_RATE))
+                                    * SAMPLE_RATE / audio_rate, np.arange(len(samples)),
+                                    samples).astype(np.float32)
+            step = astream.codec_context.frame_size or 1024
+            fmt = astream.codec_context.format.name
             for start in range(0, len(samples), step):
                 chunk = samples[start:start + step].reshape(1, -1)
                 frame = av.AudioFrame.from_ndarray(chunk, format="flt", layout="mono")
-                frame.sample_rate = SAMPLE_RATE
+                if fmt != "flt":
+                    frame = av.AudioFrame.from_ndarray(
+                        _as_format(chunk, fmt), format=fmt, layout="mono")
+                frame.sample_rate = audio_rate
                 frame.pts = start
-                frame.time_base = Fraction(1, SAMPLE_RATE)
+                frame.time_base = Fraction(1, audio_rate)
                 container.mux(astream.encode(frame))
             container.mux(astream.encode(None))
     return path
+
+
+def _as_format(chunk: np.ndarray, fmt: str) -> np.ndarray:
+    """Float samples [-1, 1] in the sample format an encoder wants (fltp, s16p, s32p)."""
+    if fmt.startswith("s16"):
+        return (chunk * 32767).astype(np.int16)
+    if fmt.startswith("s32"):
+        return (chunk * 2147483647).astype(np.int32)
+    return chunk.astype(np.float32)
 
 
 def portraits() -> dict[str, np.ndarray]:

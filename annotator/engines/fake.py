@@ -5,7 +5,7 @@ and the pipeline's own ceiling in benchmarks: a run with `--engine fake` measure
 but the model. Its answers derive from the request (a hash of clip id, prompt and attempt),
 so a re-run gives the same rows. `--faults` injects what real engines do wrong, per attempt
 and reproducibly: invalid JSON, truncation at the token budget, a failed request, a dying engine
-process (crash), latency.
+process (crash), an engine that cannot start (broken), latency.
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ class FakeEngine:
     def __init__(self, spec: ModelSpec, options: EngineOptions):
         self.spec, self.options = spec, options
         self.faults = parse_faults(options.compute.faults)
+        if self.faults.get("broken"):  # as a model folder with corrupt weights does
+            raise RuntimeError(f"{spec.path}: the weights cannot be loaded (fault 'broken')")
         self.attempts: Counter[str] = Counter()  # guided requests seen per clip
         self.startup_s = 0.0
 

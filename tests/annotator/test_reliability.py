@@ -153,10 +153,75 @@ def test_truncation_retries_grow_the_budget_and_retry_failed_takes_a_new_one(
     assert {json.loads(r["sampling"])["max_tokens"] for r in rows.values()} == {512}
 
 
-def test_an_engine_that_cannot_run_fails_with_a_message_and_keeps_every_row(
+def test_an_engine_that_cannot_start_fails_with_a_message_and_keeps_every_row(
         finished, manifest, tiny_omni, tmp_path):
     out = copy_of(finished, tmp_path)
     before = one_row_per_clip(out)
-    said = annotate(manifest, out, tiny_omni, "--faults", "crash=1", code=1)
-    assert "engine failed before its first batch" in " ".join(said.split())
+    said = " ".join(annotate(manifest, out, tiny_omni, "--faults", "broken=1", "--force",
+                             code=1).split())
+    assert "engine failed before its first row" in said and "the weights cannot be loaded" \
+        in said and "nothing stored was changed" in said
     assert one_row_per_clip(out) == before
+
+
+@pytest.mark.slow
+def test_an_engine_dying_on_every_clip_fails_with_a_message_and_keeps_every_row(
+        finished, manifest, tiny_omni, tmp_path):
+    out = copy_of(finished, tmp_path)
+    before = one_row_per_clip(out)
+    said = annotate(manifest, out, tiny_omni, "--faults", "crash=1", "--force", code=1)
+    assert "engine produced no row in 3 tries" in " ".join(said.split())
+    assert one_row_per_clip(out) == before
+
+
+@pytest.mark.slow
+def test_three_kills_at_random_moments_lose_and_double_nothing(tmp_path, tiny_omni):
+    from annotator.devtools.chaos import run_chaos
+
+    result = run_chaos(tmp_path, tiny_omni, kills=3, clips=10, seed=1)
+    assert result["lost"] == result["doubled"] == result["temp_files"] == 0
+    assert result["rows_differing_from_uninterrupted"] == 0 and result["rows_on_disk"] == 10
+
+
+@pytest.mark.slow
+def test_two_concurrent_runs_one_refuses_and_no_row_doubles(manifest, tiny_omni, tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "annotator.cli", "run", "--manifest", str(manifest), "--out",
+           str(out), "--model", str(tiny_omni), "--engine", "fake", "--faults", "latency=0.5",
+           "--batch-size", "1", "--generation", "one-pass"]
+    first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (out / ".lock").is_file():
+        time.sleep(0.05)
+    time.sleep(0.5)
+    second = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert second.returncode == 1
+    assert f"is being written by vaemo pid {first.pid}" in " ".join(second.stderr.split())
+    assert first.wait(timeout=300) == 0, first.stderr.read()[-2000:]
+    one_row_per_clip(out)
+
+
+@pytest.mark.slow
+def test_an_engine_dying_on_some_clips_is_restarted_and_only_those_fail(manifest, tiny_omni,
+                                                                        tmp_path):
+    from annotator.engines.fake import FakeEngine
+
+    # the fake's crash draw is a hash: at rate 0.2, c2 and c5 kill the engine every time
+    draw = FakeEngine.__new__(FakeEngine)._unit
+    poison = {f"c{i}" for i in range(N) if draw(f"c{i}:1", "crash") < 0.2}
+    assert poison == {"c2", "c5"}
+    out = tmp_path / "out"
+    said = annotate(manifest, out, tiny_omni, "--faults", "crash=0.2", "--batch-size", "1",
+                    "--retries", "0")
+    rows = one_row_per_clip(out)
+    run = json.loads((out / "run.json").read_text())
+    assert run["engine"]["retry_rounds"] == 2  # two more rounds for the clips lost with it
+    died = {c for c, r in rows.items() if r["status"] == "failed"}
+    assert died == poison
+    assert all(rows[c]["error_kind"] == "engine" and "died on this clip 3 times" in rows[c]["error"]
+               for c in died)
+    assert "done 6/6 clips: ok 4, failed 2 (engine 2)" in " ".join(said.split())

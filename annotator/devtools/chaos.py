@@ -1,0 +1,120 @@
+"""kill -9 at random moments, then check that nothing was lost, doubled or left behind.
+
+A run folder first holds a finished run with settings A. Then runs with settings B (a changed
+setting: every row is stale) are started and killed -9 at random moments (planning, engine
+start, mid-batch, mid-commit) `kills` times; after each kill, every file must be readable and
+every clip must still have exactly one row (its old A row or its new B row). Finally B runs to
+completion, and its rows must equal those of an uninterrupted B run, clip by clip, with no
+temp file and no superseded row left on disk. Used by benchmarks/chaos.py and the slow tests.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from annotator.store import Store
+
+COMPARED = ("status", "error_kind", "description", "reasoning", "raw_output", "cache_key",
+            "samples")
+
+
+def corpus(root: Path, clips: int) -> Path:
+    """`clips` rows over a few synthetic tone clips (fast to decode and measure)."""
+    import numpy as np
+
+    from annotator.devtools.demo import write_clip
+    from annotator.media import SAMPLE_RATE
+
+    root.mkdir(parents=True, exist_ok=True)
+    files = []
+    for i, freq in enumerate((180.0, 220.0, 330.0)):
+        t = np.arange(SAMPLE_RATE) / SAMPLE_RATE
+        wave = (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+        frames = np.full((25, 64, 64, 3), 40 + 60 * i, np.uint8)
+        frames[:, 20:44, 20:44] = 220
+        files.append(write_clip(root / f"tone{i}.mp4", frames, wave))
+    lines = ["path,clip_id,label"] + [f"{files[i % 3]},c{i:03d},neutral" for i in range(clips)]
+    manifest = root / "manifest.csv"
+    manifest.write_text("\n".join(lines) + "\n")
+    return manifest
+
+
+def command(manifest: Path, out: Path, model: Path, max_tokens: int, latency: float) -> list:
+    return [sys.executable, "-m", "annotator.cli", "run", "--manifest", str(manifest),
+            "--out", str(out), "--model", str(model), "--engine", "fake", "--faults",
+            f"latency={latency}", "--batch-size", "2", "--generation", "one-pass",
+            "--labels", "anger,neutral", "--max-tokens", str(max_tokens)]
+
+
+def _run(cmd: list, timeout: float = 900) -> float:
+    started = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if done.returncode:
+        raise RuntimeError(f"run failed: {done.stderr[-2000:]}")
+    return time.perf_counter() - started
+
+
+def check(out: Path, clips: int) -> dict:
+    """Every file readable; exactly one visible row per clip; rows per max_tokens setting."""
+    for f in Store(out).files():
+        pq.read_table(f)  # raises on a torn file
+    rows = Store(out).read(["clip_id", "sampling"]).to_pylist()
+    ids = [r["clip_id"] for r in rows]
+    lost = clips - len(set(ids))
+    doubled = len(ids) - len(set(ids))
+    return {"lost": lost, "doubled": doubled, "rows": len(rows),
+            "new_rows": sum('"max_tokens": 2048' in r["sampling"] for r in rows)}
+
+
+def run_chaos(work: Path, model: Path, kills: int, clips: int = 24, latency: float = 0.05,
+              seed: int = 0, log=print) -> dict:
+    """The whole experiment; returns its figures (raises AssertionError on a violation)."""
+    rng = random.Random(seed)
+    manifest = corpus(work / "corpus", clips)
+    reference, out = work / "reference", work / "chaos"
+    shutil.rmtree(reference, ignore_errors=True)
+    shutil.rmtree(out, ignore_errors=True)
+    uninterrupted = _run(command(manifest, reference, model, 2048, latency))
+    _run(command(manifest, out, model, 1024, latency))  # settings A, finished
+    assert check(out, clips)["lost"] == 0
+    landed = []
+    for k in range(kills):
+        delay = rng.uniform(0.2, uninterrupted)
+        proc = subprocess.Popen(command(manifest, out, model, 2048, latency),
+                                start_new_session=True, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        time.sleep(delay)
+        alive = proc.poll() is None
+        if alive:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        state = check(out, clips)
+        landed.append({"after_s": round(delay, 2), "killed": alive, **state})
+        log(f"kill {k + 1}/{kills} after {delay:.1f} s: {state}")
+        assert state["lost"] == 0 and state["doubled"] == 0, state
+    finished = _run(command(manifest, out, model, 2048, latency))
+    final, expected = _rows(out), _rows(reference)
+    assert sorted(final) == sorted(expected), "the same clips"
+    differ = [c for c in expected if any(final[c][k] != expected[c][k] for k in COMPARED)]
+    temps = [p.name for p in (out / "descriptions").glob(".*")]
+    on_disk = len(pq.read_table(out / "descriptions", columns=["clip_id"]))
+    result = {"clips": clips, "kills": kills, "killed_mid_run": sum(x["killed"] for x in landed),
+              "lost": max(x["lost"] for x in landed), "doubled": max(x["doubled"] for x in landed),
+              "rows_differing_from_uninterrupted": len(differ), "temp_files": len(temps),
+              "rows_on_disk": on_disk, "uninterrupted_s": round(uninterrupted, 1),
+              "final_s": round(finished, 1), "kills_log": landed}
+    assert not differ and not temps and on_disk == clips, result
+    return result
+
+
+def _rows(out: Path) -> dict:
+    return {r["clip_id"]: r for r in Store(out).read().to_pylist()}
