@@ -119,7 +119,6 @@ def test_a_crash_between_commit_and_cleanup_shows_the_newer_row_once(finished, t
 
 def test_same_shape_weights_swapped_are_never_served_from_cache(finished, manifest, tiny_omni,
                                                                 tmp_path):
-    import torch
     from safetensors.torch import load_file, save_file
 
     model = tmp_path / "copy" / tiny_omni.name  # same name and content: the same model
