@@ -11,6 +11,7 @@ import logging
 import os
 import time
 import uuid
+import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, UTC
 from importlib.metadata import PackageNotFoundError, version
@@ -329,6 +330,7 @@ def _engine_stream(resolved: Resolved, plan: pa.Table, device: str, actors: int,
     prepare_args = {**prepare_stage.STAGE.ray, **({"batch_size": 1} if isolate else {})}
     ds = ds.map_batches(prepare_stage.prepare_batch, batch_format="pyarrow",
                         fn_kwargs={"ctx": resolved.ctx}, **prepare_args)
+    warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
     ds = ds.map_batches(
         EngineWorker, batch_format="pyarrow", batch_size=batch_size,
         compute=ray.data.ActorPoolStrategy(size=actors), **resources,

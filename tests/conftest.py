@@ -80,3 +80,21 @@ def write_manifest(path: Path, rows: list[dict]) -> Path:
         writer.writeheader()
         writer.writerows(rows)
     return path
+
+
+def kill_after_rows(cmd: list[str], out: Path, rows: int = 2, timeout: float = 300) -> None:
+    """Start `cmd` (a `vaemo-annotate run`) in its own process group and kill -9 the group
+    once `rows` rows are committed in `out`."""
+    import signal
+    import subprocess
+    import time
+
+    from annotator.store import Store
+
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while time.time() < deadline and len(Store(out).read(["clip_id"])) < rows:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()

