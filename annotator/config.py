@@ -18,6 +18,8 @@ from annotator.subset import parse_subset
 
 
 class RunConfig(BaseModel):
+    """Everything `vaemo-annotate run` is told; `run.json` records it as it is."""
+
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True,
                               protected_namespaces=())
 

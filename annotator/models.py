@@ -23,6 +23,8 @@ SMOLLM2 = "SmolLM2-135M-Instruct"
 
 @dataclass(frozen=True)
 class ModelSpec:
+    """Which model annotates, and what it accepts."""
+
     path: str
     """Local folder (or hub id on machines that have a hub)."""
     name: str

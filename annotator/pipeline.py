@@ -85,7 +85,7 @@ def local_device(requested: str) -> str:
         has_gpu = False
     if requested == "gpu" and not has_gpu:
         raise ConfigError("--device gpu, but this machine has no CUDA GPU; use --device cpu "
-                           "(or auto), or join a GPU cluster with --ray-address")
+                          "(or auto), or join a GPU cluster with --ray-address")
     return requested if requested != "auto" else "gpu" if has_gpu else "cpu"
 
 
@@ -140,14 +140,14 @@ def preview(config: RunConfig, clip_id: str) -> tuple[dict, dict]:
 def split_cached(plan: pa.Table, store: Store, force: bool, only: set[str] | None = None
                  ) -> tuple[pa.Table, pa.Table]:
     """(cached, pending): a clip is cached when its stored row has the plan's cache key and
-    it is not forced; with `only` (retry-failed), exactly those clips are pending and every
-    other stored row is kept as it is. A pending clip's old row stays until its new row
+    it is not forced; with `only` (retry-failed), exactly those clips are pending and no
+    other clip is touched. A pending clip's old row stays until its new row
     commits."""
     index = store.index()
     keys = plan["cache_key"].to_pylist()
     ids = plan["clip_id"].to_pylist()
-    if only is not None:
-        hit = [c not in only and c in index for c in ids]
+    if only is not None:  # every other clip is left as it is, with or without a row
+        hit = [c not in only for c in ids]
     else:
         hit = [not force and index.get(c, {}).get("cache_key") == k for c, k in zip(ids, keys)]
     mask = pa.array(hit, pa.bool_())
@@ -181,7 +181,7 @@ def resolve_device(config: RunConfig) -> tuple[str, int]:
     gpus = int(ray.cluster_resources().get("GPU", 0))
     if config.compute.device == "gpu" and gpus == 0:
         raise ConfigError("--device gpu, but the Ray cluster has no GPU; use --device cpu "
-                           "(or auto) on this machine, or join a GPU cluster with --ray-address")
+                          "(or auto) on this machine, or join a GPU cluster with --ray-address")
     if config.compute.device == "cpu" or gpus == 0:
         return "cpu", 1
     return "gpu", gpus

@@ -18,7 +18,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--kills", type=int, default=10)
     parser.add_argument("--clips", type=int, default=24)
-    parser.add_argument("--latency", type=float, default=0.05,
+    parser.add_argument("--latency", type=float, default=0.5,
                         help="fake engine seconds per request (how long a run lasts)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--model", help="model folder (default: a tiny random Qwen2.5-Omni)")

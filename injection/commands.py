@@ -22,6 +22,8 @@ from injection.train import (SAMPLED_SOURCES, Features, fit, load_checkpoint, ne
 
 @dataclass
 class Prepared:
+    """What `vaemo-inject` loads before training or evaluating: corpus, encoders, features."""
+
     config: TrainConfig
     corpus: Corpus
     encoder: object

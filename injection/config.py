@@ -12,6 +12,8 @@ TEXT_SOURCES = ("description", "summary", "reasoning", "fields", "sampled")
 
 
 class TrainConfig(BaseModel):
+    """Everything `vaemo-inject train` is told; OUT/checkpoints record it."""
+
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True,
                               protected_namespaces=())
 

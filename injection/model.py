@@ -23,6 +23,9 @@ def head(dim_in: int, dim_out: int, hidden: int | None) -> nn.Module:
 
 
 class Projector(nn.Module):
+    """The trained part: a projection head per VA branch and one for text, into a shared
+    space, and the learnable temperature (open_clip's logit scale)."""
+
     def __init__(self, va_dims: dict[str, int], text_dim: int, dim: int = 256,
                  hidden: int | None = 512):
         """va_dims: feature size per VA branch ({"clip": D} for a single or fused encoder,

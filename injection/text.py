@@ -49,6 +49,9 @@ def resolve(name_or_path: str) -> Path:
 
 
 class TransformersTextEncoder:
+    """A sentence encoder read with plain transformers (MiniLM by default, shipped offline),
+    pooled and normalised as its folder says."""
+
     def __init__(self, name_or_path: str = DEFAULT, batch_size: int = 64,
                  max_length: int = 256):
         import torch

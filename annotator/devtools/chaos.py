@@ -1,15 +1,17 @@
 """kill -9 at random moments, then check that nothing was lost, doubled or left behind.
 
-A run folder first holds a finished run with settings A. Then runs with settings B (a changed
-setting: every row is stale) are started and killed -9 at random moments (planning, engine
-start, mid-batch, mid-commit) `kills` times; after each kill, every file must be readable and
-every clip must still have exactly one row (its old A row or its new B row). Finally B runs to
-completion, and its rows must equal those of an uninterrupted B run, clip by clip, with no
-temp file and no superseded row left on disk. Used by benchmarks/chaos.py and the slow tests.
+A run folder first holds a finished run. Then runs with a changed setting each (another
+--max-tokens: every row is stale, so every run has all clips to redo) are started and killed
+-9 at random moments (planning, engine start, mid-batch, mid-commit) `kills` times; after each
+kill, every file must be readable and every clip must still have exactly one row (an older one
+or a new one). Finally the last setting runs to completion, and its rows must equal those of
+an uninterrupted run, clip by clip, with no temp file and no superseded row left on disk.
+Used by benchmarks/chaos.py and the slow tests.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -55,11 +57,22 @@ def command(manifest: Path, out: Path, model: Path, max_tokens: int, latency: fl
             "--labels", "anger,neutral", "--max-tokens", str(max_tokens)]
 
 
-def _run(cmd: list, timeout: float = 900) -> float:
+def _run(cmd: list, inline: bool = False, timeout: float = 900) -> float:
+    """An uninterrupted run: its own process, or `inline` in this one (faster where Ray is
+    already up, as in the tests)."""
     started = time.perf_counter()
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    if done.returncode:
-        raise RuntimeError(f"run failed: {done.stderr[-2000:]}")
+    if inline:
+        from typer.testing import CliRunner
+
+        from annotator.cli import app
+
+        result = CliRunner().invoke(app, cmd[3:])
+        if result.exit_code:
+            raise RuntimeError(f"run failed: {result.output[-2000:]}")
+    else:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        if done.returncode:
+            raise RuntimeError(f"run failed: {done.stderr[-2000:]}")
     return time.perf_counter() - started
 
 
@@ -71,25 +84,28 @@ def check(out: Path, clips: int) -> dict:
     ids = [r["clip_id"] for r in rows]
     lost = clips - len(set(ids))
     doubled = len(ids) - len(set(ids))
-    return {"lost": lost, "doubled": doubled, "rows": len(rows),
-            "new_rows": sum('"max_tokens": 2048' in r["sampling"] for r in rows)}
+    budgets = sorted({json.loads(r["sampling"])["max_tokens"] for r in rows})
+    return {"lost": lost, "doubled": doubled, "rows": len(rows), "budgets_seen": budgets}
 
 
 def run_chaos(work: Path, model: Path, kills: int, clips: int = 24, latency: float = 0.05,
-              seed: int = 0, log=print) -> dict:
-    """The whole experiment; returns its figures (raises AssertionError on a violation)."""
+              seed: int = 0, log=print, inline: bool = False) -> dict:
+    """The whole experiment; returns its figures (raises AssertionError on a violation).
+    `inline`: the uninterrupted runs in this process (the killed ones never are)."""
     rng = random.Random(seed)
     manifest = corpus(work / "corpus", clips)
     reference, out = work / "reference", work / "chaos"
     shutil.rmtree(reference, ignore_errors=True)
     shutil.rmtree(out, ignore_errors=True)
-    uninterrupted = _run(command(manifest, reference, model, 2048, latency))
-    _run(command(manifest, out, model, 1024, latency))  # settings A, finished
+    uninterrupted = _run(command(manifest, reference, model, 2048, latency), inline)
+    # settings A, finished; how long a whole run takes in its own process is the kill window
+    window = _run(command(manifest, out, model, 1024, latency))
     assert check(out, clips)["lost"] == 0
     landed = []
     for k in range(kills):
-        delay = rng.uniform(0.2, uninterrupted)
-        proc = subprocess.Popen(command(manifest, out, model, 2048, latency),
+        # every killed run has all clips to redo: its own budget makes every row stale
+        delay = rng.uniform(0.2, window)
+        proc = subprocess.Popen(command(manifest, out, model, 1025 + k, latency),
                                 start_new_session=True, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
         time.sleep(delay)
@@ -101,7 +117,7 @@ def run_chaos(work: Path, model: Path, kills: int, clips: int = 24, latency: flo
         landed.append({"after_s": round(delay, 2), "killed": alive, **state})
         log(f"kill {k + 1}/{kills} after {delay:.1f} s: {state}")
         assert state["lost"] == 0 and state["doubled"] == 0, state
-    finished = _run(command(manifest, out, model, 2048, latency))
+    finished = _run(command(manifest, out, model, 2048, latency), inline)
     final, expected = _rows(out), _rows(reference)
     assert sorted(final) == sorted(expected), "the same clips"
     differ = [c for c in expected if any(final[c][k] != expected[c][k] for k in COMPARED)]

@@ -13,6 +13,8 @@ from prompts import Template
 
 @dataclass(frozen=True)
 class RunContext:
+    """The run's resolved decisions, shared by every stage and stamped on every row."""
+
     run_id: str
     spec: ModelSpec
     template: Template

@@ -168,7 +168,7 @@ def test_an_engine_dying_on_every_clip_fails_with_a_message_and_keeps_every_row(
         finished, manifest, tiny_omni, tmp_path):
     out = copy_of(finished, tmp_path)
     before = one_row_per_clip(out)
-    said = annotate(manifest, out, tiny_omni, "--faults", "crash=1", "--force", code=1)
+    said = annotate(manifest, out, tiny_omni, "--faults", "crash=1", "--subset", "2", code=1)
     assert "engine produced no row in 3 tries" in " ".join(said.split())
     assert one_row_per_clip(out) == before
 
@@ -177,9 +177,9 @@ def test_an_engine_dying_on_every_clip_fails_with_a_message_and_keeps_every_row(
 def test_three_kills_at_random_moments_lose_and_double_nothing(tmp_path, tiny_omni):
     from annotator.devtools.chaos import run_chaos
 
-    result = run_chaos(tmp_path, tiny_omni, kills=3, clips=10, seed=1)
+    result = run_chaos(tmp_path, tiny_omni, kills=3, clips=8, seed=1, inline=True)
     assert result["lost"] == result["doubled"] == result["temp_files"] == 0
-    assert result["rows_differing_from_uninterrupted"] == 0 and result["rows_on_disk"] == 10
+    assert result["rows_differing_from_uninterrupted"] == 0 and result["rows_on_disk"] == 8
 
 
 @pytest.mark.slow
@@ -209,13 +209,12 @@ def test_an_engine_dying_on_some_clips_is_restarted_and_only_those_fail(manifest
                                                                         tmp_path):
     from annotator.engines.fake import FakeEngine
 
-    # the fake's crash draw is a hash: at rate 0.2, c2 and c5 kill the engine every time
+    # the fake's crash draw is a hash: at rate 0.1, c5 kills the engine every time
     draw = FakeEngine.__new__(FakeEngine)._unit
-    poison = {f"c{i}" for i in range(N) if draw(f"c{i}:1", "crash") < 0.2}
-    assert poison == {"c2", "c5"}
+    poison = {f"c{i}" for i in range(N) if draw(f"c{i}:1", "crash") < 0.1}
+    assert poison == {"c5"}
     out = tmp_path / "out"
-    said = annotate(manifest, out, tiny_omni, "--faults", "crash=0.2", "--batch-size", "1",
-                    "--retries", "0")
+    said = annotate(manifest, out, tiny_omni, "--faults", "crash=0.1", "--retries", "0")
     rows = one_row_per_clip(out)
     run = json.loads((out / "run.json").read_text())
     assert run["engine"]["retry_rounds"] == 2  # two more rounds for the clips lost with it
@@ -223,4 +222,4 @@ def test_an_engine_dying_on_some_clips_is_restarted_and_only_those_fail(manifest
     assert died == poison
     assert all(rows[c]["error_kind"] == "engine" and "died on this clip 3 times" in rows[c]["error"]
                for c in died)
-    assert "done 6/6 clips: ok 4, failed 2 (engine 2)" in " ".join(said.split())
+    assert "done 6/6 clips: ok 5, failed 1 (engine 1)" in " ".join(said.split())

@@ -1,0 +1,56 @@
+"""Planning cost per clip: manifest -> subset -> plan (probe, hash, render, cache key) for N
+rows over the demo corpus's clips, cold (media hashed) and warm (hashes from the cache).
+
+    .venv/bin/python benchmarks/planning.py --rows 1000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rows", type=int, default=1000)
+    parser.add_argument("--model", help="model folder (default: a tiny random Qwen2.5-Omni)")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="vaemo-plan-"))
+    os.environ["VAEMO_CACHE_DIR"] = str(work / "cache")  # a cold hash cache
+
+    from annotator.config import RunConfig
+    from annotator.devtools.demo import build_demo_corpus
+    from annotator.devtools.tiny_models import build_tiny_omni
+    from annotator.pipeline import plan_clips, resolve
+
+    model = args.model or str(build_tiny_omni(work / "tiny-omni"))
+    demo = build_demo_corpus(work / "demo")
+    clips = [line.split(",")[1] for line in demo.read_text().splitlines()[1:]]
+    # distinct files, so that the cold pass really hashes every row's bytes
+    lines = ["path,clip_id,label"]
+    for i in range(args.rows):
+        target = work / "media" / f"{i:07d}.mp4"
+        target.parent.mkdir(exist_ok=True)
+        os.link(demo.parent / clips[i % len(clips)], target)
+        lines.append(f"{target},r{i:07d},neutral")
+    manifest = work / "manifest.csv"
+    manifest.write_text("\n".join(lines) + "\n")
+    config = RunConfig(manifest=manifest, out=work / "out", model=model, labels="crema-d")
+    resolved = resolve(config, "cpu")
+    result = {"rows": args.rows}
+    for name in ("cold", "warm"):
+        started = time.perf_counter()
+        plan = plan_clips(resolved)
+        seconds = time.perf_counter() - started
+        result[f"{name}_ms_per_clip"] = round(1000 * seconds / len(plan), 2)
+    result["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

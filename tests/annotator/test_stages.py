@@ -1,0 +1,31 @@
+"""The stages declare what they read and write (StageSpec); the declarations chain, and what
+the stages really produce matches them."""
+
+from annotator.chat import load_tokenizer
+from annotator.config import RunConfig
+from annotator.pipeline import resolve
+from annotator.stages import generate, plan, prepare
+from annotator.store import ROW_SCHEMA
+from tests.conftest import write_manifest
+
+
+def test_declarations_chain_from_plan_to_rows():
+    assert plan.STAGE.writes == tuple(plan.PLAN_SCHEMA.names)
+    assert set(prepare.STAGE.reads) <= set(plan.STAGE.writes)
+    assert set(generate.STAGE.reads) <= set(plan.STAGE.writes) | set(prepare.STAGE.writes)
+    assert generate.STAGE.writes == tuple(ROW_SCHEMA.names)
+    assert {"batch_size", "num_cpus"} <= set(prepare.STAGE.ray)
+
+
+def test_plan_and_prepare_produce_what_they_declare(tmp_path, clips, tiny_omni):
+    manifest = write_manifest(tmp_path / "m.csv", [
+        {"path": str(clips["tone_220"]), "label": "sad"},
+        {"path": str(clips["missing"]), "label": "sad"}])
+    resolved = resolve(RunConfig(manifest=manifest, out=tmp_path, model=str(tiny_omni)), "cpu")
+    planned = plan.plan_table(resolved.chosen, resolved.ctx, load_tokenizer(str(tiny_omni)))
+    assert planned.column_names == list(plan.STAGE.writes)
+    prepared = prepare.prepare_batch(planned, ctx=resolved.ctx)
+    assert set(prepare.STAGE.writes) <= set(prepared.column_names)
+    rows = prepared.to_pylist()
+    assert rows[0]["error_kind"] is None and rows[0]["frames"] and rows[0]["answer_prompt"]
+    assert rows[1]["error_kind"] == "media" and rows[1]["frames"] is None
