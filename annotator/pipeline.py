@@ -238,11 +238,12 @@ def _run(config: RunConfig, console: Console, store: Store, only: set[str] | Non
     meta = {"run_id": ctx.run_id, "versions": versions(), "schema_version": SCHEMA_VERSION}
     early = pending.filter(pc.is_valid(pending["error_kind"]))
     to_engine = pending.filter(pc.is_null(pending["error_kind"]))
-    if len(early):
-        store.commit(failed_rows(early, ctx), ctx.run_id, meta)
     tracker = progress.Tracker(console, total=len(pending), cached=len(cached))
-    tracker.add(failed=len(early))
+    early_rows = failed_rows(early, ctx)
     engine_info: dict = {"started": False}
+    if not len(to_engine) and len(early):
+        store.commit(early_rows, ctx.run_id, meta)
+        tracker.add(failed=len(early))
     if len(to_engine):
         _ray_init(config)
         device, actors = resolve_device(config)
@@ -251,7 +252,8 @@ def _run(config: RunConfig, console: Console, store: Store, only: set[str] | Non
         with tracker:
             _generate(resolved, to_engine, device, actors, store, meta, tracker, engine_info,
                       lambda: timings.setdefault(
-                          "first_batch_s", round(time.perf_counter() - engine_started, 2)))
+                          "first_batch_s", round(time.perf_counter() - engine_started, 2)),
+                      early_rows)
     engine_info["quarantined"] = quarantined or {}
     summary = _finish(resolved, store, tracker, cached, started, {**engine_info, **timings})
     progress.print_summary(console, summary)
@@ -259,14 +261,15 @@ def _run(config: RunConfig, console: Console, store: Store, only: set[str] | Non
 
 
 def _generate(resolved: Resolved, to_engine: pa.Table, device: str, actors: int, store: Store,
-              meta: dict, tracker, engine_info: dict, first_batch) -> None:
+              meta: dict, tracker, engine_info: dict, first_batch, early: pa.Table) -> None:
     """Stream the engine stage's batches into the store; survive an engine that dies.
 
     A batch whose engine died is skipped by the stream (Ray restarts the actor), and its
     clips are tried again, one per batch so that only the culprit fails, ENGINE_RESTARTS
     more times; what still does not come back is stored as `engine` failures. An engine that
     never produced a row in this run is a configuration error (a broken model, a wrong
-    device): reported with nothing stored changed."""
+    device): reported with nothing stored changed, which is why the `early` rows (clips that
+    failed before reaching the engine) are committed with its first batch."""
     import ray.exceptions
 
     remaining, committed_any, last = to_engine, False, "the engine process died"
@@ -276,6 +279,9 @@ def _generate(resolved: Resolved, to_engine: pa.Table, device: str, actors: int,
             for batch in _engine_stream(resolved, remaining, device, actors,
                                         isolate=attempt > 0):
                 first_batch()
+                if not committed_any and len(early):
+                    store.commit(early, resolved.ctx.run_id, meta)
+                    tracker.add_rows(early)
                 store.commit(batch, resolved.ctx.run_id, meta)
                 tracker.add_rows(batch)
                 committed_any = True

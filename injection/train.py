@@ -10,6 +10,7 @@ from all ranks (gloo on CPU, nccl on GPUs).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -62,8 +63,16 @@ def batch_rows(n: int, batch: int, step: int, seed: int) -> np.ndarray:
     """The rows of global batch `step` (0-based): epochs are seeded permutations."""
     per_epoch = max(1, n // batch)
     epoch, position = divmod(step, per_epoch)
+    return _epoch_order(n, seed, epoch)[position * batch:(position + 1) * batch]
+
+
+@functools.lru_cache(maxsize=2)
+def _epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    """An epoch's permutation, drawn once (not once per step: at 100k clips that costs)."""
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-    return order[position * batch:(position + 1) * batch].numpy()
+    order = order.numpy()
+    order.flags.writeable = False
+    return order
 
 
 def text_source(config: TrainConfig, step: int) -> str:
@@ -252,6 +261,8 @@ def fit(features: Features, config: TrainConfig, out: Path, log=None, encoder=No
         out.mkdir(parents=True, exist_ok=True)
         _truncate_log(metrics_path, start)
     writer = _tensorboard(out) if config.tensorboard and rank == 0 else None
+    # opened once, line-buffered: every record is on disk as soon as it is written
+    metrics = open(metrics_path, "a", buffering=1) if rank == 0 else None  # noqa: SIM115
     history, started = [], time.perf_counter()
     for step in range(start, config.steps):
         rows = batch_rows(len(features), batch, step, config.seed)
@@ -271,8 +282,7 @@ def fit(features: Features, config: TrainConfig, out: Path, log=None, encoder=No
                                          / (time.perf_counter() - started), 1)}
         history.append(record)
         if rank == 0:
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
+            metrics.write(json.dumps(record) + "\n")
             if writer is not None:
                 for key, value in record.items():
                     if key != "step":
@@ -284,6 +294,8 @@ def fit(features: Features, config: TrainConfig, out: Path, log=None, encoder=No
                                 tuned)
     if writer is not None:
         writer.close()
+    if metrics is not None:
+        metrics.close()
     (tuned or projector).cpu()  # evaluation and export run on the CPU
     return {"projector": projector, "history": history, "start": start, "tuned": tuned}
 
