@@ -68,6 +68,7 @@ ROW_SCHEMA = pa.schema([
     ("split", pa.string()),
     ("dataset", pa.string()),
     ("path", pa.string()),
+    ("audio_path", pa.string()),
     ("has_video", pa.bool_()),
     ("has_audio", pa.bool_()),
     ("media_note", pa.string()),

@@ -55,7 +55,7 @@ def prepare(config: TrainConfig, log=print) -> Prepared:
     label_text = label_embeddings(text_cache, text_encoder, corpus.label_names,
                                   config.label_prompts.split("|"))
     log(f"features: {len(corpus)} clips, encoder {encoder.id}, text {text_encoder.id}")
-    va = va_features(FeatureCache(cache, "va"), encoder, corpus.paths, corpus.media_sha256)
+    va = va_features(FeatureCache(cache, "va"), encoder, corpus.media, corpus.media_sha256)
     return Prepared(config, corpus, encoder, text_encoder,
                     Features(va, texts, corpus.labels, label_text))
 
@@ -110,11 +110,11 @@ def train(config: TrainConfig, log=print) -> dict:
     if rank == 0 and dist.is_initialized():
         dist.barrier()
     training = prep.features.subset(~prep.corpus.held_out)
-    paths = [p for p, held in zip(prep.corpus.paths, prep.corpus.held_out) if not held]
+    media = [m for m, held in zip(prep.corpus.media, prep.corpus.held_out) if not held]
     original = _original_weights(prep.encoder, config)
     with _progress(config) if rank == 0 else nullcontext(None) as report:
         result = fit(training, config, config.out, log=report, encoder=prep.encoder,
-                     paths=paths)
+                     media=media)
     if rank > 0:
         return {"rank": rank}
     _fold_back(prep.encoder, original, config)
@@ -194,7 +194,7 @@ def evaluate(out: Path, log=print) -> dict:
     from injection.features import encode_clips
 
     config, prep, projector, tuned = _restore(out, log)
-    tuned_va = encode_clips(prep.encoder, prep.corpus.paths) if tuned is not None else None
+    tuned_va = encode_clips(prep.encoder, prep.corpus.media) if tuned is not None else None
     untrained = new_projector(prep.features, config).eval()
     source = config.text if config.text in prep.features.text else "description"
     result = run_eval(projector, untrained, prep.features, prep.corpus.held_out, source,

@@ -24,7 +24,8 @@ FIELDS = ("face", "body", "voice")
 @dataclass
 class Corpus:
     clip_ids: list[str]
-    paths: list[str]
+    media: list[tuple[str, str | None]]
+    """(clip file, separate audio file or None) per clip."""
     media_sha256: list[str]
     texts: dict[str, list[str]]
     """Text per source: description, summary, reasoning, face, body, voice."""
@@ -82,12 +83,33 @@ def build_corpus(rows: pa.Table, run: dict, seed: int, eval_fraction: float) -> 
              **{name: field[name] for name in FIELDS}}
     raw_labels = rows["label"].to_pylist()
     names = run.get("labels") or sorted({x for x in raw_labels if x})
-    names = [n for n in names if n in set(raw_labels)] or names
+    mapped = map_labels(raw_labels, names)
+    names = [n for n in names if n in set(mapped)] or names
     lookup = {n: i for i, n in enumerate(names)}
-    labels = np.array([lookup.get(x, -1) for x in raw_labels], np.int64)
+    labels = np.array([lookup.get(x, -1) for x in mapped], np.int64)
     clip_ids = rows["clip_id"].to_pylist()
-    return Corpus(clip_ids, rows["path"].to_pylist(), rows["media_sha256"].to_pylist(), texts,
-                  labels, names, held_out_split(clip_ids, labels, seed, eval_fraction))
+    audio = rows["audio_path"].to_pylist() if "audio_path" in rows.column_names \
+        else [None] * len(rows)  # rows written before the column existed
+    media = list(zip(rows["path"].to_pylist(), audio))
+    return Corpus(clip_ids, media, rows["media_sha256"].to_pylist(), texts, labels, names,
+                  held_out_split(clip_ids, labels, seed, eval_fraction))
+
+
+def map_labels(raw: list[str | None], label_set: list[str]) -> list[str | None]:
+    """Dataset labels onto the run's label set through the audit's synonym table
+    (annotator/audit/emotions.toml: happy -> happiness, angry -> anger, ...). A label that
+    maps nowhere is an error: it would silently drop out of the label path and the probe."""
+    from annotator.audit.agreement import label_mapping
+
+    mapping = label_mapping(sorted({x for x in raw if x}), label_set)
+    unmapped = sorted(word for word, target in mapping.items() if target is None)
+    if unmapped:
+        raise DataError(
+            f"dataset label(s) {', '.join(map(repr, unmapped[:10]))} match none of the run's "
+            f"label set ({', '.join(label_set)}), even through the synonyms in "
+            "annotator/audit/emotions.toml: fix those rows' `label`, add the words as synonyms "
+            "there, or annotate with a --labels set that has them")
+    return [mapping[x] if x else None for x in raw]
 
 
 def held_out_split(clip_ids: list[str], labels: np.ndarray, seed: int, fraction: float

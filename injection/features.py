@@ -95,29 +95,31 @@ def embed_texts(cache: FeatureCache, encoder, texts: list[str]) -> np.ndarray:
     return cache.get_or_compute(keys, lambda pos: encoder.encode([texts[i] for i in pos]))
 
 
-def encode_clips(encoder, paths: list[str]) -> dict[str, np.ndarray]:
-    """Features per branch, [N, D_branch] each, computed now (no cache)."""
+def encode_clips(encoder, media: list[tuple[str, str | None]]) -> dict[str, np.ndarray]:
+    """Features per branch, [N, D_branch] each, computed now (no cache), for clips given as
+    (file, separate audio file or None)."""
     import torch
 
 
     names, out = list(encoder.branches), []
     with torch.inference_mode():
-        for path in paths:  # one clip per forward: clips differ in length
-            frames, audio = clip_tensors(path, encoder.preprocess)
+        for path, audio_path in media:  # one clip per forward: clips differ in length
+            frames, audio = clip_tensors(path, encoder.preprocess, audio_path)
             features = encoder(torch.from_numpy(frames)[None], torch.from_numpy(audio)[None])
             out.append(np.concatenate([features[n][0].float().numpy() for n in names]))
     return _split(np.stack(out) if out else np.zeros((0, sum(encoder.branches.values()))),
                   encoder)
 
 
-def va_features(cache: FeatureCache, encoder, paths: list[str], media_sha256: list[str]
-                ) -> dict[str, np.ndarray]:
-    """Frozen features per branch, [N, D_branch] each, for clips by path (cached)."""
+def va_features(cache: FeatureCache, encoder, media: list[tuple[str, str | None]],
+                media_sha256: list[str]) -> dict[str, np.ndarray]:
+    """Frozen features per branch, [N, D_branch] each, for clips by path (cached by the hash
+    of their bytes, separate audio included)."""
     prep = encoder.preprocess
     keys = [va_key(h, encoder.id, prep.key()) for h in media_sha256]
 
     def compute(positions: list[int]) -> np.ndarray:
-        parts = encode_clips(encoder, [paths[i] for i in positions])
+        parts = encode_clips(encoder, [media[i] for i in positions])
         return np.concatenate([parts[n] for n in encoder.branches], 1)
 
     return _split(cache.get_or_compute(keys, compute, chunk=64), encoder)

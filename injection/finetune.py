@@ -107,12 +107,13 @@ class Tuned(nn.Module):
                 for n, p in self.encoder_module.named_parameters() if p.requires_grad}
 
 
-def media_batch(paths: list[str], rows: np.ndarray, encoder, seconds: float) -> dict:
+def media_batch(media: list[tuple[str, str | None]], rows: np.ndarray, encoder, seconds: float
+                ) -> dict:
     """Decoded and preprocessed clips for `rows`, audio fitted to `seconds`."""
     length = int(seconds * 16_000)
     frames, audio = [], []
     for i in rows:
-        f, a = clip_tensors(paths[i], encoder.preprocess)
+        f, a = clip_tensors(media[i][0], encoder.preprocess, media[i][1])
         frames.append(f)
         audio.append(np.pad(a[:length], (0, max(0, length - len(a)))))
     return {"frames": torch.from_numpy(np.stack(frames)),

@@ -215,10 +215,11 @@ def _optimizer(projector: Projector, config: TrainConfig, encoder_params=()
 
 
 def fit(features: Features, config: TrainConfig, out: Path, log=None, encoder=None,
-        paths: list[str] | None = None) -> dict:
+        media: list[tuple[str, str | None]] | None = None) -> dict:
     """Train the heads on `features` (the training rows); checkpoints and metrics in `out`.
 
-    In blocks mode, `encoder` and the clips' `paths` (aligned with `features`) are needed:
+    In blocks mode, `encoder` and the clips' `media` (file, separate audio or None; aligned
+    with `features`) are needed:
     its last blocks train with the heads on decoded media."""
     import torch.distributed as dist
 
@@ -229,14 +230,14 @@ def fit(features: Features, config: TrainConfig, out: Path, log=None, encoder=No
     projector = new_projector(features, config)
     tuned, inputs, encoder_params = None, None, []
     if config.mode != "heads":
-        if encoder is None or paths is None:
+        if encoder is None or media is None:
             raise ValueError(f"--mode {config.mode} trains the encoder: fit() needs it and "
                              "the clips")
         encoder_params = tune_encoder(encoder, config)
         tuned = Tuned(encoder, projector)
 
         def inputs(rows):
-            return media_batch(paths, rows, encoder, config.clip_seconds)
+            return media_batch(media, rows, encoder, config.clip_seconds)
     device = torch.device(f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available()
                           else "cpu")
     amp = config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda")

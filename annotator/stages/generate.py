@@ -27,7 +27,7 @@ STAGE = StageSpec(
     name="generate",
     reads=("clip_id", "frames", "frames_shape", "fps", "audio", "prompt", "answer_prompt",
            "error_kind", "error", "cues", "prompt_sha256", "cache_key", "media_sha256",
-           "label", "speaker", "split", "dataset", "path", "has_video", "has_audio",
+           "label", "speaker", "split", "dataset", "path", "audio_path", "has_video", "has_audio",
            "media_note", "duration_s"),
     writes=tuple(ROW_SCHEMA.names))
 """One actor per engine; the driver sets its resources and batch size from EngineSettings."""

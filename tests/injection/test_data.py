@@ -26,3 +26,39 @@ def test_too_few_rows_say_how_to_keep_flagged_ones(tmp_path):
     audit(AuditConfig(out=out))
     with pytest.raises(DataError, match="--no-exclude-flagged"):
         load_rows(out)
+
+
+def test_dataset_labels_spelled_differently_map_through_the_synonyms():
+    from injection.data import map_labels
+
+    mafw = ["anger", "disgust", "fear", "happiness", "neutral", "sadness", "surprise"]
+    raw = ["happy", "sad", "angry", None, "Happiness", "surprised"]
+    assert map_labels(raw, mafw) == ["happiness", "sadness", "anger", None, "happiness",
+                                     "surprise"]
+
+
+def test_a_label_that_maps_nowhere_is_an_error_naming_it():
+    import pytest
+
+    from annotator.errors import DataError
+    from injection.data import map_labels
+
+    with pytest.raises(DataError, match="'qwerty'.*emotions.toml"):
+        map_labels(["happy", "qwerty"], ["happiness", "sadness"])
+
+
+def test_a_corpus_keeps_synonym_labels_and_separate_audio(tmp_path):
+    import pyarrow as pa
+
+    out = write_synthetic_run(tmp_path / "run", 12, planted=False)
+    rows, run = load_rows(out)
+    spelled = {"anger": "angry", "happy": "Happiness", "sad": "sadness"}
+    relabeled = [spelled.get(x, x) for x in rows["label"].to_pylist()]
+    rows = rows.set_column(rows.schema.get_field_index("label"), "label",
+                           pa.array(relabeled, pa.string()))
+    rows = rows.set_column(rows.schema.get_field_index("audio_path"), "audio_path",
+                           pa.array(["/data/a.wav"] * len(rows), pa.string()))
+    corpus = build_corpus(rows, run, seed=0, eval_fraction=0.2)
+    assert (corpus.labels >= 0).all(), "no synonym label dropped to -1"
+    assert set(corpus.label_names) <= set(run["labels"])
+    assert all(audio == "/data/a.wav" for _, audio in corpus.media)
