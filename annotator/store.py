@@ -108,6 +108,7 @@ class Store:
         self.unreadable: dict[str, str] = {}
         """Files the last read skipped: name -> why (readers never move files)."""
         self._holders: dict[str, set[str]] = {}  # clip_id -> files holding a row of it
+        self._index: dict[str, dict] | None = None
 
     def files(self) -> list[Path]:
         return sorted(self.dir.glob("*.parquet")) if self.dir.is_dir() else []
@@ -139,13 +140,17 @@ class Store:
         return pa.concat_tables(tables)
 
     def index(self) -> dict[str, dict]:
-        """clip_id -> {cache_key, status, error_kind, attempts} for every stored row."""
-        columns = ["clip_id", "cache_key", "status", "error_kind", "attempts"]
-        raw = self._read_raw(columns)
-        self._holders = {}
-        for clip, name in zip(raw["clip_id"].to_pylist(), raw["_file"].to_pylist()):
-            self._holders.setdefault(clip, set()).add(name)
-        return {row["clip_id"]: row for row in _newest_per_clip(raw).select(columns).to_pylist()}
+        """clip_id -> {cache_key, status, error_kind, attempts} for every stored row; read
+        once (repair and the cache check at a run's start share it) until files change."""
+        if self._index is None:
+            columns = ["clip_id", "cache_key", "status", "error_kind", "attempts"]
+            raw = self._read_raw(columns)
+            self._holders = {}
+            for clip, name in zip(raw["clip_id"].to_pylist(), raw["_file"].to_pylist()):
+                self._holders.setdefault(clip, set()).add(name)
+            self._index = {row["clip_id"]: row
+                           for row in _newest_per_clip(raw).select(columns).to_pylist()}
+        return self._index
 
     @contextmanager
     def lock(self):
@@ -172,6 +177,7 @@ class Store:
         crash left with two rows. Returns {quarantined file: reason}."""
         if not self.dir.is_dir():
             return {}
+        self._index = None
         for tmp in self.dir.glob(".*.tmp"):
             tmp.unlink()
         quarantined = {}
@@ -186,7 +192,10 @@ class Store:
                 quarantined[f.name] = reason
                 self._quarantine(f, reason)
         self.index()
-        self._supersede({c for c, files in self._holders.items() if len(files) > 1})
+        doubled = {c for c, files in self._holders.items() if len(files) > 1}
+        if doubled:
+            self._supersede(doubled)
+            self._index = None
         return quarantined
 
     def _quarantine(self, f: Path, reason: str) -> None:
@@ -205,6 +214,7 @@ class Store:
             {"vaemo": json.dumps(metadata, sort_keys=True)})
         final = self.dir / f"part-{run_id}-{uuid.uuid4().hex[:8]}.parquet"
         atomic_write_parquet(table, final)
+        self._index = None
         ids = set(table["clip_id"].to_pylist())
         self._supersede(ids, keep=final.name)
         for clip in ids:

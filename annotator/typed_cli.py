@@ -127,16 +127,15 @@ def command_from(config_cls: type[BaseModel], required: tuple[str, ...] = (),
                                  "the command line override it.", show_default=False)))
 
         def command(ctx: typer.Context, config: Path | None = None, **kwargs):
-            config_file = config
             try:
-                values = read_config_file(config_file) if config_file else {}
+                values = read_config_file(config) if config else {}
             except ConfigError as err:
                 fail(err)
             for path, _ in leaves:
                 # by name: typer vendors its own click, with its own ParameterSource enum
                 source = ctx.get_parameter_source(path[-1])
                 given = getattr(source, "name", "DEFAULT") not in ("DEFAULT", "DEFAULT_MAP")
-                if given or (not config_file and path[-1] not in required):
+                if given or (not config and path[-1] not in required):
                     _set(values, path, kwargs[path[-1]])
             try:
                 settings = config_cls(**values)
