@@ -120,9 +120,9 @@ class Store:
         return table.drop_columns(["_file"]).select(columns)
 
     def _read_all(self, columns: list[str]) -> pa.Table:
-        return _newest_per_clip(self._read_raw(columns)).select([*columns, "_file"])
+        return _newest_per_clip(self.read_raw(columns)).select([*columns, "_file"])
 
-    def _read_raw(self, columns: list[str]) -> pa.Table:
+    def read_raw(self, columns: list[str]) -> pa.Table:
         """Every stored row (duplicates included) with the file it is in (`_file`)."""
         wanted = list(dict.fromkeys([*columns, "clip_id", "created_at"]))
         tables, self.unreadable = [], {}
@@ -144,7 +144,7 @@ class Store:
         once (repair and the cache check at a run's start share it) until files change."""
         if self._index is None:
             columns = ["clip_id", "cache_key", "status", "error_kind", "attempts"]
-            raw = self._read_raw(columns)
+            raw = self.read_raw(columns)
             self._holders = {}
             for clip, name in zip(raw["clip_id"].to_pylist(), raw["_file"].to_pylist()):
                 self._holders.setdefault(clip, set()).add(name)

@@ -21,7 +21,7 @@ def verify(out: Path) -> dict:
         raise ConfigError(f"{folder.descriptions} not found: is {out} a `vaemo-annotate run` "
                           "output folder?")
     store = Store(out)
-    raw = store._read_raw(["clip_id", "cache_key", "status"])
+    raw = store.read_raw(["clip_id", "cache_key", "status"])
     unique = pc.count_distinct(raw["clip_id"]).as_py() if len(raw) else 0
     index = store.index()
     temps = sorted(p.name for p in folder.descriptions.glob(".*.tmp"))
