@@ -13,10 +13,12 @@ from annotator.cli import app
 
 ROOT = Path(__file__).resolve().parents[2]
 runner = CliRunner()
+# help is laid out for the terminal (COLUMNS); what these tests read is its content
+WIDE = {"COLUMNS": "200"}
 
 
 def help_examples() -> list[list[str]]:
-    text = runner.invoke(app, ["run", "--help"], terminal_width=200).output
+    text = runner.invoke(app, ["run", "--help"], env=WIDE).output
     lines = re.findall(r"vaemo-annotate (run [^\n]+)", text)
     return [shlex.split(line.strip()) for line in lines]
 
@@ -31,7 +33,7 @@ def test_readme_opens_with_the_two_commands_and_ci_runs_the_test_one():
 
 
 def test_help_shows_examples_and_every_field():
-    text = runner.invoke(app, ["run", "--help"], terminal_width=200).output
+    text = runner.invoke(app, ["run", "--help"], env=WIDE).output
     assert len(help_examples()) == 5
     for flag in ("--subset", "--template", "--ray-address", "--dry-run", "--max-tokens",
                  "--config", "--faults"):
@@ -61,7 +63,7 @@ def test_help_examples_run(tmp_path, monkeypatch, clips):
             assert "ray start --head" in result.output or "GPU" in result.output
             continue
         result = runner.invoke(app, args + ([] if "--dry-run" in args else ["--dry-run"]),
-                               terminal_width=200)
+                               env=WIDE)
         assert result.exit_code == 0, result.output
         assert "SmolLM2-135M-Instruct" in result.output  # the shipped CPU default
         assert "describe_text@3" in result.output
@@ -115,7 +117,7 @@ def test_prompt_preview_prints_placeholders_and_schema(tmp_path, clips, tiny_omn
     result = runner.invoke(app, ["prompt", "preview", "--manifest", str(tmp_path / "m.csv"),
                                  "--clip", "a", "--model", str(tiny_omni), "--labels", "dfew",
                                  "--generation", "one-pass"],
-                           terminal_width=200)
+                           env=WIDE)
     assert result.exit_code == 0, result.output
     assert "<|vision_bos|><|VIDEO|><|vision_eos|>" in result.output
     assert "describe_av@4" in result.output and '"reasoning"' in result.output
@@ -123,7 +125,7 @@ def test_prompt_preview_prints_placeholders_and_schema(tmp_path, clips, tiny_omn
     assert "video.face_frames_fraction" in result.output and "audio.f0_median_hz" in result.output
     two = runner.invoke(app, ["prompt", "preview", "--manifest", str(tmp_path / "m.csv"),
                               "--clip", "a", "--model", str(tiny_omni)],  # auto: two-phase
-                           terminal_width=200)
+                           env=WIDE)
     assert two.exit_code == 0, two.output
     first, second = two.output.split("# phase 2")
     assert "Do not write JSON yet" in first and "<chain of thought>" in second
@@ -144,11 +146,11 @@ def test_audit_help_examples_run(tmp_path, monkeypatch):
     write_synthetic_run(Path("runs/demo"), 12)
     shipped = resources.files("annotator.audit").joinpath("rules.toml").read_text()
     Path("my_rules.toml").write_text(shipped)
-    text = runner.invoke(app, ["audit", "--help"], terminal_width=200).output
+    text = runner.invoke(app, ["audit", "--help"], env=WIDE).output
     examples = [shlex.split(x) for x in re.findall(r"vaemo-annotate (audit [^\n]+)", text)]
     assert len(examples) == 3
     for args in examples:
-        result = runner.invoke(app, args, terminal_width=200)
+        result = runner.invoke(app, args, env=WIDE)
         assert result.exit_code == 0, result.output
         assert "report: runs/demo/audit/index.html" in result.output
     assert Path("runs/demo/clean.parquet").is_file()
