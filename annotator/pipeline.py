@@ -154,17 +154,29 @@ def split_cached(plan: pa.Table, store: Store, force: bool, only: set[str] | Non
     return plan.filter(mask), plan.filter(pc.invert(mask))
 
 
+_joined: list[str | None] = []
+"""The --ray-address this process's Ray session was started for (None: a local one)."""
+
+
 def _ray_init(config: RunConfig) -> None:
+    """Start Ray locally, or join the cluster at --ray-address; a session this process
+    already has is reused only when it was made for the same address (a second run in one
+    process, as in the tests, must not run on a local session when asked for a cluster)."""
     import ray
 
+    wanted = config.compute.ray_address
     if ray.is_initialized():
-        return
+        if _joined and _joined[-1] == wanted:
+            return
+        ray.shutdown()
+    _joined[:] = [wanted]
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     kwargs = dict(include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     if config.compute.ray_address:
         try:
             ray.init(address=config.compute.ray_address, **kwargs)
         except ConnectionError as err:
+            _joined.clear()
             raise ConfigError(
                 f"cannot join a Ray cluster at --ray-address {config.compute.ray_address} ({err}); "
                 "start one with `ray start --head`, or leave --ray-address out to run "
