@@ -180,23 +180,27 @@ class Store:
         self._index = None
         for tmp in self.dir.glob(".*.tmp"):
             tmp.unlink()
-        quarantined = {}
-        for f in sorted(p for p in self.dir.iterdir() if not p.name.startswith(".")):
-            reason = "not a Parquet file" if f.suffix != ".parquet" or not f.is_file() else None
-            if reason is None:
-                try:
-                    _read_file(f, ["clip_id", "cache_key", "created_at"])
-                except ShardError as err:
-                    reason = str(err)
-            if reason:
-                quarantined[f.name] = reason
-                self._quarantine(f, reason)
-        self.index()
+        quarantined = {f.name: "not a Parquet file" for f in self.dir.iterdir()
+                       if not f.name.startswith(".") and (f.suffix != ".parquet"
+                                                          or not f.is_file())}
+        self.index()  # the one read of every shard; it also finds the unreadable ones
+        quarantined.update(self.unreadable)
+        for name in sorted(quarantined):
+            self._quarantine(self.dir / name, quarantined[name])
+        if self.unreadable:
+            self._index = None
+            self.index()
         doubled = {c for c, files in self._holders.items() if len(files) > 1}
         if doubled:
             self._supersede(doubled)
             self._index = None
         return quarantined
+
+    def quarantined(self) -> list[str]:
+        """Files an earlier run moved to OUT/quarantine/ (each has its reason beside it)."""
+        folder = self.folder.quarantine
+        return sorted(p.name for p in folder.iterdir()
+                      if not p.name.endswith(".reason.txt")) if folder.is_dir() else []
 
     def _quarantine(self, f: Path, reason: str) -> None:
         self.folder.quarantine.mkdir(parents=True, exist_ok=True)

@@ -56,21 +56,19 @@ def read_config_file(path: Path) -> dict:
     """A config file's settings: TOML, YAML or JSON; a run.json gives its `config`."""
     if not path.is_file():
         raise ConfigError(f"--config {path}: file not found")
+    if path.suffix not in (".toml", ".yaml", ".yml", ".json"):
+        raise ConfigError(f"--config {path}: use a .toml, .yaml/.yml or .json file")
     text = path.read_text()
     try:
         if path.suffix == ".toml":
             data = tomllib.loads(text)
-        elif path.suffix in (".yaml", ".yml"):
-            import yaml
-
-            data = yaml.safe_load(text) or {}
         elif path.suffix == ".json":
             data = json.loads(text)
         else:
-            raise ConfigError(f"--config {path}: use a .toml, .yaml/.yml or .json file")
-    except (ValueError, ImportError) as err:  # TOMLDecodeError and JSONDecodeError included
-        raise ConfigError(f"--config {path} does not parse: {err}") from err
-    except Exception as err:  # yaml.YAMLError has no common base with the others
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+    except Exception as err:  # TOML, JSON and YAML errors share no base class
         raise ConfigError(f"--config {path} does not parse: {err}") from err
     if not isinstance(data, dict):
         raise ConfigError(f"--config {path}: expected a table of settings")

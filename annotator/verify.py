@@ -25,11 +25,8 @@ def verify(out: Path) -> dict:
     unique = pc.count_distinct(raw["clip_id"]).as_py() if len(raw) else 0
     index = store.index()
     temps = sorted(p.name for p in folder.descriptions.glob(".*.tmp"))
-    quarantined = sorted(p.name for p in folder.quarantine.glob("*")
-                         if not p.name.endswith(".reason.txt")) if folder.quarantine.is_dir() \
-        else []
     report = {"rows_on_disk": len(raw), "clips": unique, "duplicates": len(raw) - unique,
-              "unreadable": dict(store.unreadable), "quarantined": quarantined,
+              "unreadable": dict(store.unreadable), "quarantined": store.quarantined(),
               "temp_files": temps, "stale": None, "missing": None}
     if folder.run_json.is_file():
         from annotator.pipeline import plan_clips, resolve

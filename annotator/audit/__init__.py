@@ -116,11 +116,7 @@ def audit(config: AuditConfig) -> dict:
 
 def store_health(store: Store) -> dict:
     """Files of the run that hold no readable rows: skipped now, or quarantined by a run."""
-    quarantine = store.folder.quarantine
-    return {"unreadable": dict(store.unreadable),
-            "quarantined": sorted(p.name for p in quarantine.iterdir()
-                                  if not p.name.endswith(".reason.txt"))
-            if quarantine.is_dir() else []}
+    return {"unreadable": dict(store.unreadable), "quarantined": store.quarantined()}
 
 
 def _run_summary(out: Path) -> dict:

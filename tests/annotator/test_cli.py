@@ -96,6 +96,10 @@ def test_config_file_with_flags_on_top(tmp_path):
     (tmp_path / "bad.yaml").write_text("manifest: [unclosed\n")
     result = runner.invoke(app, ["run", "--config", str(tmp_path / "bad.yaml")])
     assert result.exit_code == 1 and "does not parse" in result.output
+    (tmp_path / "run.txt").write_text("manifest = 'm.csv'\n")
+    result = runner.invoke(app, ["run", "--config", str(tmp_path / "run.txt")])
+    assert result.exit_code == 1 and "use a .toml" in result.output
+    assert "does not parse" not in result.output
 
 
 def test_a_bug_is_not_dressed_as_a_user_error(tmp_path, monkeypatch):
