@@ -14,7 +14,7 @@ import torch
 from annotator.errors import ConfigError
 from injection.config import TrainConfig
 from injection.data import Corpus, build_corpus, load_rows
-from injection.features import FeatureCache, embed_texts, va_features
+from injection.features import FeatureCache, Share, embed_texts, va_features
 from injection.finetune import Tuned, interpolate, merge_lora
 from injection.train import (SAMPLED_SOURCES, Features, fit, load_checkpoint, new_projector,
                              tune_encoder)
@@ -31,42 +31,54 @@ class Prepared:
     features: Features
 
 
-def prepare(config: TrainConfig, log=print) -> Prepared:
-    import torch
-
+def prepare(config: TrainConfig, log=print, share: Share = Share()) -> Prepared:
+    """Corpus, encoders and every feature; under torchrun each rank computes its share of
+    what is not cached yet, then reads all."""
     from injection.encoders import load_encoder
+    from injection.loader import pick_device
     from injection.text import TransformersTextEncoder
 
-    if not torch.cuda.is_available():
+    device = pick_device()
+    if device.type == "cpu":
         torch.set_num_threads(1)  # measured: 2 CPU threads are erratic (10-50x slower)
     rows, run = load_rows(config.descriptions, config.exclude_flagged)
     corpus = build_corpus(rows, run, config.seed, config.eval_fraction)
     encoder = load_encoder(config.encoder, config.factory, config.trust_remote_code)
-    text_encoder = TransformersTextEncoder(config.text_encoder)
+    text_encoder = TransformersTextEncoder(config.text_encoder, device=device)
     cache = config.out / "cache"
-    text_cache = FeatureCache(cache, "text")
+    text_cache = FeatureCache(cache, "text", share.rank)
     sources = {"sampled": SAMPLED_SOURCES, "fields": ("face", "body", "voice")}.get(
         config.text, (config.text,))
-    texts = {s: embed_texts(text_cache, text_encoder, corpus.texts[s])
-             for s in set(sources) | {"description"}}
+    texts = {s: embed_texts(text_cache, text_encoder, corpus.texts[s], share)
+             for s in sorted(set(sources) | {"description"})}  # same order on every rank
     if config.text == "fields":  # one embedding: the renormalised mean of the three fields
         mean = np.mean([texts[s] for s in sources], 0)
         texts["fields"] = mean / np.linalg.norm(mean, axis=1, keepdims=True).clip(1e-6)
     label_text = label_embeddings(text_cache, text_encoder, corpus.label_names,
-                                  config.label_prompts.split("|"))
+                                  config.label_prompts.split("|"), share)
     log(f"features: {len(corpus)} clips, encoder {encoder.id}, text {text_encoder.id}")
-    va = va_features(FeatureCache(cache, "va"), encoder, corpus.media, corpus.media_sha256)
+    va = va_features(FeatureCache(cache, "va", share.rank), encoder, corpus.media,
+                     corpus.media_sha256, share, **extract_args(config, device, log))
     return Prepared(config, corpus, encoder, text_encoder,
                     Features(va, texts, corpus.labels, label_text))
 
 
-def label_embeddings(cache: FeatureCache, encoder, names: list[str], templates: list[str]
-                     ) -> np.ndarray:
+def extract_args(config: TrainConfig, device, log) -> dict:
+    """How features are extracted: batch, workers, precision, and a line of progress."""
+    def progress(done: int, rate: float) -> None:
+        log(f"  features: {done} clips, {rate:.1f} clips/s")
+
+    return {"device": device, "batch_size": config.feature_batch, "workers": config.workers,
+            "precision": config.precision, "progress": progress}
+
+
+def label_embeddings(cache: FeatureCache, encoder, names: list[str], templates: list[str],
+                     share: Share = Share()) -> np.ndarray:
     """One embedding per label: the renormalised mean over the prompt templates."""
     if not names:
         return np.zeros((0, encoder.dim), np.float32)
     texts = [t.format(label=n) for n in names for t in templates]
-    flat = embed_texts(cache, encoder, texts).reshape(len(names), len(templates), -1)
+    flat = embed_texts(cache, encoder, texts, share).reshape(len(names), len(templates), -1)
     mean = flat.mean(1)
     return (mean / np.linalg.norm(mean, axis=1, keepdims=True).clip(1e-6)).astype(np.float32)
 
@@ -82,33 +94,32 @@ def meta(prep: Prepared) -> dict:
             "preprocess": prep.encoder.preprocess.__dict__}
 
 
-def _distributed() -> int:
-    """Under torchrun: join the process group (gloo on CPU, nccl on GPUs); the rank."""
+def _distributed() -> Share:
+    """Under torchrun: this rank's device, the process group (nccl on GPUs, gloo on CPUs)
+    and its share; one process alone is rank 0 of 1."""
     import os
 
-    import torch
     import torch.distributed as dist
 
+    from injection.loader import pick_device
+
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return 0
+        return Share()
+    device = pick_device()  # before the group: NCCL binds each rank to its own GPU
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return dist.get_rank()
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Share(dist.get_rank(), dist.get_world_size(), dist.barrier)
 
 
 def train(config: TrainConfig, log=print) -> dict:
-    """`vaemo-inject train`: fill the feature caches, fit the heads (and, by --mode, the
-    encoder), checkpoint, and on rank 0 export the injected encoder; returns the summary."""
-    import torch.distributed as dist
-
+    """`vaemo-inject train`: fill the feature caches (each rank its share), fit the heads
+    (and, by --mode, the encoder), checkpoint, and on rank 0 export the injected encoder;
+    returns the summary."""
     from injection.export import export
 
-    rank = _distributed()
-    if rank > 0:  # rank 0 fills the caches; the others then read them
-        dist.barrier()
-    prep = prepare(config, log if rank == 0 else (lambda *_: None))
-    if rank == 0 and dist.is_initialized():
-        dist.barrier()
+    share = _distributed()
+    rank = share.rank
+    prep = prepare(config, log if rank == 0 else (lambda *_: None), share)
     training = prep.features.subset(~prep.corpus.held_out)
     media = [m for m, held in zip(prep.corpus.media, prep.corpus.held_out) if not held]
     original = _original_weights(prep.encoder, config)
@@ -191,10 +202,15 @@ def evaluate(out: Path, log=print) -> dict:
     """`vaemo-inject eval`: before vs after on the held-out clips; writes OUT/eval.json."""
     from injection.evaluate import evaluate as run_eval
     from injection.evaluate import table
-    from injection.features import encode_clips
+    from injection.features import split_branches
+    from injection.loader import extract, pick_device
 
     config, prep, projector, tuned = _restore(out, log)
-    tuned_va = encode_clips(prep.encoder, prep.corpus.media) if tuned is not None else None
+    tuned_va = None
+    if tuned is not None:  # the tuned encoder's own features: not in the cache
+        flat = extract(prep.encoder, prep.corpus.media,
+                       **extract_args(config, pick_device(), log))
+        tuned_va = split_branches(flat, prep.encoder)
     untrained = new_projector(prep.features, config).eval()
     source = config.text if config.text in prep.features.text else "description"
     result = run_eval(projector, untrained, prep.features, prep.corpus.held_out, source,

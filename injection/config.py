@@ -66,6 +66,11 @@ class TrainConfig(BaseModel):
     tuned; WiSE-FT's weight-space ensemble)."""
     clip_seconds: float = Field(4.0, gt=0)
     """--mode blocks/lora: audio is cropped or padded to this length so a batch stacks."""
+    workers: int = Field(2, ge=0)
+    """Decoding worker processes (PyAV and the encoder's preprocessing) for feature
+    extraction and --mode blocks/lora training; 0 decodes in the main process."""
+    feature_batch: int = Field(32, ge=1)
+    """Clips per forward pass when extracting features."""
     exclude_flagged: bool = True
     """Leave out rows the audit excluded (OUT/audit/flags.parquet), when the run has one."""
     dim: int = Field(256, ge=8)

@@ -1,15 +1,19 @@
 """VA encoders in: a transformers folder, a safetensors state dict with a factory, or a
-`torch.export` program; each behind one forward contract.
+`torch.export` program; each behind one contract.
 
-Contract: `encoder(frames, audio) -> {branch: [B, D_branch]}` where frames are
-`[B, T, 3, H, W]` float (normalised as the encoder expects; see `Preprocess`) and audio is
-`[B, S]` float at 16 kHz. A single-output encoder has one branch, "clip".
+Contract: `encoder.inputs(frames, audio)` makes one clip's model inputs on the CPU (numpy; it
+runs in the loader's worker processes), `encoder.inputs.collate(items)` batches them, and
+`encoder(batch) -> {branch: [B, D_branch]}` runs the batch on the module's device. Decoded
+frames are `[T, 3, H, W]` float (normalised as the encoder expects; see `Preprocess`) and audio
+is `[S]` float at 16 kHz; clips differ in audio length, and every encoder kind sees each clip's
+true length (masks, per-length groups, or windows), never padding as if it were sound.
+A single-output encoder has one branch, "clip".
 
-transformers folders: a video model (VideoMAE, ViViT, TimeSformer class: `pixel_values`
-`[B, T, 3, H, W]`), an audio model (wav2vec2, HuBERT, WavLM, Whisper-encoder class), or a folder
-with `video/` and `audio/` subfolders holding one of each. Each branch is the mean of its last
-hidden states over tokens; the two branches are kept apart for the per-branch dual path, and
-fused for the single path by the Projector (mean of the projected, normalised branches).
+transformers folders: see `injection.hf_encoder`. A factory module's forward takes
+`(frames [B, T, 3, H, W], audio [B, S])`, plus `audio_lengths` [B] if it accepts that argument
+(then a batch is zero-padded); without it, clips of equal length share a forward. A `.pt2`
+program has the fixed audio length of its example: longer audio is cut into windows of that
+length (the last one ending at the clip's end) and the outputs averaged.
 Pickled `.pt`/`.pth` files load only as plain tensors (`weights_only=True`), and only as a
 factory's state dict.
 """
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import inspect
 import json
 import pickle
 from contextlib import contextmanager, nullcontext
@@ -33,9 +38,6 @@ from annotator.errors import EncoderError
 from annotator.hashing import file_sha256
 from annotator.media import SAMPLE_RATE
 
-VIDEO_TYPES = {"videomae", "vivit", "timesformer"}
-AUDIO_TYPES = {"wav2vec2", "hubert", "wavlm", "whisper", "data2vec-audio", "unispeech",
-               "unispeech-sat", "wav2vec2-conformer"}
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
@@ -71,10 +73,20 @@ class VAEncoder(Protocol):
     branches: dict[str, int]
     """Output size per branch, e.g. {"video": 768, "audio": 768} or {"clip": 512}."""
     preprocess: Preprocess
+    """How clips are decoded for it (frames, size, normalisation)."""
+    inputs: ClipInputs
     module: nn.Module
 
-    def __call__(self, frames: torch.Tensor | None, audio: torch.Tensor | None
-                 ) -> dict[str, torch.Tensor]: ...
+    def __call__(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]: ...
+
+
+class ClipInputs(Protocol):
+    """One clip's model inputs from its decoded frames and audio, and their batching; must
+    pickle (it runs in DataLoader worker processes)."""
+
+    def __call__(self, frames: np.ndarray, audio: np.ndarray) -> dict[str, np.ndarray]: ...
+
+    def collate(self, items: list[dict]) -> dict[str, torch.Tensor]: ...
 
 
 def load_encoder(path: str | Path, factory: str | None = None,
@@ -90,114 +102,16 @@ def load_encoder(path: str | Path, factory: str | None = None,
                                "module:function that builds the nn.Module it belongs to")
         return FactoryEncoder(path, factory)
     if path.is_dir():
+        from injection.hf_encoder import HFEncoder
+
         return HFEncoder(path, trust_remote_code)
     raise EncoderError(f"cannot load {path}: expected a transformers folder, a .safetensors "
                        "state dict with --factory, or a torch.export .pt2 program")
 
 
-class _Branch(nn.Module):
-    """One transformers model, mean-pooled over its last hidden states."""
-
-    def __init__(self, model: nn.Module, kind: str, feature_extractor=None):
-        super().__init__()
-        self.model, self.kind, self.feature_extractor = model, kind, feature_extractor
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.kind == "video":
-            hidden = self.model(pixel_values=x).last_hidden_state
-        elif getattr(self.model.config, "model_type", "") == "whisper":
-            hidden = self.model.get_encoder()(input_features=x).last_hidden_state
-        else:
-            hidden = self.model(input_values=x).last_hidden_state
-        return hidden.mean(1)
-
-
-class HFEncoder:
-    """A transformers folder (video, audio, or video/ + audio/ subfolders): each branch's
-    mean last hidden state, concatenated; preprocessing from the folder's own config."""
-
-    kind = "hf"
-
-    def __init__(self, path: Path, trust_remote_code: bool = False):
-        from transformers import AutoConfig, AutoFeatureExtractor, AutoModel
-
-        self.path = path
-        folders = {"video": path / "video", "audio": path / "audio"}
-        folders = {k: v for k, v in folders.items() if (v / "config.json").is_file()}
-        if not folders:
-            if not (path / "config.json").is_file():
-                raise EncoderError(f"{path} has no config.json and no video/ or audio/ "
-                                   "subfolder with one")
-            folders = {_modality(AutoConfig.from_pretrained(
-                path, trust_remote_code=trust_remote_code)): path}
-        self.folders = folders
-        branches = {}
-        self.preprocess = Preprocess()
-        for name, folder in folders.items():
-            try:
-                model = AutoModel.from_pretrained(folder, trust_remote_code=trust_remote_code,
-                                                  dtype=torch.float32)
-            except ValueError as err:
-                raise EncoderError(f"{folder}: {err} (custom code needs "
-                                   "--trust-remote-code, and only for code you trust)") from err
-            extractor = None
-            if name == "audio":
-                try:
-                    extractor = AutoFeatureExtractor.from_pretrained(folder)
-                except (OSError, ValueError):
-                    extractor = None
-            else:
-                self.preprocess = _video_preprocess(folder, model.config)
-            branches[name] = _Branch(model.eval(), name, extractor)
-        self.module = nn.ModuleDict(branches)
-        self.branches = {n: b.model.config.hidden_size for n, b in branches.items()}
-        files = [f for folder in folders.values() for f in folder.glob("*.safetensors")]
-        files += [f for folder in folders.values() for f in folder.glob("config.json")]
-        self.id = f"hf:{path.name}:{weights_digest(files)}"
-
-    def __call__(self, frames, audio):
-        out = {}
-        for name, branch in self.module.items():
-            if name == "video":
-                out[name] = branch(frames)
-            else:
-                out[name] = branch(self.audio_inputs(branch, audio))
-        return out
-
-    @staticmethod
-    def audio_inputs(branch: _Branch, audio: torch.Tensor) -> torch.Tensor:
-        if branch.feature_extractor is None:
-            return audio
-        features = branch.feature_extractor([a.numpy() for a in audio],
-                                            sampling_rate=SAMPLE_RATE, return_tensors="pt")
-        return features.get("input_values", features.get("input_features"))
-
-
-def _modality(config) -> str:
-    kind = getattr(config, "model_type", "")
-    if kind in VIDEO_TYPES:
-        return "video"
-    if kind in AUDIO_TYPES:
-        return "audio"
-    raise EncoderError(f"model type {kind!r} is neither a known video ({sorted(VIDEO_TYPES)}) "
-                       f"nor audio ({sorted(AUDIO_TYPES)}) encoder; wrap it in a factory "
-                       "(--factory module:function) with the documented forward contract")
-
-
-def _video_preprocess(folder: Path, config) -> Preprocess:
-    mean, std = IMAGENET_MEAN, IMAGENET_STD
-    processor = folder / "preprocessor_config.json"
-    if processor.is_file():
-        values = json.loads(processor.read_text())
-        mean = tuple(values.get("image_mean", mean))
-        std = tuple(values.get("image_std", std))
-    return Preprocess(num_frames=getattr(config, "num_frames", 8),
-                      size=getattr(config, "image_size", 224), mean=mean, std=std)
-
-
 class FactoryEncoder:
     """A state dict (safetensors, or a tensors-only pickle) and the factory that builds its
-    module. The module's forward takes (frames, audio) and returns [B, D]."""
+    module. The module's forward takes (frames, audio[, audio_lengths]) and returns [B, D]."""
 
     kind = "factory"
 
@@ -207,18 +121,51 @@ class FactoryEncoder:
         self.module.load_state_dict(load_state_dict(path), strict=True)
         self.module.eval()
         self.preprocess = Preprocess(**getattr(self.module, "preprocess", {}))
+        self.inputs = WaveformInputs()
+        self.takes_lengths = "audio_lengths" in inspect.signature(self.module.forward).parameters
         self.branches = {"clip": int(getattr(self.module, "output_dim", 0)) or self._probe()}
         self.id = f"factory:{factory}:{weights_digest([path])}"
 
     def _probe(self) -> int:
         p = self.preprocess
+        item = self.inputs(np.zeros((p.num_frames, 3, p.size, p.size), np.float32),
+                           np.zeros(SAMPLE_RATE, np.float32))
         with torch.no_grad():
-            out = self.module(torch.zeros(1, p.num_frames, 3, p.size, p.size),
-                              torch.zeros(1, SAMPLE_RATE))
-        return int(out.shape[-1])
+            return int(self(self.inputs.collate([item]))["clip"].shape[-1])
 
-    def __call__(self, frames, audio):
-        return {"clip": self.module(frames, audio)}
+    def __call__(self, batch):
+        frames, audio, samples = batch["frames"], batch["audio"], batch["audio_samples"]
+        if self.takes_lengths:
+            return {"clip": self.module(frames, audio, audio_lengths=samples)}
+        return {"clip": by_length(lambda rows, n: self.module(frames[rows], audio[rows, :n]),
+                                  samples)}
+
+
+@dataclass
+class WaveformInputs:
+    """Frames and the raw waveform; a batch pads the waveforms and keeps their lengths."""
+
+    def __call__(self, frames: np.ndarray, audio: np.ndarray) -> dict[str, np.ndarray]:
+        return {"frames": frames, "audio": audio, "audio_samples": np.int64(len(audio))}
+
+    def collate(self, items: list[dict]) -> dict[str, torch.Tensor]:
+        longest = max(len(i["audio"]) for i in items)
+        audio = np.stack([np.pad(i["audio"], (0, longest - len(i["audio"]))) for i in items])
+        return {"frames": torch.from_numpy(np.stack([i["frames"] for i in items])),
+                "audio": torch.from_numpy(audio.astype(np.float32)),
+                "audio_samples": torch.tensor([int(i["audio_samples"]) for i in items])}
+
+
+def by_length(forward, samples: torch.Tensor) -> torch.Tensor:
+    """`forward(rows, length)` once per distinct audio length, results in batch order: a
+    module that cannot take lengths never sees padding."""
+    parts, order = [], []
+    for length in torch.unique(samples).tolist():
+        rows = torch.nonzero(samples == length).flatten()
+        parts.append(forward(rows.to(samples.device), int(length)))
+        order.append(rows)
+    out = torch.cat(parts)
+    return out[torch.argsort(torch.cat(order).to(out.device))]
 
 
 def build_factory(factory: str) -> nn.Module:
@@ -285,21 +232,50 @@ class ExportedEncoder:
         with nullcontext() if trust_pickles else _weights_only_loads(path):
             program = torch.export.load(str(path))
         self.module = program.module()
-        meta = program.example_inputs[0] if program.example_inputs else None
-        frames = meta[0] if meta else torch.zeros(1, 8, 3, 224, 224)
+        if not program.example_inputs or len(program.example_inputs[0]) != 2:
+            raise EncoderError(f"{path.name} was exported without its example inputs "
+                               "(frames, audio): export it with torch.export.export(module, "
+                               "(frames, audio)) so its input shapes are known")
+        self.example = program.example_inputs[0]
+        frames, audio = self.example
         self.preprocess = Preprocess(num_frames=frames.shape[1], size=frames.shape[-1])
-        self.example = meta
+        self.inputs = WindowInputs(int(audio.shape[1]))
         with torch.no_grad():
-            out = self.module(*meta) if meta else None
-        self.branches = {"clip": int(out.shape[-1]) if out is not None else 0}
+            self.branches = {"clip": int(self.module(*self.example).shape[-1])}
         self.id = f"export:{weights_digest([path])}"
 
-    def __call__(self, frames, audio):
-        if self.example:  # a program's shapes are fixed: fit the audio to its length
-            length = self.example[1].shape[1]
-            audio = torch.nn.functional.pad(audio, (0, max(0, length - audio.shape[1])))
-            audio = audio[:, :length]
-        return {"clip": self.module(frames, audio)}
+    def __call__(self, batch):
+        owner = batch["window_owner"]
+        out = self.module(batch["frames"][owner], batch["audio_windows"])
+        total = torch.zeros(len(batch["frames"]), out.shape[1], dtype=out.dtype,
+                            device=out.device).index_add_(0, owner, out)
+        counts = torch.bincount(owner, minlength=len(batch["frames"])).to(out.dtype)
+        return {"clip": total / counts[:, None]}
+
+
+@dataclass
+class WindowInputs:
+    """A program's audio length is fixed: a clip's audio as windows of that length (shorter
+    audio zero-padded, longer cut into windows, the last ending at the clip's end)."""
+
+    length: int
+
+    def __call__(self, frames: np.ndarray, audio: np.ndarray) -> dict[str, np.ndarray]:
+        if len(audio) <= self.length:
+            windows = np.pad(audio, (0, self.length - len(audio)))[None]
+        else:
+            starts = list(range(0, len(audio) - self.length, self.length))
+            starts.append(len(audio) - self.length)
+            windows = np.stack([audio[s:s + self.length] for s in starts])
+        return {"frames": frames, "audio_windows": windows.astype(np.float32)}
+
+    def collate(self, items: list[dict]) -> dict[str, torch.Tensor]:
+        owner = np.concatenate([np.full(len(i["audio_windows"]), n) for n, i in
+                                enumerate(items)])
+        return {"frames": torch.from_numpy(np.stack([i["frames"] for i in items])),
+                "audio_windows": torch.from_numpy(np.concatenate(
+                    [i["audio_windows"] for i in items])),
+                "window_owner": torch.from_numpy(owner.astype(np.int64))}
 
 
 def clip_tensors(path: str, preprocess: Preprocess, audio_path: str | None = None

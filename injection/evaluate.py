@@ -79,7 +79,8 @@ def embed_clips(projector: Projector, features: Features) -> np.ndarray:
 
 @torch.no_grad()
 def embed(projector: Projector, features: Features, source: str):
-    text = projector.project_text(torch.from_numpy(features.text[source])).numpy()
+    text = projector.project_text(torch.from_numpy(np.asarray(features.text[source], np.float32))
+                                  ).numpy()
     labels = projector.project_text(torch.from_numpy(features.label_text)).numpy()
     return embed_clips(projector, features), text, labels
 

@@ -13,14 +13,12 @@ import hashlib
 import os
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-
-from injection.encoders import clip_tensors
-
 
 
 def text_key(text: str, encoder_id: str) -> str:
@@ -32,22 +30,29 @@ def va_key(media_sha256: str, encoder_id: str, preprocess_key: str) -> str:
                           ).hexdigest()
 
 
-class FeatureCache:
-    """Vectors of one size by key; `get_or_compute` fills what is missing, in chunks."""
+MEMMAP_ROWS = 4096
+"""From this many rows on, `get` serves a memory-mapped matrix file instead of an array."""
 
-    def __init__(self, folder: Path, name: str):
+
+class FeatureCache:
+    """Vectors of one size by key; `get_or_compute` fills what is missing, in chunks, each
+    rank of a distributed job its own share (each writes its own index file; readers see
+    the union)."""
+
+    def __init__(self, folder: Path, name: str, rank: int = 0):
         self.dir = Path(folder) / name
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.index_path = self.dir / "index.parquet"
+        self.index_path = self.dir / ("index.parquet" if rank == 0 else
+                                      f"index-rank{rank}.parquet")
         self._index: dict[str, tuple[str, int]] | None = None
         self._shards: dict[str, np.ndarray] = {}
 
     def index(self) -> dict[str, tuple[str, int]]:
         if self._index is None:
             self._index = {}
-            if self.index_path.is_file():
-                t = pq.read_table(self.index_path).to_pydict()
-                self._index = dict(zip(t["key"], zip(t["shard"], t["row"])))
+            for path in sorted(self.dir.glob("index*.parquet")):
+                t = pq.read_table(path).to_pydict()
+                self._index.update(zip(t["key"], zip(t["shard"], t["row"])))
         return self._index
 
     def _shard(self, name: str) -> np.ndarray:
@@ -57,75 +62,103 @@ class FeatureCache:
 
     def put(self, keys: list[str], values: np.ndarray) -> None:
         name = f"shard-{uuid.uuid4().hex[:12]}.npy"
-        tmp = self.dir / f".{name}.tmp"
-        with open(tmp, "wb") as f:
-            np.save(f, np.ascontiguousarray(values, np.float32))
-        os.replace(tmp, self.dir / name)
+        _save_atomic(self.dir / name, np.ascontiguousarray(values, np.float32))
         index = self.index()
         index.update({k: (name, i) for i, k in enumerate(keys)})
         table = pa.table({"key": list(index), "shard": [v[0] for v in index.values()],
                           "row": [v[1] for v in index.values()]})
-        tmp = self.dir / ".index.parquet.tmp"
+        tmp = self.dir / f".{self.index_path.name}.{uuid.uuid4().hex[:8]}.tmp"
         pq.write_table(table, tmp)
         os.replace(tmp, self.index_path)
 
     def get(self, keys: list[str]) -> np.ndarray:
+        """The vectors of `keys` in order; a large set as a read-only memory map of one
+        matrix file (made once per key list), so RAM does not hold the corpus."""
         index = self.index()
         rows = [index[k] for k in keys]
         if not rows:
             return np.zeros((0, 0), np.float32)
-        return np.stack([self._shard(s)[r] for s, r in rows]).astype(np.float32)
+        if len(rows) < MEMMAP_ROWS:
+            return np.stack([self._shard(s)[r] for s, r in rows]).astype(np.float32)
+        digest = hashlib.sha256("\0".join(keys).encode()).hexdigest()[:16]
+        path = self.dir / f"matrix-{digest}.npy"
+        if not path.is_file():
+            width = self._shard(rows[0][0]).shape[1]
+            tmp = self.dir / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
+            matrix = np.lib.format.open_memmap(tmp, "w+", np.float32, (len(rows), width))
+            for start in range(0, len(rows), MEMMAP_ROWS):
+                part = rows[start:start + MEMMAP_ROWS]
+                matrix[start:start + len(part)] = [self._shard(s)[r] for s, r in part]
+            matrix.flush()
+            del matrix
+            os.replace(tmp, path)
+        return np.load(path, mmap_mode="r")
 
     def get_or_compute(self, keys: list[str], compute: Callable[[list[int]], np.ndarray],
-                       chunk: int = 256) -> np.ndarray:
+                       chunk: int = 256, rank: int = 0, world: int = 1,
+                       sync: Callable[[], None] | None = None) -> np.ndarray:
         """Vectors for `keys`; `compute(positions)` makes the missing ones, a chunk at a time
-        (each chunk is cached as soon as it exists)."""
+        (each chunk is cached as soon as it exists). With `world` > 1 this rank computes
+        every world-th missing key, `sync()` waits for the other ranks, then all read all."""
         index = self.index()
         missing = [i for i, k in enumerate(keys) if k not in index]
         seen: set[str] = set()
         todo = [i for i in missing if not (keys[i] in seen or seen.add(keys[i]))]
+        todo = todo[rank::world]
         for start in range(0, len(todo), chunk):
             positions = todo[start:start + chunk]
             self.put([keys[i] for i in positions], compute(positions))
+        if world > 1:
+            sync()
+            self._index = None  # the other ranks' shares
         return self.get(keys)
 
 
-def embed_texts(cache: FeatureCache, encoder, texts: list[str]) -> np.ndarray:
+def _save_atomic(path: Path, values: np.ndarray) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        np.save(f, values)
+    os.replace(tmp, path)
+
+
+@dataclass
+class Share:
+    """This process's part of a distributed job (rank of world), and how to wait for the
+    others; one process alone is rank 0 of 1."""
+
+    rank: int = 0
+    world: int = 1
+    sync: Callable[[], None] | None = None
+
+
+def embed_texts(cache: FeatureCache, encoder, texts: list[str], share: Share = Share()
+                ) -> np.ndarray:
     keys = [text_key(t, encoder.id) for t in texts]
-    return cache.get_or_compute(keys, lambda pos: encoder.encode([texts[i] for i in pos]))
-
-
-def encode_clips(encoder, media: list[tuple[str, str | None]]) -> dict[str, np.ndarray]:
-    """Features per branch, [N, D_branch] each, computed now (no cache), for clips given as
-    (file, separate audio file or None)."""
-    import torch
-
-
-    names, out = list(encoder.branches), []
-    with torch.inference_mode():
-        for path, audio_path in media:  # one clip per forward: clips differ in length
-            frames, audio = clip_tensors(path, encoder.preprocess, audio_path)
-            features = encoder(torch.from_numpy(frames)[None], torch.from_numpy(audio)[None])
-            out.append(np.concatenate([features[n][0].float().numpy() for n in names]))
-    return _split(np.stack(out) if out else np.zeros((0, sum(encoder.branches.values()))),
-                  encoder)
+    return cache.get_or_compute(keys, lambda pos: encoder.encode([texts[i] for i in pos]),
+                                rank=share.rank, world=share.world, sync=share.sync)
 
 
 def va_features(cache: FeatureCache, encoder, media: list[tuple[str, str | None]],
-                media_sha256: list[str]) -> dict[str, np.ndarray]:
+                media_sha256: list[str], share: Share = Share(), **extract_args
+                ) -> dict[str, np.ndarray]:
     """Frozen features per branch, [N, D_branch] each, for clips by path (cached by the hash
-    of their bytes, separate audio included)."""
-    prep = encoder.preprocess
-    keys = [va_key(h, encoder.id, prep.key()) for h in media_sha256]
+    of their bytes, separate audio included); `extract_args` go to `loader.extract`."""
+    from injection.loader import extract
+
+    keys = [va_key(h, encoder.id, encoder.preprocess.key()) for h in media_sha256]
 
     def compute(positions: list[int]) -> np.ndarray:
-        parts = encode_clips(encoder, [media[i] for i in positions])
-        return np.concatenate([parts[n] for n in encoder.branches], 1)
+        return extract(encoder, [media[i] for i in positions], **extract_args)
 
-    return _split(cache.get_or_compute(keys, compute, chunk=64), encoder)
+    flat = cache.get_or_compute(keys, compute, chunk=1024, rank=share.rank,
+                                world=share.world, sync=share.sync)
+    return split_branches(flat, encoder)
 
 
-def _split(flat: np.ndarray, encoder) -> dict[str, np.ndarray]:
-    names = list(encoder.branches)
-    split = np.cumsum([encoder.branches[n] for n in names])[:-1]
-    return dict(zip(names, np.split(flat, split, axis=1)))
+def split_branches(flat: np.ndarray, encoder) -> dict[str, np.ndarray]:
+    """[N, sum D] -> {branch: [N, D_branch]} (views: a memory map stays one)."""
+    names, out, start = list(encoder.branches), {}, 0
+    for name in names:
+        out[name] = flat[:, start:start + encoder.branches[name]]
+        start += encoder.branches[name]
+    return out

@@ -5,17 +5,16 @@ train with the heads (`--mode blocks`), optionally pulled toward the original fe
 
 The encoder stays in eval mode while its blocks train: dropout and wav2vec2's LayerDrop would
 make steps random, and exact resume and DDP parity rely on steps being a function of the
-batch. Clips are decoded per step (the inputs change nothing, the features do), with audio
-cropped or padded to `--clip-seconds` so a batch stacks.
+batch. Clips are decoded per step by the loader's workers (the inputs change nothing, the
+features do), with audio cropped to `--clip-seconds` to bound a step's memory.
 """
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import nn
 
-from injection.encoders import HFEncoder, clip_tensors
+from injection.hf_encoder import HFEncoder
 from annotator.errors import FinetuneError
 
 
@@ -79,7 +78,10 @@ def apply_lora(encoder, rank: int, alpha: float) -> list[nn.Parameter]:
 
 
 def merge_lora(encoder) -> None:
-    """Fold the adapters into the weights: the branches are their original classes again."""
+    """Fold the adapters into the weights: the branches are their original classes again.
+    Only transformers encoders carry adapters (--mode lora); others are left as they are."""
+    if not isinstance(encoder, HFEncoder):
+        return
     for branch in encoder.module.values():
         if hasattr(branch.model, "merge_and_unload"):
             branch.model = branch.model.merge_and_unload()
@@ -96,8 +98,9 @@ class Tuned(nn.Module):
 
     def forward(self, media: dict[str, torch.Tensor], text: torch.Tensor,
                 label_text: torch.Tensor) -> dict:
+        """`media`: a collated batch of the encoder's inputs."""
         self.encoder_module.eval()  # see the module docstring
-        raw = self.encoder(media["frames"], media["audio"])
+        raw = self.encoder(media)
         out = self.projector(raw, text, label_text)
         out["va_raw"] = raw
         return out
@@ -105,19 +108,6 @@ class Tuned(nn.Module):
     def trainable_state(self) -> dict[str, torch.Tensor]:
         return {f"encoder.{n}": p.detach().cpu().contiguous()
                 for n, p in self.encoder_module.named_parameters() if p.requires_grad}
-
-
-def media_batch(media: list[tuple[str, str | None]], rows: np.ndarray, encoder, seconds: float
-                ) -> dict:
-    """Decoded and preprocessed clips for `rows`, audio fitted to `seconds`."""
-    length = int(seconds * 16_000)
-    frames, audio = [], []
-    for i in rows:
-        f, a = clip_tensors(media[i][0], encoder.preprocess, media[i][1])
-        frames.append(f)
-        audio.append(np.pad(a[:length], (0, max(0, length - len(a)))))
-    return {"frames": torch.from_numpy(np.stack(frames)),
-            "audio": torch.from_numpy(np.stack(audio).astype(np.float32))}
 
 
 def anchor_loss(raw: dict[str, torch.Tensor], frozen: dict[str, torch.Tensor]

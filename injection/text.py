@@ -53,17 +53,20 @@ class TransformersTextEncoder:
     pooled and normalised as its folder says."""
 
     def __init__(self, name_or_path: str = DEFAULT, batch_size: int = 64,
-                 max_length: int = 256):
+                 max_length: int = 256, device=None):
         import torch
         from transformers import AutoModel, AutoTokenizer
 
         self.path = resolve(name_or_path)
         self.tokenizer = AutoTokenizer.from_pretrained(self.path)
+        self.device = torch.device(device or "cpu")
         self.model = AutoModel.from_pretrained(self.path, dtype=torch.float32).eval()
+        self.model.to(self.device)
         self.pooling, self.normalize = _sentence_transformers_head(self.path)
         self.dim = self.model.config.hidden_size
         self.batch_size, self.max_length = batch_size, max_length
-        weights = [*self.path.glob("*.safetensors"), *self.path.glob("*.bin")]
+        weights = [*self.path.glob("*.safetensors"), *self.path.glob("*.bin")]  # float32 on
+        # any device: the same embeddings, so the id (and the cache) do not depend on it
         self.id = f"{Path(name_or_path).name}:{self.pooling}:" \
             f"{weights_digest([self.path / 'config.json', *weights])}"
 
@@ -75,7 +78,7 @@ class TransformersTextEncoder:
             for start in range(0, len(texts), self.batch_size):
                 batch = self.tokenizer(texts[start:start + self.batch_size], padding=True,
                                        truncation=True, max_length=self.max_length,
-                                       return_tensors="pt")
+                                       return_tensors="pt").to(self.device)
                 hidden = self.model(**batch).last_hidden_state
                 mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
                 if self.pooling == "cls":
@@ -86,7 +89,7 @@ class TransformersTextEncoder:
                     pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
                 if self.normalize:
                     pooled = torch.nn.functional.normalize(pooled, dim=-1)
-                out.append(pooled.float().numpy())
+                out.append(pooled.float().cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
 
 

@@ -25,8 +25,9 @@ from safetensors.torch import load_file, save_file
 
 from annotator.errors import ConfigError
 from injection.config import TrainConfig
-from injection.finetune import (Tuned, anchor_loss, apply_lora, media_batch,
-                                unfreeze_last_blocks)
+from injection.finetune import Tuned, anchor_loss, apply_lora, unfreeze_last_blocks
+from injection.loader import ClipDataset, clip_loader, pick_device
+from injection.loader import autocast as mixed_precision
 from injection.loss import description_loss, label_loss
 from injection.model import Projector
 
@@ -47,9 +48,40 @@ class Features:
         return len(self.labels)
 
     def subset(self, rows: np.ndarray) -> Features:
-        return Features({k: v[rows] for k, v in self.va.items()},
-                        {k: v[rows] for k, v in self.text.items()}, self.labels[rows],
-                        self.label_text)
+        """The clips at `rows` (indices or a mask); VA and text stay views (no copy of a
+        memory-mapped corpus), labels are copied."""
+        return Features({k: RowView.of(v, rows) for k, v in self.va.items()},
+                        {k: RowView.of(v, rows) for k, v in self.text.items()},
+                        self.labels[rows], self.label_text)
+
+
+class RowView:
+    """Some rows of a matrix (often a memory map), read only when indexed: `view[rows]`
+    reads those rows, `np.asarray(view)` all of them."""
+
+    def __init__(self, base: np.ndarray, index: np.ndarray):
+        self.base, self.index = base, index
+
+    @staticmethod
+    def of(values, rows: np.ndarray) -> RowView:
+        rows = np.flatnonzero(rows) if np.asarray(rows).dtype == bool else np.asarray(rows)
+        if isinstance(values, RowView):
+            return RowView(values.base, values.index[rows])
+        return RowView(values, rows)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.index), *self.base.shape[1:])
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, rows) -> np.ndarray:
+        return np.asarray(self.base[self.index[rows]])
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        values = np.asarray(self.base[self.index])
+        return values if dtype is None else values.astype(dtype)
 
 
 def new_projector(features: Features, config: TrainConfig) -> Projector:
@@ -228,22 +260,22 @@ def fit(features: Features, config: TrainConfig, out: Path, log=None, encoder=No
     if config.batch_size % world:
         raise ConfigError(f"--batch-size {config.batch_size} must divide among {world} ranks")
     projector = new_projector(features, config)
-    tuned, inputs, encoder_params = None, None, []
+    tuned, inputs, encoder_params, steps_media = None, None, [], None
+    batch = min(config.batch_size, len(features))
+    device = pick_device()
     if config.mode != "heads":
         if encoder is None or media is None:
             raise ValueError(f"--mode {config.mode} trains the encoder: fit() needs it and "
                              "the clips")
         encoder_params = tune_encoder(encoder, config)
         tuned = Tuned(encoder, projector)
+        decoded: dict[int, dict] = {}  # this step's clips: row -> its encoder inputs
 
         def inputs(rows):
-            return media_batch(media, rows, encoder, config.clip_seconds)
-    device = torch.device(f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available()
-                          else "cpu")
-    amp = config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda")
+            return encoder.inputs.collate([decoded[int(i)] for i in rows])
 
-    def autocast():  # bf16 where the device has it; on this CPU it is 2.5x slower (measured)
-        return torch.autocast(device.type, dtype=torch.bfloat16) if amp else nullcontext()
+    def autocast():
+        return mixed_precision(device, config.precision)
 
     (tuned or projector).to(device)  # before the optimizer, so its state follows the params
     optimizer = _optimizer(projector, config, encoder_params)
@@ -252,11 +284,16 @@ def fit(features: Features, config: TrainConfig, out: Path, log=None, encoder=No
     start = 0
     if config.resume:
         start = load_checkpoint(checkpoints, projector, optimizer, scheduler, tuned)
+    if tuned is not None:  # each step's clips, decoded by the workers while earlier steps train
+        steps_media = iter(clip_loader(
+            ClipDataset(media, encoder, config.clip_seconds),
+            (_shard(batch_rows(len(features), batch, step, config.seed), rank, world).tolist()
+             for step in range(start, config.steps)), config.workers))
     model = tuned or projector
     if distributed:
         model = torch.nn.parallel.DistributedDataParallel(
-            model, find_unused_parameters=config.accumulate > 1)
-    batch = min(config.batch_size, len(features))
+            model, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=config.accumulate > 1)
     metrics_path = out / "metrics.jsonl"
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
@@ -266,8 +303,9 @@ def fit(features: Features, config: TrainConfig, out: Path, log=None, encoder=No
     metrics = open(metrics_path, "a", buffering=1) if rank == 0 else None  # noqa: SIM115
     history, started = [], time.perf_counter()
     for step in range(start, config.steps):
-        rows = batch_rows(len(features), batch, step, config.seed)
-        rows = np.array_split(rows, world)[rank]
+        rows = _shard(batch_rows(len(features), batch, step, config.seed), rank, world)
+        if steps_media is not None:
+            decoded = dict(zip(rows.tolist(), next(steps_media)))
         optimizer.zero_grad(set_to_none=True)
         parts = train_step(model, features, rows, config, step, inputs, device, autocast)
         if config.clip_grad:
@@ -297,8 +335,14 @@ def fit(features: Features, config: TrainConfig, out: Path, log=None, encoder=No
         writer.close()
     if metrics is not None:
         metrics.close()
-    (tuned or projector).cpu()  # evaluation and export run on the CPU
+    (tuned or projector).cpu()  # evaluation and export read it on the CPU
     return {"projector": projector, "history": history, "start": start, "tuned": tuned}
+
+
+def _shard(rows: np.ndarray, rank: int, world: int) -> np.ndarray:
+    """This rank's part of a global batch (rank order: the gathered losses see the batch
+    as one process would)."""
+    return np.array_split(rows, world)[rank]
 
 
 def save_checkpoint(folder: Path, step: int, projector: Projector, optimizer, scheduler,

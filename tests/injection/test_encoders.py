@@ -4,9 +4,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from injection.encoders import EncoderError, clip_tensors, load_encoder
+from injection.encoders import EncoderError, load_encoder
 from injection.export import export, load_injected
 from injection.model import Projector
+from tests.injection.conftest import clip_features
 
 FACTORY = "tests.injection.factories:tiny"
 
@@ -19,9 +20,7 @@ def tiny_va(tmp_path_factory):
 
 
 def features(encoder, clip):
-    frames, audio = clip_tensors(str(clip), encoder.preprocess)
-    with torch.no_grad():
-        return encoder(torch.from_numpy(frames)[None], torch.from_numpy(audio)[None])
+    return clip_features(encoder, clip)
 
 
 def round_trip(encoder, tmp_path, clip):

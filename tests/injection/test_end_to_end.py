@@ -18,7 +18,8 @@ runner = CliRunner()
 
 
 def test_annotate_audit_inject_eval_export_reload(tmp_path, clips, tiny_omni):
-    from injection.encoders import clip_tensors, load_encoder
+    from injection.encoders import load_encoder
+    from tests.injection.conftest import clip_features
     from injection.export import load_injected
     from annotator.devtools.tiny_encoders import build_tiny_va_encoder
 
@@ -58,10 +59,9 @@ def test_annotate_audit_inject_eval_export_reload(tmp_path, clips, tiny_omni):
     original = load_encoder(encoder_dir)
     again, projector, meta = load_injected(out / "encoder")
     assert meta["format"] == "hf" and meta["label_names"] == ["happy", "sad"]
-    frames, audio = clip_tensors(str(clips["real_astronaut"]), original.preprocess)
-    inputs = (torch.from_numpy(frames)[None], torch.from_numpy(audio)[None])
+    before = clip_features(original, clips["real_astronaut"])
+    after = clip_features(again, clips["real_astronaut"])
     with torch.no_grad():
-        before, after = original(*inputs), again(*inputs)
         for branch in before:
             torch.testing.assert_close(before[branch], after[branch])
         embedding = projector.clip_embedding(after)
