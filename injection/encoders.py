@@ -240,17 +240,29 @@ class ExportedEncoder:
         frames, audio = self.example
         self.preprocess = Preprocess(num_frames=frames.shape[1], size=frames.shape[-1])
         self.inputs = WindowInputs(int(audio.shape[1]))
+        self.batch = _static_batch(program)
         with torch.no_grad():
             self.branches = {"clip": int(self.module(*self.example).shape[-1])}
         self.id = f"export:{weights_digest([path])}"
 
     def __call__(self, batch):
         owner = batch["window_owner"]
-        out = self.module(batch["frames"][owner], batch["audio_windows"])
+        frames, windows = batch["frames"][owner], batch["audio_windows"]
+        step = self.batch or len(owner)  # a program exported with a fixed batch takes that
+        out = torch.cat([self.module(frames[i:i + step], windows[i:i + step])
+                         for i in range(0, len(owner), step)])
         total = torch.zeros(len(batch["frames"]), out.shape[1], dtype=out.dtype,
                             device=out.device).index_add_(0, owner, out)
         counts = torch.bincount(owner, minlength=len(batch["frames"])).to(out.dtype)
         return {"clip": total / counts[:, None]}
+
+
+def _static_batch(program) -> int | None:
+    """The batch size a program was exported with, or None where its batch is dynamic."""
+    first = program.graph_signature.user_inputs[0]
+    node = next(n for n in program.graph.nodes if n.op == "placeholder" and n.name == first)
+    size = node.meta["val"].shape[0]
+    return int(size) if isinstance(size, int) else None
 
 
 @dataclass

@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from injection.encoders import FactoryEncoder, load_encoder
 from injection.model import Projector
 
-HF_FILES = ("*.json", "*.safetensors", "*.txt", "*.model")
+HF_FILES = ("*.json", "*.safetensors", "pytorch_model*.bin", "*.txt", "*.model")
 
 
 def export(encoder, projector: Projector, meta: dict, label_text: np.ndarray, target: Path,

@@ -6,8 +6,9 @@ Kinds of branch, by the model's `model_type`:
 - frames: an image model (CLIP / SigLIP vision tower, DINOv2, ViT) run on every sampled frame;
   its pooled output (mean of last hidden states where it has none), averaged over frames.
 - sequence: a raw-waveform model (wav2vec2, HuBERT, WavLM, ...); mean over the frames of the
-  true audio only. Layer-norm models get the attention mask; group-norm ones see zero padding,
-  as transformers documents for them.
+  true audio only. Layer-norm models get the attention mask; group-norm ones (wav2vec2-base
+  class) normalise over time, padding included, so only clips of equal length share a forward:
+  a clip's features never depend on the clips batched with it.
 - spectrogram: Whisper's encoder (mean over the frames the clip covers, not the 30 s of
   padding the model is fed) and AST (its pooled output).
 
@@ -28,7 +29,8 @@ from torch import nn
 
 from annotator.errors import EncoderError
 from annotator.media import SAMPLE_RATE
-from injection.encoders import IMAGENET_MEAN, IMAGENET_STD, Preprocess, weights_digest
+from injection.encoders import (IMAGENET_MEAN, IMAGENET_STD, Preprocess, by_length,
+                                weights_digest)
 
 BRANCH_KINDS = {
     "video": {"videomae", "vivit", "timesformer"},
@@ -136,12 +138,13 @@ class Branch(nn.Module):
             return masked_mean(hidden, (samples + WHISPER_HOP - 1) // WHISPER_HOP)
         if self.kind == "spectrogram":
             return self.model(input_values=values).pooler_output
-        kwargs = {}
-        if getattr(config, "feat_extract_norm", "group") == "layer":
-            positions = torch.arange(values.shape[1], device=values.device)
-            kwargs["attention_mask"] = (positions[None] < samples[:, None].to(values.device)
-                                        ).long()
-        hidden = self.model(input_values=values, **kwargs).last_hidden_state
+        if getattr(config, "feat_extract_norm", "group") != "layer":
+            # group norm normalises over time, padding included: equal lengths share a forward
+            return by_length(lambda rows, n: self.model(input_values=values[rows, :n])
+                             .last_hidden_state.mean(1), samples)
+        positions = torch.arange(values.shape[1], device=values.device)
+        mask = (positions[None] < samples[:, None].to(values.device)).long()
+        hidden = self.model(input_values=values, attention_mask=mask).last_hidden_state
         return masked_mean(hidden, self.model._get_feat_extract_output_lengths(samples))
 
 

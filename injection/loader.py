@@ -85,7 +85,7 @@ def extract(encoder, media: list[Media], device: torch.device | None = None,
     """Features of `media` in order, branches side by side: [N, sum of branch sizes].
     `progress(done, clips_per_s)` is told after every batch."""
     device = device or pick_device()
-    encoder.module.to(device).eval()
+    encoder.module.to(device)  # in eval mode since it loaded (a .pt2 module cannot be told)
     dataset = ClipDataset(media, encoder)
     order = [list(range(i, min(i + batch_size, len(media))))
              for i in range(0, len(media), batch_size)]

@@ -56,14 +56,52 @@ def test_kill_then_resume_matches_the_uninterrupted_run(uninterrupted, tmp_path)
     np.testing.assert_allclose(losses(resumed), losses(uninterrupted), atol=1e-5)
 
 
-def test_two_gloo_processes_match_one(uninterrupted, tmp_path):
+def _free_port() -> str:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return str(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def cli_corpus(tmp_path_factory, clips):
+    from annotator.devtools.synthetic_runs import write_synthetic_run
+    from annotator.devtools.tiny_encoders import build_tiny_va_encoder
+
+    root = tmp_path_factory.mktemp("ddp")
+    media = [str(clips[n]) for n in ("real_astronaut", "real_grace_hopper", "tone_220",
+                                     "tone_440")]
+    return (write_synthetic_run(root / "run", 20, media=media, planted=False),
+            build_tiny_va_encoder(root / "va"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["heads", "blocks"])
+def test_torchrun_two_gloo_ranks_through_the_cli_match_one_process(mode, cli_corpus,
+                                                                   tmp_path):
+    """`torchrun --nproc-per-node 2 -m injection.cli train` (each rank its half of the
+    global batch, negatives gathered from both) gives one process's losses; the ranks also
+    split the feature extraction between them."""
+    run, encoder = cli_corpus
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                    "--master-port", "29517", "-m", "tests.injection.fit_script",
-                    str(tmp_path)], cwd=ROOT, env=env, check=True, timeout=300,
-                   capture_output=True)
-    distributed = json.loads((tmp_path / "history.json").read_text())
-    np.testing.assert_allclose(losses(distributed), losses(uninterrupted), atol=1e-5)
+    args = ["-m", "injection.cli", "train", "--descriptions", str(run), "--encoder",
+            str(encoder), "--steps", "6", "--batch-size", "8", "--mode", mode,
+            "--workers", "1", "--encoder-lr", "1e-2", "--eval-fraction", "0.2"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    subprocess.run([sys.executable, *args, "--out", str(one)], cwd=ROOT, env=env,
+                   check=True, timeout=300, capture_output=True)
+    launch = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node",
+                             "2", "--master-port", _free_port(), *args, "--out", str(two)],
+                            cwd=ROOT, env=env, timeout=300, capture_output=True, text=True)
+    assert launch.returncode == 0, launch.stderr[-3000:]
+    curves = [[json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+              for out in (one, two)]
+    assert [r["step"] for r in curves[1]] == list(range(1, 7))
+    np.testing.assert_allclose(losses(curves[1]), losses(curves[0]), atol=1e-5)
+    indexes = sorted(p.name for p in (two / "cache" / "va").glob("index*.parquet"))
+    assert indexes == ["index-rank1.parquet", "index.parquet"]  # both ranks extracted
+    assert (two / "encoder" / "injection.json").is_file()  # rank 0 exported
 
 
 def test_a_damaged_checkpoint_names_itself_and_offers_the_earlier_one(tmp_path):
