@@ -99,12 +99,14 @@ class FeatureCache:
                        sync: Callable[[], None] | None = None) -> np.ndarray:
         """Vectors for `keys`; `compute(positions)` makes the missing ones, a chunk at a time
         (each chunk is cached as soon as it exists). With `world` > 1 this rank computes
-        every world-th missing key, `sync()` waits for the other ranks, then all read all."""
+        the missing keys it owns (by key hash), `sync()` waits for the other ranks, then all
+        read all."""
         index = self.index()
         missing = [i for i, k in enumerate(keys) if k not in index]
         seen: set[str] = set()
         todo = [i for i in missing if not (keys[i] in seen or seen.add(keys[i]))]
-        todo = todo[rank::world]
+        if world > 1:  # a key's owner follows from the key, whatever each rank has seen
+            todo = [i for i in todo if int(keys[i][:8], 16) % world == rank]
         for start in range(0, len(todo), chunk):
             positions = todo[start:start + chunk]
             self.put([keys[i] for i in positions], compute(positions))
