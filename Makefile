@@ -1,12 +1,13 @@
 # Two entry points, both self-installing on first use:
 #   make demo   build the demo corpus from registry media and annotate it on CPU
 #   make test   run the test suite
+#   make gpu-check   the injection path on this machine's GPU, in minutes (see benchmarks/)
 # The venv is (re)built whenever pyproject.toml changes.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 OUT ?= runs/demo
 
-.PHONY: demo test lint clean-venv
+.PHONY: demo test gpu-check lint clean-venv
 
 $(VENV)/.installed: pyproject.toml annotator/devtools/cpu_env.py
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -44,3 +45,8 @@ lint: $(VENV)/.installed
 
 clean-venv:
 	rm -rf $(VENV)
+
+# Features, heads/blocks/LoRA training, export reload and (2+ GPUs) torchrun on the device
+# the code picks; no model hub needed. Prints one JSON report.
+gpu-check: $(VENV)/.installed
+	$(PY) benchmarks/gpu_check.py --json gpu_check.json

@@ -106,3 +106,26 @@ def build_tiny_architecture(name: str, out_dir: str | Path, seed: int = 0) -> Pa
 def build_tiny_va_encoder(out_dir: str | Path, seed: int = 0) -> Path:
     """The default pair: VideoMAE video/ + wav2vec2 audio/."""
     return build_tiny_architecture("videomae+wav2vec2", out_dir, seed)
+
+
+def build_tiny_text_encoder(out_dir: str | Path, seed: int = 0) -> Path:
+    """A random 2-layer BERT with a WordPiece vocabulary trained here on a few affective
+    sentences: a text encoder for machines without the shipped MiniLM (the GPU check)."""
+    import torch
+    from tokenizers import BertWordPieceTokenizer
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    words = ("a person who feels happy sad angry neutral fearful surprised disgusted calm "
+             "face smiles frowns brows raised voice high low pitch fast slow loud soft "
+             "speaks shoulders tense relaxed gaze eyes mouth open closed")
+    tokenizer = BertWordPieceTokenizer(lowercase=True)
+    tokenizer.train_from_iterator([words] * 4, vocab_size=256, min_frequency=1)
+    tokenizer.save_model(str(out))
+    BertTokenizerFast(vocab_file=str(out / "vocab.txt")).save_pretrained(out)
+    torch.manual_seed(seed)
+    BertModel(BertConfig(vocab_size=tokenizer.get_vocab_size(), hidden_size=32,
+                         num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                         max_position_embeddings=256)).save_pretrained(out)
+    return out
