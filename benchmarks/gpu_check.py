@@ -101,7 +101,7 @@ def cli(*args: str, env=None) -> subprocess.CompletedProcess:
     return done
 
 
-def check_modes(media, folder: Path) -> dict:
+def check_modes(media, folder: Path, device: torch.device) -> dict:
     from annotator.devtools.synthetic_runs import write_synthetic_run
     from annotator.devtools.tiny_encoders import build_tiny_architecture, build_tiny_text_encoder
     from injection.commands import _restore
@@ -122,10 +122,10 @@ def check_modes(media, folder: Path) -> dict:
         cli("-m", "injection.cli", "export", str(out))
         exported, _, _ = load_injected(out / "encoder")
         _, prep, _, _ = _restore(out, lambda *_: None)
-        cpu = torch.device("cpu")
-        again = extract(exported, prep.corpus.media, device=cpu, workers=0)
+        # on the device (and in the precision) the trainer's features were extracted with
+        again = extract(exported, prep.corpus.media, device=device, workers=0)
         seen = np.concatenate([np.asarray(v) for v in prep.features.va.values()], 1) \
-            if mode == "heads" else extract(prep.encoder, prep.corpus.media, device=cpu,
+            if mode == "heads" else extract(prep.encoder, prep.corpus.media, device=device,
                                             workers=0)
         metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
         found[mode] = {"seconds": round(time.perf_counter() - started, 1),
@@ -175,7 +175,7 @@ def main() -> None:
         media = [(p, None) for p in write_clips(folder / "clips", args.clips)]
         report["features"] = check_features(media[:16], folder, device)
         report["throughput_videomae_base"] = throughput(media, folder, device, args.workers)
-        report["modes"] = check_modes([p for p, _ in media[:16]], folder)
+        report["modes"] = check_modes([p for p, _ in media[:16]], folder, device)
         report["torchrun"] = check_torchrun([p for p, _ in media[:16]], folder)
     print(json.dumps(report, indent=2))
     if args.json:
