@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from annotator.typed_cli import command_from, console
-from injection.config import FolderConfig, TrainConfig
+from injection.config import EvalConfig, FolderConfig, TrainConfig
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Inject affective descriptions into a VA encoder (VAEmo stage 2).")
@@ -35,16 +35,23 @@ def train(config: TrainConfig) -> None:
 
 
 @app.command("eval")
-@command_from(FolderConfig, arguments=("out",))
-def evaluate(config: FolderConfig) -> None:
+@command_from(EvalConfig, arguments=("out",))
+def evaluate(config: EvalConfig) -> None:
     """Before vs after on the held-out clips: few-label linear probe (UAR, WAR), zero-shot
-    via label texts, clip<->description retrieval; writes OUT/eval.json.
+    via label texts, clip<->description retrieval; with --manifest, also on a dataset's own
+    labelled split or folds. Writes OUT/eval.json.
 
-    Example: vaemo-inject eval inj/
+    Examples:
+
+      vaemo-inject eval inj/
+
+      vaemo-inject eval inj/ --manifest crema-d.csv --split test
+
+      vaemo-inject eval inj/ --manifest dfew.csv --folds 5
     """
     from injection.commands import evaluate as run_eval
 
-    run_eval(config.out, log=lambda text: typer.echo(text))
+    run_eval(config, log=lambda text: typer.echo(text))
 
 
 @app.command("export")

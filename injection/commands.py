@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from annotator.errors import ConfigError
-from injection.config import TrainConfig
+from injection.config import EvalConfig, TrainConfig
 from injection.data import Corpus, build_corpus, load_rows
 from injection.features import FeatureCache, Share, embed_texts, va_features
 from injection.finetune import Tuned, interpolate, merge_lora
@@ -198,26 +198,72 @@ def _restore(out: Path, log):
     return config, prep, projector.eval(), tuned
 
 
-def evaluate(out: Path, log=print) -> dict:
-    """`vaemo-inject eval`: before vs after on the held-out clips; writes OUT/eval.json."""
+def evaluate(eval_config: EvalConfig, log=print) -> dict:
+    """`vaemo-inject eval`: before vs after on the held-out annotated clips and, with
+    --manifest, on the dataset's own split or folds; writes OUT/eval.json."""
     from injection.evaluate import evaluate as run_eval
     from injection.evaluate import table
-    from injection.features import split_branches
-    from injection.loader import extract, pick_device
+    from injection.loader import pick_device
 
+    out = eval_config.out
     config, prep, projector, tuned = _restore(out, log)
-    tuned_va = None
-    if tuned is not None:  # the tuned encoder's own features: not in the cache
-        flat = extract(prep.encoder, prep.corpus.media,
-                       **extract_args(config, pick_device(), log))
-        tuned_va = split_branches(flat, prep.encoder)
+    device = pick_device()
+    protocol = _protocol_features(eval_config, config, prep, device, log) \
+        if eval_config.manifest else None
+    tuned_va = _tuned_features(prep, prep.corpus.media, config, device, log) \
+        if tuned is not None else None
     untrained = new_projector(prep.features, config).eval()
     source = config.text if config.text in prep.features.text else "description"
     result = run_eval(projector, untrained, prep.features, prep.corpus.held_out, source,
                       config.seed, tuned_va)
-    (Path(out) / "eval.json").write_text(json.dumps(result, indent=2))
     log(table(result))
+    if protocol is not None:
+        from injection.protocol import evaluate_protocol
+
+        rows, labels, sets, original = protocol
+        after = _tuned_features(prep, list(zip(rows["path"], rows["audio_path"])), config,
+                                device, log) if tuned is not None else None
+        result["protocol"] = evaluate_protocol(eval_config, original, after, labels,
+                                               prep.features.label_text, projector, untrained,
+                                               sets, config.seed)
+        shown = result["protocol"].get("mean") or next(iter(
+            result["protocol"]["sets"].values()))
+        title = f"{eval_config.manifest.name}: " + (
+            f"mean of {len(sets)} folds" if len(sets) > 1 else sets[0][0])
+        log(table(shown, title))
+    (Path(out) / "eval.json").write_text(json.dumps(result, indent=2))
     return result
+
+
+def _protocol_features(eval_config: EvalConfig, config: TrainConfig, prep: Prepared,
+                       device, log):
+    """The manifest's rows, labels and train/test sets, and the original encoder's
+    features of its clips (cached like the training clips')."""
+    from annotator.media import media_sha256
+    from injection.encoders import load_encoder
+    from injection.protocol import protocol_sets, read_protocol
+
+    rows, labels = read_protocol(eval_config, prep.corpus.label_names)
+    sets = protocol_sets(rows, eval_config)
+    # after _restore a blocks/lora encoder holds its tuned weights: "before" needs the original
+    original = prep.encoder if config.mode == "heads" else load_encoder(
+        config.encoder, config.factory, config.trust_remote_code)
+    media = list(zip(rows["path"], rows["audio_path"]))
+    log(f"protocol: {len(media)} labelled clips from {eval_config.manifest}")
+    features = va_features(FeatureCache(config.out / "cache", "va"), original, media,
+                           [media_sha256(p, a) for p, a in media],
+                           **extract_args(config, device, log))
+    return rows, labels, sets, features
+
+
+def _tuned_features(prep: Prepared, media, config: TrainConfig, device, log) -> dict:
+    """The fine-tuned encoder's features (blocks/lora): computed now, never cached (its id
+    names the original weights)."""
+    from injection.features import split_branches
+    from injection.loader import extract
+
+    return split_branches(extract(prep.encoder, media, **extract_args(config, device, log)),
+                          prep.encoder)
 
 
 def export_checkpoint(out: Path, log=print) -> Path:

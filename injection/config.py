@@ -119,9 +119,31 @@ class TrainConfig(BaseModel):
 
 
 class FolderConfig(BaseModel):
-    """`vaemo-inject eval` and `export`: they read everything else from the train folder."""
+    """`vaemo-inject export`: it reads everything else from the train folder."""
 
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     out: Path
     """A `vaemo-inject train` output folder."""
+
+
+class EvalConfig(BaseModel):
+    """`vaemo-inject eval`: the held-out annotated clips, and optionally a dataset's own
+    labelled protocol (clips that were never annotated)."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    out: Path
+    """A `vaemo-inject train` output folder."""
+    manifest: Path | None = None
+    """A labelled manifest to evaluate on (CSV/JSONL/Parquet, with `path`, `label` and a
+    `split` or `fold` column), e.g. the dataset's official split; its clips need no
+    descriptions. Labels are mapped onto the run's label set through the synonyms."""
+    split: str = "test"
+    """With --manifest: rows whose `split` is this are the test set."""
+    train_split: str = "train"
+    """With --manifest: rows whose `split` is this train the probe (others, e.g. val, are
+    left out)."""
+    folds: int | None = Field(None, ge=2)
+    """With --manifest: a K-fold protocol from the manifest's `fold` column (CREMA-D, DFEW):
+    each fold is the test set once, the others train; mean and std over folds."""

@@ -29,7 +29,7 @@ from torch import nn
 
 from annotator.errors import EncoderError
 from annotator.media import SAMPLE_RATE
-from injection.encoders import (IMAGENET_MEAN, IMAGENET_STD, Preprocess, by_length,
+from injection.preprocess import (IMAGENET_MEAN, IMAGENET_STD, Preprocess, by_length,
                                 weights_digest)
 
 BRANCH_KINDS = {
@@ -154,7 +154,7 @@ class HFEncoder:
     kind = "hf"
 
     def __init__(self, path: Path, trust_remote_code: bool = False):
-        from transformers import AutoConfig, AutoFeatureExtractor, AutoModel
+        from transformers import AutoConfig, AutoModel
 
         self.path = path
         folders = {"video": path / "video", "audio": path / "audio"}

@@ -17,7 +17,7 @@ from typing import Protocol
 import numpy as np
 
 from annotator.errors import ConfigError
-from injection.encoders import weights_digest
+from injection.preprocess import weights_digest
 
 DEFAULT = "all-MiniLM-L6-v2"
 

@@ -13,7 +13,7 @@ def clip_features(encoder, path, audio_path=None):
     """One clip's features per branch, through the encoder's own inputs and batching."""
     import torch
 
-    from injection.encoders import clip_tensors
+    from injection.preprocess import clip_tensors
 
     item = encoder.inputs(*clip_tensors(str(path), encoder.preprocess, audio_path))
     with torch.no_grad():

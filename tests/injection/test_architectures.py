@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 from annotator.devtools.synthetic_runs import write_synthetic_run
 from annotator.devtools.tiny_encoders import build_tiny_architecture
 from injection.cli import app
-from injection.encoders import clip_tensors, load_encoder
+from injection.encoders import load_encoder
+from injection.preprocess import clip_tensors
 from injection.loader import extract
 
 runner = CliRunner()

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from injection.config import TrainConfig
-from injection.evaluate import evaluate
+from injection.evaluate import evaluate, evaluate_split
 from injection.train import Features, fit, new_projector
 
 EMOTIONS = {
@@ -78,3 +78,27 @@ def test_shuffled_descriptions_do_not(setup, tmp_path):
     print("control:", {k: (before[k], after[k]) for k in ("linear_probe", "clip_to_text")})
     assert after["linear_probe"]["1%"]["uar"] < before["linear_probe"]["1%"]["uar"] + 0.1
     assert after["clip_to_text"]["r@10"] < 0.2
+
+
+def test_the_dataset_protocol_split_is_lifted_too(minilm, tmp_path):
+    """Clips never annotated, from the same world (same hidden factors): the probe trains on
+    their train split and is scored on their test split, as `eval --manifest` does."""
+    va, texts, emotion = planted(n=1320)
+    annotated, protocol = slice(0, 720), slice(720, None)
+    labels = minilm.encode([f"a person who feels {e}." for e in EMOTIONS])
+    features = Features({"clip": va[annotated]}, {"description": minilm.encode(
+        texts[:720])}, emotion[annotated], labels)
+    config = TrainConfig(descriptions=tmp_path, encoder=tmp_path, out=tmp_path, steps=150,
+                         batch_size=128, label_weight=0.0, warmup=10, lr=2e-3,
+                         checkpoint_every=1000)
+    trained = fit(features, config, tmp_path)["projector"]
+    split = np.random.default_rng(3).random(600) < 0.3
+    rest = Features({"clip": va[protocol]}, {}, emotion[protocol], labels)
+    result = evaluate_split(trained, new_projector(features, config), rest.subset(~split),
+                            rest.subset(split), seed=0)
+    before, after = result["before"]["linear_probe"], result["after"]["linear_probe"]
+    print("protocol:", before, after)
+    for fraction in ("1%", "10%"):
+        assert after[fraction]["uar"] > before[fraction]["uar"] + 0.15
+        assert after[fraction]["war"] > before[fraction]["war"] + 0.15
+    assert result["after"]["zero_shot"] and not result["warnings"]
