@@ -63,10 +63,17 @@ def prepare(config: TrainConfig, log=print, share: Share = Share()) -> Prepared:
                     Features(va, texts, corpus.labels, label_text))
 
 
-def extract_args(config: TrainConfig, device, log) -> dict:
-    """How features are extracted: batch, workers, precision, and a line of progress."""
+def extract_args(config: TrainConfig, device, log, every_s: float = 10.0) -> dict:
+    """How features are extracted: batch, workers, precision, and a progress line every
+    `every_s` seconds (clips done, clips/s)."""
+    import time
+
+    last = [time.monotonic()]
+
     def progress(done: int, rate: float) -> None:
-        log(f"  features: {done} clips, {rate:.1f} clips/s")
+        if time.monotonic() - last[0] >= every_s:
+            last[0] = time.monotonic()
+            log(f"  features: {done} clips, {rate:.1f} clips/s")
 
     return {"device": device, "batch_size": config.feature_batch, "workers": config.workers,
             "precision": config.precision, "progress": progress}

@@ -157,3 +157,24 @@ def test_pickled_payloads_in_a_pt2_never_run(tmp_path, kind):
     with pytest.raises(Exception):  # noqa: B017 - trusted: torch unpickles (and it runs)
         load_encoder(planted, trust_remote_code=True)
     assert marker.exists()  # proves the planted payload is live, so the refusal matters
+
+
+def test_a_bin_only_folder_exports_its_weights_and_names_them_in_its_id(tmp_path, clips):
+    """`pytorch_model.bin` without safetensors: its bytes are in the encoder id (so caches
+    follow them) and the export carries them."""
+    from transformers import AutoModel
+
+    from annotator.devtools.tiny_encoders import build_tiny_architecture
+
+    folder = build_tiny_architecture("wav2vec2_layer_norm", tmp_path / "enc")
+    model = AutoModel.from_pretrained(folder)
+    for f in folder.glob("*.safetensors"):
+        f.unlink()
+    torch.save(model.state_dict(), folder / "pytorch_model.bin")  # the older format
+    encoder = load_encoder(folder)
+    target = round_trip(encoder, tmp_path, clips["real_astronaut"])
+    assert (target / "pytorch_model.bin").is_file()
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)
+    torch.save(model.state_dict(), folder / "pytorch_model.bin")
+    assert load_encoder(folder).id != encoder.id
