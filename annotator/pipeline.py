@@ -31,7 +31,7 @@ from annotator.manifest import load_manifest
 from annotator.models import ModelSpec, default_model, describe_model
 from annotator.schema import (SCHEMA_VERSION, answer_model, description_model, json_schema,
                               schema_sha256)
-from annotator.settings import ErrorKind, RowStatus
+from annotator.settings import EngineSettings, ErrorKind, RowStatus
 from annotator.stages import prepare as prepare_stage
 from annotator.stages.context import RunContext
 from annotator.stages.generate import EngineWorker
@@ -186,17 +186,35 @@ def _ray_init(config: RunConfig) -> None:
 
 
 def resolve_device(config: RunConfig) -> tuple[str, int]:
-    """(device, engine actors) from what the Ray cluster really has: one actor per GPU, or
-    one on CPU; never wait on a GPU that is not there."""
+    """(device, engine actors) from what the Ray cluster really has; never wait on a GPU
+    that is not there."""
     import ray
 
-    gpus = int(ray.cluster_resources().get("GPU", 0))
-    if config.compute.device == "gpu" and gpus == 0:
+    return engine_pool(config.compute, int(ray.cluster_resources().get("GPU", 0)))
+
+
+def engine_pool(compute: EngineSettings, gpus: int) -> tuple[str, int]:
+    """(device, engine actors) for a cluster with `gpus` GPUs: one engine per
+    --tensor-parallel-size GPUs, or one on CPU."""
+    if compute.device == "gpu" and gpus == 0:
         raise ConfigError("--device gpu, but the Ray cluster has no GPU; use --device cpu "
                           "(or auto) on this machine, or join a GPU cluster with --ray-address")
-    if config.compute.device == "cpu" or gpus == 0:
+    if compute.device == "cpu" or gpus == 0:
         return "cpu", 1
-    return "gpu", gpus
+    tp = compute.tensor_parallel_size
+    if tp > gpus:
+        raise ConfigError(f"--tensor-parallel-size {tp}, but the Ray cluster has {gpus} "
+                          "GPU(s): lower it to at most that")
+    return "gpu", gpus // tp
+
+
+def engine_resources(compute: EngineSettings, device: str) -> dict:
+    """What one engine actor asks Ray for. On GPUs: its GPUs and no CPU beyond a share (vLLM's
+    own tensor-parallel workers take theirs), so prepare tasks keep the node's CPUs; on CPU:
+    one core, the engine's thread."""
+    if device == "gpu":
+        return {"num_gpus": compute.tensor_parallel_size, "num_cpus": 0.25}
+    return {"num_cpus": 1}
 
 
 def run(config: RunConfig, console: Console | None = None, only: set[str] | None = None
@@ -342,8 +360,9 @@ def _engine_stream(resolved: Resolved, plan: pa.Table, device: str, actors: int,
     ctx.print_on_execution_start = False
     ctx.wait_for_min_actors_s = 600  # an engine actor that cannot start fails, never hangs
     ctx.max_errored_blocks = -1  # a batch whose engine died: skipped, the driver retries it
-    batch_size = 1 if isolate else resolved.config.compute.batch_size
-    resources = {"num_gpus": 1} if device == "gpu" else {"num_cpus": 1}
+    compute = resolved.config.compute
+    batch_size = 1 if isolate else compute.batch_size
+    in_flight = compute.in_flight(device) if not isolate else compute.sequences(device)
     ds = ray.data.from_arrow(plan).repartition(max(1, len(plan) // batch_size))
     prepare_args = {**prepare_stage.STAGE.ray, **({"batch_size": 1} if isolate else {})}
     ds = ds.map_batches(prepare_stage.prepare_batch, batch_format="pyarrow",
@@ -351,7 +370,11 @@ def _engine_stream(resolved: Resolved, plan: pa.Table, device: str, actors: int,
     warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
     ds = ds.map_batches(
         EngineWorker, batch_format="pyarrow", batch_size=batch_size,
-        compute=ray.data.ActorPoolStrategy(size=actors), **resources,
+        # several batches in each engine at once (threads of one actor; one engine thread)
+        compute=ray.data.ActorPoolStrategy(
+            size=actors, max_tasks_in_flight_per_actor=in_flight,
+            max_concurrent_calls_per_actor=in_flight, enable_true_multi_threading=True),
+        max_concurrency=in_flight, **engine_resources(compute, device),
         # a dead engine is restarted by Ray, but its batch is not retried there: the driver
         # retries those clips a bounded number of times, one per batch
         max_restarts=-1, max_task_retries=0,

@@ -140,7 +140,9 @@ class EngineSettings(BaseModel):
 
     model_config = _CONFIG
     NOT_IN_KEY: ClassVar[frozenset[str]] = frozenset(
-        {"device", "ray_address", "max_model_len", "cpu_kv_cache_gib", "batch_size"})
+        {"device", "ray_address", "max_model_len", "cpu_kv_cache_gib", "batch_size",
+         "max_num_seqs", "batches_in_flight", "tensor_parallel_size",
+         "gpu_memory_utilization"})
     """Where and how fast: these never change a greedy row's content."""
 
     engine: Literal["vllm", "transformers", "fake"] = "vllm"
@@ -158,7 +160,18 @@ class EngineSettings(BaseModel):
     cpu_kv_cache_gib: int = Field(2, ge=1)
     """KV cache reserved by vLLM on CPU (vLLM's own default reserves ~21 GiB)."""
     batch_size: int = Field(16, ge=1)
-    """Clips per engine call (vLLM batches them continuously)."""
+    """Clips per Ray batch: the unit of commit (its rows are written together). The engine
+    does not wait on a batch: --batches-in-flight of them stream through it at once."""
+    max_num_seqs: int | None = Field(None, ge=1)
+    """Sequences the engine decodes at once (vLLM's max_num_seqs); default 256 on a GPU, 32
+    on CPU."""
+    batches_in_flight: int | None = Field(None, ge=1)
+    """Ray batches each engine works on at once; default enough to fill --max-num-seqs, plus
+    one waiting."""
+    tensor_parallel_size: int = Field(1, ge=1)
+    """GPUs per engine (vLLM tensor parallelism): engines = the cluster's GPUs / this."""
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    """Share of each GPU's memory vLLM may take (weights + KV cache)."""
     faults: str = ""
     """--engine fake only: injected faults, e.g. 'invalid=0.2,truncate=0.1,error=0.1,
     crash=0.01,latency=0.05' (rates per attempt; crash ends the engine process; broken=1: the
@@ -175,6 +188,16 @@ class EngineSettings(BaseModel):
         if self.faults and self.engine != "fake":
             raise ValueError("--faults only applies to --engine fake")
         return self
+
+    def sequences(self, device: str) -> int:
+        """max_num_seqs as the engine will use it."""
+        return self.max_num_seqs or (256 if device == "gpu" else 32)
+
+    def in_flight(self, device: str) -> int:
+        """Ray batches each engine holds at once: enough to fill max_num_seqs, plus one."""
+        if self.batches_in_flight:
+            return self.batches_in_flight
+        return -(-self.sequences(device) // self.batch_size) + 1
 
     def resolved_dtype(self, device: str) -> str:
         if self.dtype != "auto":

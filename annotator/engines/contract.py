@@ -48,12 +48,28 @@ class Generation:
 
 
 class Engine(Protocol):
-    """Turns requests into generations; a bad request never fails the others."""
+    """Turns requests into generations; a bad request never fails the others.
+
+    Two ways in: `generate` (a list, all at once) and streaming, `submit` any time and `step`
+    until what was submitted comes back, so a caller can submit a clip's next request (its
+    answer after its thought, a retry) the moment the previous one ends."""
 
     spec: ModelSpec
 
     def generate(self, requests: list[Request]) -> list[Generation]:
         """One Generation per request, in order; a bad request fails alone."""
+        ...
+
+    def submit(self, key: str, request: Request) -> None:
+        """Queue one request under a key unique among those in flight."""
+        ...
+
+    def step(self) -> list[tuple[str, Generation]]:
+        """Advance the requests in flight; (key, Generation) of those that finished."""
+        ...
+
+    def busy(self) -> bool:
+        """Whether anything submitted has not come back from `step` yet."""
         ...
 
     def score(self, request: Request, continuation: list[int]) -> list[float]:
@@ -75,3 +91,12 @@ class EngineOptions:
     @property
     def dtype(self) -> str:
         return self.compute.resolved_dtype(self.device)
+
+
+def step_queued(queue: list[tuple[str, Request]], generate, limit: int
+                ) -> list[tuple[str, Generation]]:
+    """`step` for an engine that decodes a list at once: the oldest `limit` queued requests,
+    generated together (taken off `queue`)."""
+    taken = queue[:limit]
+    del queue[:limit]
+    return list(zip([key for key, _ in taken], generate([r for _, r in taken])))

@@ -17,7 +17,7 @@ import re
 import time
 from collections import Counter
 
-from annotator.engines.contract import EngineOptions, Generation, Request
+from annotator.engines.contract import EngineOptions, Generation, Request, step_queued
 from annotator.models import ModelSpec
 from annotator.settings import parse_faults
 
@@ -35,9 +35,19 @@ class FakeEngine:
             raise RuntimeError(f"{spec.path}: the weights cannot be loaded (fault 'broken')")
         self.attempts: Counter[str] = Counter()  # guided requests seen per clip
         self.startup_s = 0.0
+        self.queue: list[tuple[str, Request]] = []
 
     def generate(self, requests: list[Request]) -> list[Generation]:
         return [self._one(r) for r in requests]
+
+    def submit(self, key: str, request: Request) -> None:
+        self.queue.append((key, request))
+
+    def step(self) -> list[tuple[str, Generation]]:
+        return step_queued(self.queue, self.generate, len(self.queue))
+
+    def busy(self) -> bool:
+        return bool(self.queue)
 
     def score(self, request: Request, continuation: list[int]) -> list[float]:
         return [self._unit(request.prompt, str(t)) * -5.0 for t in continuation]

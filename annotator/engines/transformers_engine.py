@@ -12,7 +12,7 @@ import json
 
 import torch
 
-from annotator.engines.contract import EngineOptions, Generation, Request
+from annotator.engines.contract import EngineOptions, Generation, Request, step_queued
 from annotator.chat import media_inputs
 from annotator.models import ModelSpec
 
@@ -46,13 +46,19 @@ class _SchemaMask:
 
 
 class TransformersEngine:
-    """The model's own transformers implementation, one request at a time."""
+    """The model's own transformers implementation, one request at a time, on the GPU when
+    the run's device is one (bf16 there unless --dtype says otherwise), else float32 on CPU."""
 
     def __init__(self, spec: ModelSpec, options: EngineOptions):
         from transformers import AutoModelForCausalLM, AutoProcessor, AutoTokenizer
 
         self.spec = spec
         self.options = options
+        self.queue: list[tuple[str, Request]] = []
+        self.device = torch.device("cuda" if options.device == "gpu" else "cpu")
+        dtype = {"auto": torch.bfloat16 if self.device.type == "cuda" else torch.float32,
+                 "float32": torch.float32, "bfloat16": torch.bfloat16,
+                 "float16": torch.float16}[options.dtype]
         if spec.family == "omni":
             from transformers import AutoConfig, Qwen2_5OmniThinkerForConditionalGeneration
 
@@ -61,20 +67,20 @@ class TransformersEngine:
             # load only the thinker (the text-generating part) from a full Omni checkpoint
             self.model = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(
                 spec.path, config=getattr(config, "thinker_config", config),
-                key_mapping={r"^thinker\.": ""}, dtype=torch.float32)
+                key_mapping={r"^thinker\.": ""}, dtype=dtype)
             self.tokenizer = self.processor.tokenizer
         else:
             self.processor = None
             self.tokenizer = AutoTokenizer.from_pretrained(spec.path)
-            self.model = AutoModelForCausalLM.from_pretrained(spec.path, dtype=torch.float32)
-        self.model.eval()
+            self.model = AutoModelForCausalLM.from_pretrained(spec.path, dtype=dtype)
+        self.model.to(self.device).eval()
         self.eos = _eos_ids(self.model, self.tokenizer)
         self.calls = 0  # seeds each generation apart, so repeated samples differ
 
     def _encode(self, request: Request) -> dict:
         if self.processor is None:
             return dict(self.tokenizer(request.prompt, return_tensors="pt",
-                                       add_special_tokens=False))
+                                       add_special_tokens=False).to(self.device))
         data, kwargs = media_inputs(self.spec, request.frames, request.fps, request.audio,
                                     self.options.media.min_pixels, self.options.media.max_pixels)
         inputs = {"text": [request.prompt]}
@@ -86,11 +92,21 @@ class TransformersEngine:
         encoded = self.processor(
             **inputs, return_tensors="pt", use_audio_in_video=kwargs["use_audio_in_video"],
             videos_kwargs={"size": size, "fps": kwargs.get("fps"), "do_sample_frames": False})
-        return dict(encoded)
+        return {k: v.to(self.device) if isinstance(v, torch.Tensor) else v
+                for k, v in encoded.items()}
 
     @torch.inference_mode()
     def generate(self, requests: list[Request]) -> list[Generation]:
         return [self._generate_one(r) for r in requests]
+
+    def submit(self, key: str, request: Request) -> None:
+        self.queue.append((key, request))
+
+    def step(self) -> list[tuple[str, Generation]]:
+        return step_queued(self.queue, self.generate, 1)  # it decodes one at a time anyway
+
+    def busy(self) -> bool:
+        return bool(self.queue)
 
     def _generate_one(self, request: Request) -> Generation:
         s = self.options.sampling
@@ -116,7 +132,7 @@ class TransformersEngine:
         tokens = out.sequences[0, prompt_len:].tolist()
         stopped = bool(tokens) and tokens[-1] in self.eos
         raw = torch.stack(out.logits, 1)[0].float().log_softmax(-1)
-        logprobs = raw.gather(1, torch.tensor(tokens)[:, None])[:, 0].tolist()
+        logprobs = raw.gather(1, torch.tensor(tokens, device=raw.device)[:, None])[:, 0].tolist()
         text_tokens = tokens[:-1] if stopped else tokens
         return Generation(
             text=self.tokenizer.decode(text_tokens, skip_special_tokens=True),
@@ -130,13 +146,15 @@ class TransformersEngine:
     def score(self, request: Request, continuation: list[int]) -> list[float]:
         inputs = self._encode(request)
         prompt_len = inputs["input_ids"].shape[1]
-        tail = torch.tensor([continuation], dtype=inputs["input_ids"].dtype)
+        tail = torch.tensor([continuation], dtype=inputs["input_ids"].dtype,
+                            device=self.device)
         inputs["input_ids"] = torch.cat([inputs["input_ids"], tail], 1)
         inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
         if request.audio is not None and request.frames is not None:
             inputs["use_audio_in_video"] = True
         logits = self.model(**inputs).logits[0].float().log_softmax(-1)
-        positions = torch.arange(prompt_len - 1, prompt_len - 1 + len(continuation))
+        positions = torch.arange(prompt_len - 1, prompt_len - 1 + len(continuation),
+                                 device=self.device)
         return logits[positions, tail[0]].tolist()
 
 

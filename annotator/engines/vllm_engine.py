@@ -67,7 +67,7 @@ class VLLMEngine:
                 dtype=options.dtype,
                 enforce_eager=cpu,
                 max_model_len=options.compute.max_model_len,
-                max_num_seqs=options.compute.batch_size,
+                **engine_arguments(options),
                 limit_mm_per_prompt=limits or None,
                 mm_processor_cache_gb=0,  # each clip is seen once: a cache only costs memory
                 structured_outputs_config={"backend": "guidance",
@@ -76,6 +76,9 @@ class VLLMEngine:
             )
         self.startup_s = time.perf_counter() - started
         self.tokenizer = self.llm.get_tokenizer()
+        self.core = self.llm.llm_engine  # the step API: requests join while others decode
+        self.failed: list[tuple[str, Generation]] = []  # refused at submit, reported by step
+        self.unfinished = 0
 
     def _sampling(self, request: Request | None = None, **overrides):
         from vllm import SamplingParams
@@ -107,24 +110,33 @@ class VLLMEngine:
         return item
 
     def generate(self, requests: list[Request]) -> list[Generation]:
-        if not requests:
-            return []
-        params = [self._sampling(r) for r in requests]
-        try:
-            outputs = self.llm.generate([self._inputs(r) for r in requests], params,
-                                        use_tqdm=False)
-        except Exception:  # one bad request fails the batch call: isolate it
-            if len(requests) == 1:
-                raise
-            return [self._generate_one(r, p) for r, p in zip(requests, params)]
-        return [_to_generation(o) for o in outputs]
+        keys = [f"generate-{time.monotonic_ns()}-{i}" for i in range(len(requests))]
+        for key, request in zip(keys, requests):
+            self.submit(key, request)
+        done: dict[str, Generation] = {}
+        while len(done) < len(keys):
+            done.update(self.step())
+        return [done[k] for k in keys]
 
-    def _generate_one(self, request: Request, params) -> Generation:
-        try:
-            return _to_generation(self.llm.generate([self._inputs(request)], params,
-                                                    use_tqdm=False)[0])
+    def submit(self, key: str, request: Request) -> None:
+        try:  # a request the input processor refuses (bad media) fails alone
+            self.core.add_request(key, self._inputs(request), self._sampling(request))
         except Exception as err:
-            return Generation(error=f"{type(err).__name__}: {err}")
+            self.failed.append((key, Generation(error=f"{type(err).__name__}: {err}")))
+            return
+        self.unfinished += 1
+
+    def step(self) -> list[tuple[str, Generation]]:
+        finished, self.failed = self.failed, []
+        if self.unfinished:
+            for output in self.core.step():
+                if output.finished:
+                    finished.append((output.request_id, _to_generation(output)))
+                    self.unfinished -= 1
+        return finished
+
+    def busy(self) -> bool:
+        return bool(self.failed or self.unfinished)
 
     def score(self, request: Request, continuation: list[int]) -> list[float]:
         """Teacher-forced logprobs, by prompt_logprobs over prompt + continuation."""
@@ -134,6 +146,19 @@ class VLLMEngine:
         out = self.llm.generate([self._inputs(request, prompt)], params, use_tqdm=False)[0]
         tail = out.prompt_logprobs[-len(continuation):]
         return [entry[tok].logprob for entry, tok in zip(tail, continuation)]
+
+
+def engine_arguments(options: EngineOptions) -> dict:
+    """vLLM's scheduling and parallelism arguments from the run's EngineSettings (tested on
+    CPU; a GPU machine takes them as they are)."""
+    compute = options.compute
+    arguments = {"max_num_seqs": compute.sequences(options.device)}
+    if options.device == "gpu":
+        arguments.update(tensor_parallel_size=compute.tensor_parallel_size,
+                         gpu_memory_utilization=compute.gpu_memory_utilization)
+        if compute.tensor_parallel_size > 1:  # the actor holds the GPUs: workers as processes
+            arguments["distributed_executor_backend"] = "mp"
+    return arguments
 
 
 def _to_generation(output) -> Generation:

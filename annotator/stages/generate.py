@@ -1,21 +1,29 @@
-"""Generate (Ray actor): the engine turns prepared clips into judged rows.
+"""Generate (Ray actor): the engine turns prepared clips into judged rows, streaming.
 
-One actor per GPU (one on CPU) owns an engine for its lifetime. Per batch: every clip's
-attempt (in two-phase generation its free thought, then its JSON answer with the thought in
-context), the retries of engine-side failures, and the extra samples of clips that came out
-valid; each attempt is judged against the run's pydantic schema.
+One actor per engine (per GPU, or per tensor-parallel group; one on CPU) owns it for its
+lifetime, and a pump thread keeps it stepping. Ray hands the actor several batches at once
+(--batches-in-flight), and each clip moves on the moment its previous request ends: its free
+thought, then its JSON answer with the thought in context (two-phase); a retry when an
+attempt fails (a truncated one with twice the budget); its extra samples once it is valid.
+No clip waits for another: a batch returns (to be committed) when its last clip is done,
+while the engine goes on with the other batches' clips. Each attempt is judged against the
+run's pydantic schema.
 """
 
 from __future__ import annotations
 
+import itertools
+import queue
+import threading
 import time
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
 
 from annotator.chat import THOUGHT_SLOT
 from annotator.engines.factory import create_engine
-from annotator.engines.contract import EngineOptions, Request
+from annotator.engines.contract import EngineOptions, Generation, Request
 from annotator.schema import answer_model, description_model, parse_description
 from annotator.settings import ErrorKind
 from annotator.stages import StageSpec
@@ -64,8 +72,147 @@ def judge(attempt: Attempt, model) -> Judged:
     return None, None, parsed
 
 
+@dataclass
+class Batch:
+    """One Ray batch in flight: its rows, and the table once every clip is done."""
+
+    rows: list[dict]
+    remaining: int = 0
+    done: threading.Event = field(default_factory=threading.Event)
+    table: pa.Table | None = None
+    error: BaseException | None = None
+
+
+@dataclass
+class Clip:
+    """One clip's way through its attempts and samples."""
+
+    index: int
+    batch: Batch
+    budget: int
+    attempts: int = 0
+    started: float = 0.0
+    result: tuple | None = None
+    """(Attempt, Judged, seconds its last attempt took) once it is settled."""
+    samples: list = field(default_factory=list)
+    waiting: int = 0
+    """Extra samples still being generated."""
+
+    @property
+    def row(self) -> dict:
+        return self.batch.rows[self.index]
+
+
+class Scheduler:
+    """Keeps every clip's next request in the engine; runs on the pump thread only."""
+
+    def __init__(self, engine, ctx: RunContext, model):
+        self.engine, self.ctx, self.model = engine, ctx, model
+        self.inflight: dict[str, tuple[Clip, int | None, object]] = {}
+        self.batches: dict[int, tuple[Batch, list[Clip]]] = {}
+        self.keys = itertools.count()
+
+    def add(self, batch: Batch) -> None:
+        clips = [Clip(i, batch, self.ctx.sampling.max_tokens)
+                 for i, r in enumerate(batch.rows) if r["error_kind"] is None]
+        batch.remaining = len(clips)
+        self.batches[id(batch)] = (batch, clips)
+        for clip in clips:
+            self._attempt(clip)
+        if not clips:
+            self._finish(batch)
+
+    def finished(self, key: str, generation: Generation) -> None:
+        found = self.inflight.pop(key, None)
+        if found is None:  # a request of a batch that already failed
+            return
+        clip, sample, thought = found
+        if thought is None and self.ctx.two_phase:  # the thought just ended
+            if generation.error:
+                self._answered(clip, sample, Attempt(generation, generation))
+            else:
+                self._submit(clip, sample, generation)
+            return
+        self._answered(clip, sample, Attempt(generation, thought))
+
+    def fail(self, error: BaseException) -> None:
+        """The engine broke: every batch in flight fails (the driver retries its clips)."""
+        self.inflight.clear()
+        for batch, _ in self.batches.values():
+            batch.error = error
+            batch.done.set()
+        self.batches.clear()
+
+    def _attempt(self, clip: Clip) -> None:
+        clip.attempts += 1
+        clip.started = time.perf_counter()
+        self._submit(clip, None)
+
+    def _submit(self, clip: Clip, sample: int | None, thought: Generation | None = None
+                ) -> None:
+        """The clip's next request: a thought (two-phase, first turn) or an answer."""
+        request = _request(clip.row)
+        if self.ctx.two_phase and thought is None:
+            request.guided, request.max_tokens = False, self.ctx.sampling.think_tokens
+        else:
+            if thought is not None:  # the thought goes back in as the model's own turn
+                request.prompt = clip.row["answer_prompt"].replace(THOUGHT_SLOT,
+                                                                   thought.text.strip())
+            request.max_tokens = clip.budget if sample is None else self.ctx.sampling.max_tokens
+        key = f"{clip.row['clip_id']}#{next(self.keys)}"
+        self.inflight[key] = (clip, sample, thought)
+        self.engine.submit(key, request)
+
+    def _answered(self, clip: Clip, sample: int | None, attempt: Attempt) -> None:
+        judged = judge(attempt, self.model)
+        if sample is not None:  # an extra sample: kept if valid, null if not
+            parsed = judged[2]
+            clip.samples[sample] = {k: parsed.get(k) for k in SAMPLE_FIELDS} if parsed else None
+            clip.waiting -= 1
+            if not clip.waiting:
+                self._settled(clip)
+            return
+        kind = judged[0]
+        if kind is not None and kind.retryable and clip.attempts <= self.ctx.retries:
+            if kind is ErrorKind.TRUNCATED:  # the same budget would cut it again
+                clip.budget = min(2 * clip.budget,
+                                  MAX_BUDGET_GROWTH * self.ctx.sampling.max_tokens)
+            self._attempt(clip)
+            return
+        clip.result = (attempt, judged, time.perf_counter() - clip.started)
+        extra = self.ctx.sampling.samples - 1
+        if kind is None and extra > 0:
+            clip.samples, clip.waiting = [None] * extra, extra
+            for n in range(extra):
+                self._submit(clip, n)
+            return
+        self._settled(clip)
+
+    def _settled(self, clip: Clip) -> None:
+        clip.batch.remaining -= 1
+        if not clip.batch.remaining:
+            self._finish(clip.batch)
+
+    def _finish(self, batch: Batch) -> None:
+        _, clips = self.batches.pop(id(batch))
+        by_index = {c.index: c for c in clips}
+        try:
+            out = []
+            for i, row in enumerate(batch.rows):
+                clip = by_index.get(i)
+                if clip is not None and clip.samples:
+                    row["samples"] = clip.samples
+                result = clip.result if clip is not None else (None, None, 0.0)
+                out.append(build_row(row, *result, clip.attempts if clip else 0, self.ctx))
+            batch.table = pa.Table.from_pylist(out, schema=ROW_SCHEMA)
+        except Exception as err:  # noqa: BLE001 - reported through the batch's call
+            batch.error = err
+        batch.done.set()
+
+
 class EngineWorker:
-    """Ray actor: owns one engine for its lifetime and turns prepared clips into rows."""
+    """Ray actor: owns one engine for its lifetime; several batches are in flight in it at
+    once (Ray calls it from as many threads), a pump thread alone touches the engine."""
 
     def __init__(self, ctx: RunContext, options: EngineOptions, torch_threads: int | None = None):
         if torch_threads:
@@ -74,64 +221,41 @@ class EngineWorker:
             torch.set_num_threads(torch_threads)
         self.engine = create_engine(ctx.engine, ctx.spec, options)
         self.ctx = ctx
-        self.model = description_model(ctx.labels, ctx.template.schema)
+        model = description_model(ctx.labels, ctx.template.schema)
         if ctx.two_phase:  # options.schema is the answer's too
-            self.model = answer_model(self.model)
-
-    def _attempt(self, rows: list[dict], budgets: list[int] | None = None) -> list[Attempt]:
-        """One attempt per row; `budgets`: the answer's max_tokens per row (default: the
-        run's)."""
-        requests = [_request(r) for r in rows]
-        budgets = budgets or [self.ctx.sampling.max_tokens] * len(rows)
-        if not self.ctx.two_phase:
-            for request, budget in zip(requests, budgets):
-                request.max_tokens = budget
-            return [Attempt(g) for g in self.engine.generate(requests)]
-        for request in requests:
-            request.guided, request.max_tokens = False, self.ctx.sampling.think_tokens
-        thoughts = self.engine.generate(requests)
-        for request, row, thought, budget in zip(requests, rows, thoughts, budgets):
-            # the thought goes back in as the model's own turn, so the answer reads it
-            request.prompt = row["answer_prompt"].replace(THOUGHT_SLOT, thought.text.strip())
-            request.guided, request.max_tokens = True, budget
-        return [Attempt(a, t) for a, t in zip(self.engine.generate(requests), thoughts)]
+            model = answer_model(model)
+        self.scheduler = Scheduler(self.engine, ctx, model)
+        self.inbox: queue.Queue[Batch] = queue.Queue()
+        self.broken: BaseException | None = None
+        threading.Thread(target=self._pump, name="engine-pump", daemon=True).start()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        rows = batch.to_pylist()
-        todo = [i for i, r in enumerate(rows) if r["error_kind"] is None]
-        results: dict[int, tuple] = {}
-        attempts = {i: 0 for i in todo}
-        budget = dict.fromkeys(todo, self.ctx.sampling.max_tokens)
-        while todo:
-            started = time.perf_counter()
-            made = self._attempt([rows[i] for i in todo], [budget[i] for i in todo])
-            latency = (time.perf_counter() - started) / len(todo)
-            retry = []
-            for i, attempt in zip(todo, made):
-                attempts[i] += 1
-                judged = judge(attempt, self.model)
-                results[i] = (attempt, judged, latency)
-                if judged[0] is not None and judged[0].retryable \
-                        and attempts[i] <= self.ctx.retries:
-                    retry.append(i)
-                    if judged[0] is ErrorKind.TRUNCATED:  # the same budget would cut it again
-                        budget[i] = min(2 * budget[i],
-                                        MAX_BUDGET_GROWTH * self.ctx.sampling.max_tokens)
-            todo = retry
-        if self.ctx.sampling.samples > 1:
-            self._sample([i for i, (_, judged, _) in results.items() if judged[0] is None],
-                         rows)
-        out = [build_row(r, *results.get(i, (None, None, 0.0)), attempts.get(i, 0), self.ctx)
-               for i, r in enumerate(rows)]
-        return pa.Table.from_pylist(out, schema=ROW_SCHEMA)
+        if self.broken is not None:
+            raise RuntimeError(f"the engine failed earlier: {self.broken}")
+        job = Batch(batch.to_pylist())
+        self.inbox.put(job)
+        job.done.wait()
+        if job.error is not None:
+            raise RuntimeError(f"{type(job.error).__name__}: {job.error}") from job.error
+        return job.table
 
-    def _sample(self, ok: list[int], rows: list[dict]) -> None:
-        """The extra samples of each ok clip, in one batch; an invalid one is kept as null."""
-        extra = self.ctx.sampling.samples - 1
-        made = self._attempt([rows[i] for i in ok for _ in range(extra)])
-        for n, i in enumerate(ok):
-            kept = []
-            for attempt in made[n * extra:(n + 1) * extra]:
-                _, _, parsed = judge(attempt, self.model)
-                kept.append({k: parsed.get(k) for k in SAMPLE_FIELDS} if parsed else None)
-            rows[i]["samples"] = kept
+    def _pump(self) -> None:
+        """Take new batches (waiting for one only when the engine is idle), step the engine,
+        hand finished requests to the scheduler; forever, or until the engine breaks."""
+        while self.broken is None:
+            try:
+                while True:
+                    try:
+                        batch = self.inbox.get(block=not self.engine.busy())
+                    except queue.Empty:
+                        break
+                    self.scheduler.add(batch)
+                for key, generation in self.engine.step():
+                    self.scheduler.finished(key, generation)
+            except Exception as err:  # noqa: BLE001 - every waiting batch is told
+                self.broken = err
+                self.scheduler.fail(err)
+        while True:  # batches that arrive after the break fail at once
+            job = self.inbox.get()
+            job.error = self.broken
+            job.done.set()

@@ -22,6 +22,8 @@ CHANGED = {  # a valid other value for every field of every settings model
     "repetition_penalty": 1.1, "generation": "one-pass", "think_tokens": 256, "samples": 3,
     "engine": "vllm", "device": "cpu", "ray_address": "auto", "dtype": "bfloat16",
     "max_model_len": 4096, "cpu_kv_cache_gib": 3, "batch_size": 4, "faults": "latency=0",
+    "max_num_seqs": 8, "batches_in_flight": 2, "tensor_parallel_size": 2,
+    "gpu_memory_utilization": 0.8,
 }
 BASE = {"temperature": 0.3, "samples": 2, "engine": "fake"}  # so samples/faults may change
 
