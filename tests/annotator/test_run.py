@@ -195,6 +195,8 @@ def test_kill_9_mid_run_then_resume_gives_one_row_per_clip(tmp_path, clips, tiny
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "annotator.cli", "run", "--manifest", str(manifest), "--out",
            str(out), "--model", str(tiny_omni), "--batch-size", "1",
+           # one batch at a time: the rows trickle in, so the kill lands between commits
+           "--batches-in-flight", "1",
            # a small budget keeps each clip short (rows end 'truncated'); what is tested here
            # is that rows survive a kill and are neither lost nor duplicated on resume
            "--max-tokens", "48", "--retries", "0", "--generation", "one-pass"]

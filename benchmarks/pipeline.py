@@ -1,0 +1,154 @@
+"""`vaemo-annotate run` against the raw vLLM engine on the same rendered prompts and media,
+alternating runs, and where the run's time goes.
+
+    .venv/bin/python benchmarks/pipeline.py --clips 200 --generation two-phase --json
+    .venv/bin/python benchmarks/pipeline.py --clips 30 \
+        --model ~/.cache/vaemo/models/SmolLM2-135M-Instruct
+
+The raw engine is created the way `run` creates it and given every clip at once (two-phase:
+all thoughts, then all answers); its clips/s excludes its start-up. The pipeline's clips/s
+excluding start-up counts from the moment its engine was ready to the last commit; both are
+also given with start-up included. The breakdown of a run's wall time: planning, Ray set-up,
+engine start-up, the engine waiting for its first prepared batch, idle gaps after it, busy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def write_corpus(folder: Path, count: int) -> Path:
+    """`count` distinct clips of 2 s: real read speech (LibriVox) from several offsets over
+    moving real portraits, each slightly different (no two clips share media bytes)."""
+    import csv
+
+    import numpy as np
+
+    from annotator.devtools.demo import moving_portrait, portraits, read_wav, speech_files
+    from annotator.devtools.demo import write_clip
+
+    faces, speech = list(portraits().values()), [read_wav(w, 20.0) for w in speech_files()]
+    rows = []
+    for i in range(count):
+        wave = speech[i % len(speech)]
+        start = (i // len(speech)) * 4_000 % max(1, len(wave) - 32_000)
+        frames = moving_portrait(faces[i % len(faces)], 50, side=224).astype(np.int16)
+        frames = np.clip(frames + (i % 7) - 3, 0, 255).astype(np.uint8)
+        path = write_clip(folder / f"clip{i:04d}.mp4", frames, wave[start:start + 32_000])
+        rows.append({"clip_id": f"clip{i:04d}", "path": path.name, "label": "neutral"})
+    manifest = folder / "manifest.csv"
+    with open(manifest, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return manifest
+
+
+def raw_engine(config) -> dict:
+    """The engine alone on the pipeline's own prompts and decoded media."""
+    from annotator.chat import THOUGHT_SLOT
+    from annotator.engines.factory import create_engine
+    from annotator.pipeline import engine_options, plan_clips, resolve
+    from annotator.stages.generate import _request
+    from annotator.stages.prepare import prepare_batch
+
+    resolved = resolve(config, "cpu")
+    rows = prepare_batch(plan_clips(resolved), ctx=resolved.ctx).to_pylist()
+    rows = [r for r in rows if r["error_kind"] is None]
+    started = time.perf_counter()
+    engine = create_engine("vllm", resolved.spec, engine_options(resolved, "cpu"))
+    startup = time.perf_counter() - started
+    started = time.perf_counter()
+    requests = [_request(r) for r in rows]
+    if resolved.ctx.two_phase:
+        for request in requests:
+            request.guided, request.max_tokens = False, resolved.ctx.sampling.think_tokens
+        thoughts = engine.generate(requests)
+        for request, row, thought in zip(requests, rows, thoughts):
+            request.prompt = row["answer_prompt"].replace(THOUGHT_SLOT, thought.text.strip())
+            request.guided, request.max_tokens = True, resolved.ctx.sampling.max_tokens
+    outputs = engine.generate(requests)
+    seconds = time.perf_counter() - started
+    del engine
+    return {"clips": len(rows), "startup_s": round(startup, 2), "seconds": round(seconds, 2),
+            "output_tokens": sum(len(o.token_ids) for o in outputs)}
+
+
+def pipeline(config, out: Path) -> dict:
+    from annotator.pipeline import run
+
+    started_wall, started = time.time(), time.perf_counter()
+    summary = run(config.model_copy(update={"out": out}))
+    ended_wall, wall = time.time(), time.perf_counter() - started
+    engine = summary["engine"]
+    timeline = engine.get("timeline", {})
+    steady = ended_wall - timeline.get("ready_at", started_wall)
+    return {"clips": summary["counts"]["computed_now"], "ok": summary["counts"]["ok"],
+            "wall_s": round(wall, 2), "after_engine_ready_s": round(steady, 2),
+            "breakdown_s": {"plan": engine.get("plan_s"), "ray_init": engine.get("ray_init_s"),
+                            "engine_start": timeline.get("startup_s"),
+                            "engine_wait_first_batch": timeline.get("wait_first_s"),
+                            "engine_idle": timeline.get("idle_s"),
+                            "engine_busy": timeline.get("busy_s")}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clips", type=int, default=200)
+    parser.add_argument("--model", help="model folder (default: a tiny random Qwen2.5-Omni)")
+    parser.add_argument("--generation", default="two-phase", choices=["one-pass", "two-phase"])
+    parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--think-tokens", type=int, default=96)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=2, help="alternating runs of each")
+    parser.add_argument("--json", action="store_true", help="print one JSON object only")
+    args = parser.parse_args()
+
+    import torch
+
+    torch.set_num_threads(1)
+    from annotator.config import RunConfig
+    from annotator.devtools.tiny_models import build_tiny_omni
+
+    work = Path(tempfile.mkdtemp(prefix="vaemo-pipeline-"))
+    model = args.model or str(build_tiny_omni(work / "tiny-omni"))
+    manifest = write_corpus(work / "corpus", args.clips)
+    config = RunConfig(manifest=manifest, out=work / "out", model=model, retries=0,
+                       labels="anger,disgust,fear,happy,neutral,sad", dtype="float32",
+                       generation=args.generation, max_tokens=args.max_tokens,
+                       think_tokens=args.think_tokens, batch_size=args.batch_size)
+    runs: dict[str, list] = {"pipeline": [], "engine": []}
+    for r in range(args.rounds):
+        runs["pipeline"].append(pipeline(config, work / f"out{r}"))
+        runs["engine"].append(raw_engine(config))
+        if not args.json:
+            print(json.dumps({"round": r, "pipeline": runs["pipeline"][-1],
+                              "engine": runs["engine"][-1]}), flush=True)
+    best_pipe = min(runs["pipeline"], key=lambda p: p["after_engine_ready_s"])
+    best_engine = min(runs["engine"], key=lambda e: e["seconds"])
+    n = best_engine["clips"]
+    result = {
+        "model": Path(model).name, "clips": n, "generation": args.generation,
+        "date": time.strftime("%Y-%m-%d"),
+        "pipeline_clips_per_s": round(n / best_pipe["after_engine_ready_s"], 3),
+        "engine_clips_per_s": round(n / best_engine["seconds"], 3),
+        "pipeline_over_engine": round(best_engine["seconds"]
+                                      / best_pipe["after_engine_ready_s"], 3),
+        "pipeline_clips_per_s_with_startup": round(n / best_pipe["wall_s"], 3),
+        "engine_clips_per_s_with_startup": round(
+            n / (best_engine["seconds"] + best_engine["startup_s"]), 3),
+        "breakdown_s": best_pipe["breakdown_s"], "wall_s": best_pipe["wall_s"],
+        "runs": runs,
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

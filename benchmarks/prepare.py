@@ -1,0 +1,67 @@
+"""Decode + cues per clip on one core (what a prepare task does before the engine sees a
+clip): decoding, voice cues and face/video cues timed apart, over the demo corpus (real read
+speech and portraits).
+
+    .venv/bin/python benchmarks/prepare.py --rounds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--corpus", type=Path, help="a demo corpus folder (default: build one)")
+    args = parser.parse_args()
+
+    import csv
+
+    from annotator.cues import CUES_VERSION, audio_cues, video_cues
+    from annotator.devtools.demo import build_demo_corpus
+    from annotator.media import decode
+    from annotator.settings import MediaSettings
+
+    corpus = args.corpus or build_demo_corpus(Path(tempfile.mkdtemp()) / "demo").parent
+    manifest = corpus / "manifest.csv" if corpus.is_dir() else corpus
+    with open(manifest) as f:
+        paths = [str(manifest.parent / row["path"]) for row in csv.DictReader(f)]
+    media = MediaSettings()
+    decode(paths[0], num_frames=media.num_frames)  # imports and first-call set-up
+    audio_cues(decode(paths[0]).audio)
+    parts = {"decode": 0.0, "audio_cues": 0.0, "video_cues": 0.0}
+    seconds_of_audio = 0.0
+    for _ in range(args.rounds):
+        for path in paths:
+            t0 = time.perf_counter()
+            clip = decode(path, num_frames=media.num_frames,
+                          max_duration_s=media.max_duration_s, max_side=media.max_side)
+            t1 = time.perf_counter()
+            if clip.audio is not None:
+                audio_cues(clip.audio)
+                seconds_of_audio += len(clip.audio) / 16_000
+            t2 = time.perf_counter()
+            if clip.frames is not None:
+                video_cues(clip.frames)
+            t3 = time.perf_counter()
+            parts["decode"] += t1 - t0
+            parts["audio_cues"] += t2 - t1
+            parts["video_cues"] += t3 - t2
+    clips = len(paths) * args.rounds
+    total = sum(parts.values())
+    print(json.dumps({"cues_version": CUES_VERSION, "clips": clips,
+                      "mean_audio_s": round(seconds_of_audio / clips, 2),
+                      "clips_per_s_per_core": round(clips / total, 2),
+                      **{f"{k}_ms": round(1000 * v / clips, 1) for k, v in parts.items()}}))
+
+
+if __name__ == "__main__":
+    main()
