@@ -7,8 +7,8 @@ librosa's pYIN here (version 1 of the cues used pYIN); librosa's RMS and onset d
 loudness and a tempo proxy, and OpenCV's Haar cascade (shipped inside the opencv wheel, no
 download) finds frontal faces, on frames scaled down to DETECT_SIDE: the cascade's 24-pixel
 window then finds faces from 15% of the frame's shorter side up (a talking head is larger),
-2.4x faster than on 224-pixel frames, with the same detections on the demo corpus. All values are plain floats/ints so
-that they fit a Parquet struct and a Jinja template.
+2.4x faster than on 224-pixel frames, with the same detections on the demo corpus. All values
+are plain floats/ints so that they fit a Parquet struct and a Jinja template.
 """
 
 from __future__ import annotations

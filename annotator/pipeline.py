@@ -345,6 +345,11 @@ def _generate(resolved: Resolved, to_engine: pa.Table, device: str, actors: int,
     tracker.add(failed=len(remaining))
 
 
+def prepare_block(batch_size: int, most: int) -> int:
+    """Clips per prepare block: the largest divisor of the engine batch up to `most`."""
+    return max(d for d in range(1, min(most, batch_size) + 1) if batch_size % d == 0)
+
+
 def engine_timeline(folder: Path) -> dict:
     """Where the engines' time went (each actor's file, summed; read once, then removed):
     start-up, waiting for the first prepared batch, idle gaps after it, busy stepping."""
@@ -389,10 +394,12 @@ def _engine_stream(resolved: Resolved, plan: pa.Table, device: str, actors: int,
     compute = resolved.config.compute
     batch_size = 1 if isolate else compute.batch_size
     in_flight = compute.in_flight(device) if not isolate else compute.sequences(device)
-    prepare_args = {**prepare_stage.STAGE.ray, **({"batch_size": 1} if isolate else {})}
-    # blocks of a prepare task's size: the first clips reach the engine after one task, and
-    # the tasks spread over the free CPUs instead of one task per engine batch
-    ds = ray.data.from_arrow(plan).repartition(-(-len(plan) // prepare_args["batch_size"]))
+    # blocks of a few clips, dividing the engine batch: prepare tasks spread over the free
+    # CPUs and the first clips reach the engine early, while every engine task still gets
+    # exactly one batch (blocks that straddled two batches would run them one after the other)
+    block = prepare_block(batch_size, prepare_stage.STAGE.ray["batch_size"])
+    prepare_args = {**prepare_stage.STAGE.ray, "batch_size": block}
+    ds = ray.data.from_arrow(plan).repartition(target_num_rows_per_block=block, strict=True)
     ds = ds.map_batches(prepare_stage.prepare_batch, batch_format="pyarrow",
                         fn_kwargs={"ctx": resolved.ctx}, **prepare_args)
     warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")

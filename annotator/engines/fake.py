@@ -44,7 +44,8 @@ class FakeEngine:
         self.queue.append((key, request))
 
     def step(self) -> list[tuple[str, Generation]]:
-        return step_queued(self.queue, self.generate, len(self.queue))
+        # one answer per step: with a latency they come back one by one, as from an engine
+        return step_queued(self.queue, self.generate, 1)
 
     def busy(self) -> bool:
         return bool(self.queue)

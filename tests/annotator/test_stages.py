@@ -29,3 +29,10 @@ def test_plan_and_prepare_produce_what_they_declare(tmp_path, clips, tiny_omni):
     rows = prepared.to_pylist()
     assert rows[0]["error_kind"] is None and rows[0]["frames"] and rows[0]["answer_prompt"]
     assert rows[1]["error_kind"] == "media" and rows[1]["frames"] is None
+
+
+def test_prepare_blocks_divide_the_engine_batch():
+    """Each engine task gets exactly one batch: its prepare blocks never straddle two."""
+    from annotator.pipeline import prepare_block
+
+    assert [prepare_block(b, 4) for b in (16, 8, 6, 5, 2, 1, 3)] == [4, 4, 3, 1, 2, 1, 3]
