@@ -63,6 +63,12 @@ class RunFolder:
         return self.root / "quarantine"
 
     @property
+    def plan_index(self) -> Path:
+        """clip_id -> (fingerprint, cache key) of its last plan: a re-run whose clips and
+        settings did not change finds its cache hits without planning again."""
+        return self.root / "plan_index.parquet"
+
+    @property
     def engine_stats(self) -> Path:
         """Where each engine actor leaves its timing (start, busy, idle) for the driver."""
         return self.root / ".engine-stats"

@@ -38,9 +38,9 @@ from annotator.settings import EngineSettings, ErrorKind, RowStatus
 from annotator.stages import prepare as prepare_stage
 from annotator.stages.context import RunContext
 from annotator.stages.generate import EngineWorker
-from annotator.stages.plan import plan_table
+from annotator.stages.plan import PLAN_SCHEMA, context_digest, fingerprint, plan_table
 from annotator.stages.rows import failed_rows
-from annotator.store import Store, write_json
+from annotator.store import Store, atomic_write_parquet, write_json
 from annotator.subset import parse_subset, select_subset
 from prompts import load_template, require_two_phase
 
@@ -120,10 +120,49 @@ def resolve(config: RunConfig, device: str | None = None) -> Resolved:
     return Resolved(config, device, ctx, json_schema(enforced), chosen, notes)
 
 
-def plan_clips(resolved: Resolved) -> pa.Table:
-    """Plan every selected clip in the driver: hashing and probing are I/O, so threads
-    overlap them; this avoids a Ray worker paying transformers' import for a tokenizer."""
-    return plan_table(resolved.chosen, resolved.ctx, load_tokenizer(resolved.spec.path))
+def plan_clips(resolved: Resolved, rows: pa.Table | None = None) -> pa.Table:
+    """Plan the selected clips (or `rows` of them) in the driver: hashing and probing are
+    I/O, so threads overlap them; this avoids a Ray worker paying transformers' import for a
+    tokenizer."""
+    rows = resolved.chosen if rows is None else rows
+    if not len(rows):
+        return PLAN_SCHEMA.empty_table()
+    return plan_table(rows, resolved.ctx, load_tokenizer(resolved.spec.path))
+
+
+def known_hits(resolved: Resolved, store: Store) -> tuple[set[str], dict[str, str | None]]:
+    """(clips whose last plan still holds and whose stored row has its cache key, every
+    selected clip's fingerprint): those clips need no planning, no tokenizer, no hashing."""
+    digest = context_digest(resolved.ctx)
+    prints = {r["clip_id"]: fingerprint(r, digest) for r in resolved.chosen.to_pylist()}
+    path = RunFolder(resolved.config.out).plan_index
+    if not path.is_file():
+        return set(), prints
+    try:
+        known = pq.read_table(path).to_pydict()
+    except Exception:  # noqa: BLE001 - a damaged index only costs a full plan
+        return set(), prints
+    stored = store.index()
+    hits = {c for c, fp, key in zip(known["clip_id"], known["fingerprint"], known["cache_key"])
+            if fp is not None and prints.get(c) == fp
+            and stored.get(c, {}).get("cache_key") == key}
+    return hits, prints
+
+
+def write_plan_index(resolved: Resolved, plan: pa.Table, hits: set[str],
+                     prints: dict[str, str | None]) -> None:
+    """The selected clips' fingerprints and planned cache keys, for the next run."""
+    path = RunFolder(resolved.config.out).plan_index
+    entries: dict[str, tuple] = {}
+    if hits and path.is_file():
+        known = pq.read_table(path).to_pydict()
+        entries = {c: (fp, key) for c, fp, key in zip(known["clip_id"], known["fingerprint"],
+                                                      known["cache_key"]) if c in hits}
+    for clip, key in zip(plan["clip_id"].to_pylist(), plan["cache_key"].to_pylist()):
+        entries[clip] = (prints.get(clip), key)
+    atomic_write_parquet(pa.table({"clip_id": list(entries),
+                                   "fingerprint": [v[0] for v in entries.values()],
+                                   "cache_key": [v[1] for v in entries.values()]}), path)
 
 
 def preview(config: RunConfig, clip_id: str) -> tuple[dict, dict]:
@@ -259,19 +298,26 @@ def _run(config: RunConfig, console: Console, store: Store, only: set[str] | Non
     for note in resolved.notes:
         console.print(f"[yellow]note[/yellow] {note}")
     ctx = resolved.ctx
-    plan = plan_clips(resolved)
-    timings = {"plan_s": round(time.perf_counter() - started, 2)}
+    quick = not (config.dry_run or config.force or only is not None)
+    hits, prints = known_hits(resolved, store) if quick else (set(), {})
+    plan = plan_clips(resolved, resolved.chosen.filter(pc.invert(pc.is_in(
+        resolved.chosen["clip_id"], pa.array(sorted(hits), pa.string()))))
+        if hits else None)
+    timings = {"plan_s": round(time.perf_counter() - started, 2), "planned": len(plan)}
     cached, pending = split_cached(plan, store, config.force, only)
     if config.dry_run:
         progress.print_plan(console, resolved, plan, cached, pending)
         return {"dry_run": True, "selected": len(plan), "cached": len(cached)}
+    if quick:
+        write_plan_index(resolved, plan, hits, prints)
+    cached_count = len(cached) + len(hits)
 
     pq.write_table(resolved.chosen.select(["clip_id", "stratum", "label", "speaker", "path"]),
                    RunFolder(config.out).subset)
     meta = {"run_id": ctx.run_id, "versions": versions(), "schema_version": SCHEMA_VERSION}
     early = pending.filter(pc.is_valid(pending["error_kind"]))
     to_engine = pending.filter(pc.is_null(pending["error_kind"]))
-    tracker = progress.Tracker(console, total=len(pending), cached=len(cached))
+    tracker = progress.Tracker(console, total=len(pending), cached=cached_count)
     early_rows = failed_rows(early, ctx)
     engine_info: dict = {"started": False}
     if not len(to_engine) and len(early):
@@ -292,7 +338,8 @@ def _run(config: RunConfig, console: Console, store: Store, only: set[str] | Non
                       early_rows)
         engine_info["timeline"] = engine_timeline(RunFolder(config.out).engine_stats)
     engine_info["quarantined"] = quarantined or {}
-    summary = _finish(resolved, store, tracker, cached, started, {**engine_info, **timings})
+    summary = _finish(resolved, store, tracker, cached_count, started,
+                      {**engine_info, **timings})
     progress.print_summary(console, summary)
     return summary
 
@@ -421,7 +468,7 @@ def _engine_stream(resolved: Resolved, plan: pa.Table, device: str, actors: int,
     yield from ds.iter_batches(batch_format="pyarrow", batch_size=None)
 
 
-def _finish(resolved: Resolved, store: Store, tracker, cached: pa.Table, started: float,
+def _finish(resolved: Resolved, store: Store, tracker, cached: int, started: float,
             engine_info: dict) -> dict:
     config, ctx = resolved.config, resolved.ctx
     rows = store.read(["clip_id", "status", "error_kind", "num_output_tokens", "label"])
@@ -442,7 +489,7 @@ def _finish(resolved: Resolved, store: Store, tracker, cached: pa.Table, started
         "sampling": ctx.sampling.model_dump(), "engine_key": ctx.engine_key,
         "counts": {"selected": len(selected), "rows": len(mine),
                    "ok": len(mine) - len(failed), "failed": len(failed),
-                   "failed_by_kind": by_kind, "cached": len(cached),
+                   "failed_by_kind": by_kind, "cached": cached,
                    "computed_now": tracker.done},
         "throughput": tracker.rates(), "engine": engine_info, "wall_s": round(wall, 2),
         "finished_at": datetime.now(UTC).isoformat(),

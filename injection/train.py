@@ -255,7 +255,8 @@ def fit(features: Features, config: TrainConfig, out: Path, log=None, encoder=No
     its last blocks train with the heads on decoded media."""
     import torch.distributed as dist
 
-    distributed = dist.is_available() and dist.is_initialized()
+    # a process group of one (vLLM's own, when it ran in this process) is not a DDP job
+    distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
     if config.batch_size % world:
         raise ConfigError(f"--batch-size {config.batch_size} must divide among {world} ranks")
@@ -293,7 +294,9 @@ def fit(features: Features, config: TrainConfig, out: Path, log=None, encoder=No
     if distributed:
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=config.accumulate > 1)
+            # accumulation's cached pass, and encoder parts a branch never runs (Whisper's
+            # decoder under LoRA), leave parameters without a gradient in a step
+            find_unused_parameters=config.accumulate > 1 or config.mode != "heads")
     metrics_path = out / "metrics.jsonl"
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)

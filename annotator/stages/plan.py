@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 
 import pyarrow as pa
 
@@ -108,3 +109,29 @@ def plan_table(rows: pa.Table, ctx: RunContext, tokenizer, workers: int = 8) -> 
     with ThreadPoolExecutor(workers) as pool:
         planned = list(pool.map(lambda r: plan_clip(r, ctx, tokenizer), rows.to_pylist()))
     return pa.Table.from_pylist(planned, schema=PLAN_SCHEMA)
+
+
+def context_digest(ctx: RunContext) -> str:
+    """Everything besides the clip itself that decides a planned cache key: cue version,
+    template, model files, sampling (with the generation mode), schema, decoding, engine."""
+    return _sha(json.dumps({
+        "cues": CUES_VERSION, "template": ctx.template.sha256, "model": ctx.spec.name,
+        "revision": ctx.spec.revision, "sampling": ctx.sampling.to_json(),
+        "schema": ctx.schema_sha256, "decode": ctx.media.key(), "engine": ctx.engine_key},
+        sort_keys=True))
+
+
+def fingerprint(row: dict, digest: str) -> str | None:
+    """What a clip's plan is a function of, read without opening its files: the manifest
+    row, the stat of its files (size, mtime, inode, device) and the run's `context_digest`.
+    Equal fingerprints plan to equal cache keys; None when a file cannot be stat'ed."""
+    parts = [digest, json.dumps({k: v for k, v in row.items() if k != "stratum"},
+                                sort_keys=True, default=str)]
+    for path in (row["path"], row.get("audio_path")):
+        if path:
+            try:
+                st = os.stat(path)
+            except OSError:
+                return None
+            parts.append(f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}:{st.st_dev}")
+    return _sha("\0".join(parts))
