@@ -97,6 +97,13 @@ ROW_SCHEMA = pa.schema([
 ])
 
 
+SHARD_ROWS = 50_000
+"""A writer merges small batch files into shards of up to this many rows at its start."""
+MERGE_AT = 64
+"""... once at least this many files are smaller than a shard (a 1M-row run written in
+16-row batches would otherwise be 62,500 files to open at every start)."""
+
+
 class Store:
     """The rows of one run folder: read (one row per clip), index by clip, commit a batch
     (superseding older rows of its clips), repair, and the writer's lock."""
@@ -194,7 +201,37 @@ class Store:
         if doubled:
             self._supersede(doubled)
             self._index = None
+        if self.merge_small():
+            self._index = None
         return quarantined
+
+    def merge_small(self) -> int:
+        """Writer only: merge batch files smaller than SHARD_ROWS into shards of up to that
+        many rows, once MERGE_AT of them exist; returns the files merged. Each shard is
+        written whole before its sources go, so a kill in between leaves the same rows
+        twice, which readers and the next repair resolve."""
+        sizes = {f: pq.ParquetFile(f).metadata.num_rows for f in self.files()}
+        small = [f for f, rows in sizes.items() if rows < SHARD_ROWS]
+        if len(small) < MERGE_AT:
+            return 0
+        groups, group, rows = [], [], 0
+        for f in small:
+            if group and rows + sizes[f] > SHARD_ROWS:
+                groups.append(group)
+                group, rows = [], 0
+            group.append(f)
+            rows += sizes[f]
+        groups.append(group)
+        merged = 0
+        for group in (g for g in groups if len(g) > 1):
+            table = pa.concat_tables([_read_file(f, ROW_SCHEMA.names) for f in group])
+            table = table.cast(ROW_SCHEMA).replace_schema_metadata(
+                {"vaemo": json.dumps({"merged_files": len(group)})})
+            atomic_write_parquet(table, self.dir / f"part-merged-{uuid.uuid4().hex}.parquet")
+            for f in group:
+                f.unlink()
+            merged += len(group)
+        return merged
 
     def quarantined(self) -> list[str]:
         """Files an earlier run moved to OUT/quarantine/ (each has its reason beside it)."""
