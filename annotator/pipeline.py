@@ -411,7 +411,9 @@ def engine_timeline(folder: Path) -> dict:
             "startup_s": round(max(f["startup_s"] for f in found), 2),
             **{key: round(sum(f[key] for f in found), 2)
                for key in ("wait_first_s", "idle_s", "busy_s")},
-            "steps": sum(f["steps"] for f in found)}
+            "steps": sum(f["steps"] for f in found),
+            "engine_nodes": sorted({f.get("node", "") for f in found}),
+            "prepared_on": sorted({n for f in found for n in f.get("prepared_on", [])})}
 
 
 def engine_options(resolved: Resolved, device: str) -> EngineOptions:

@@ -31,6 +31,7 @@ from annotator.schema import answer_model, description_model, parse_description
 from annotator.settings import ErrorKind
 from annotator.stages import StageSpec
 from annotator.stages.context import RunContext
+from annotator.stages.prepare import ray_node
 from annotator.stages.rows import Attempt, Judged, build_row
 from annotator.store import ROW_SCHEMA, SAMPLE_FIELDS
 
@@ -39,7 +40,7 @@ STAGE = StageSpec(
     reads=("clip_id", "frames", "frames_shape", "fps", "audio", "prompt", "answer_prompt",
            "error_kind", "error", "cues", "prompt_sha256", "cache_key", "media_sha256",
            "label", "speaker", "split", "dataset", "path", "audio_path", "has_video", "has_audio",
-           "media_note", "duration_s"),
+           "media_note", "duration_s", "prepared_on"),
     writes=tuple(ROW_SCHEMA.names))
 """One actor per engine; the driver sets its resources and batch size from EngineSettings."""
 
@@ -227,7 +228,8 @@ class EngineWorker:
         self.engine = create_engine(ctx.engine, ctx.spec, options)
         self.timing = {"started_at": started, "ready_at": time.time(),
                        "startup_s": time.time() - started, "wait_first_s": 0.0,
-                       "busy_s": 0.0, "idle_s": 0.0, "steps": 0}
+                       "busy_s": 0.0, "idle_s": 0.0, "steps": 0, "node": ray_node(),
+                       "prepared_on": []}
         self.stats = Path(stats_dir) / f"engine-{os.getpid()}.json" if stats_dir else None
         self.ctx = ctx
         model = description_model(ctx.labels, ctx.template.schema)
@@ -242,6 +244,8 @@ class EngineWorker:
         if self.broken is not None:
             raise RuntimeError(f"the engine failed earlier: {self.broken}")
         job = Batch(batch.to_pylist())
+        nodes = {r.get("prepared_on") for r in job.rows} - {None, ""}
+        self.timing["prepared_on"] = sorted(set(self.timing["prepared_on"]) | nodes)
         self.inbox.put(job)
         job.done.wait()
         if job.error is not None:

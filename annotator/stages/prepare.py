@@ -23,7 +23,7 @@ OUTPUT_TYPES = {
     "frames": pa.binary(), "frames_shape": pa.list_(pa.int32()), "fps": pa.float64(),
     "audio": pa.binary(), "cues": cues.arrow_type(), "prompt": pa.string(),
     "answer_prompt": pa.string(), "prompt_sha256": pa.string(), "error_kind": pa.string(),
-    "error": pa.string(),
+    "error": pa.string(), "prepared_on": pa.string(),
 }
 
 STAGE = StageSpec(
@@ -40,6 +40,7 @@ def prepare_batch(batch: pa.Table, *, ctx: RunContext) -> pa.Table:
     """The planned clips of `batch` with their media, cues and final prompts added."""
     spec, media = ctx.spec, ctx.media
     tokenizer = load_tokenizer(spec.path)
+    node = ray_node()
     out: dict[str, list] = {k: [] for k in OUTPUT_TYPES}
     for row in batch.to_pylist():
         kind, error, clip, measured = row["error_kind"], row["error"], None, None
@@ -75,7 +76,16 @@ def prepare_batch(batch: pa.Table, *, ctx: RunContext) -> pa.Table:
                                     else row["prompt_sha256"])
         out["error_kind"].append(kind)
         out["error"].append(error)
+        out["prepared_on"].append(node)
     table = batch.drop_columns([c for c in out if c in batch.column_names])
     for name, values in out.items():
         table = table.append_column(name, pa.array(values, OUTPUT_TYPES[name]))
     return table
+
+
+def ray_node() -> str:
+    """The Ray node this task runs on ("" outside Ray): run.json says where clips were
+    prepared."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
