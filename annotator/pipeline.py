@@ -217,37 +217,59 @@ def _ray_init(config: RunConfig) -> None:
     if config.compute.ray_address:
         try:
             ray.init(address=config.compute.ray_address, **kwargs)
-        except ConnectionError as err:
+        except (ConnectionError, RuntimeError) as err:
             _joined.clear()
-            raise ConfigError(
-                f"cannot join a Ray cluster at --ray-address {config.compute.ray_address} ({err}); "
-                "start one with `ray start --head`, or leave --ray-address out to run "
-                "locally") from err
+            raise ConfigError(join_failure(config.compute.ray_address, err)) from err
     else:
         ray.init(num_cpus=os.cpu_count(), **kwargs)
 
 
+def join_failure(address: str, err: Exception) -> str:
+    """What to say when joining a cluster fails: refused credentials are not a missing
+    cluster."""
+    text = str(err)
+    if any(word in text.lower() for word in ("auth", "token", "unauthenticated")):
+        return (f"the Ray cluster at --ray-address {address} refused this client's "
+                f"credentials ({text.strip().splitlines()[0][:200]}); with token "
+                "authentication set RAY_AUTH_MODE=token and the cluster's token "
+                "(RAY_AUTH_TOKEN, or ~/.ray/auth_token), then run again")
+    return (f"cannot join a Ray cluster at --ray-address {address} ({text}); start one with "
+            "`ray start --head`, or leave --ray-address out to run locally")
+
+
 def resolve_device(config: RunConfig) -> tuple[str, int]:
-    """(device, engine actors) from what the Ray cluster really has; never wait on a GPU
-    that is not there."""
+    """(device, engine actors) from what the Ray cluster has free now; never wait on a GPU
+    that is not there or not free."""
     import ray
 
-    return engine_pool(config.compute, int(ray.cluster_resources().get("GPU", 0)))
+    total, free = ray.cluster_resources(), ray.available_resources()
+    return engine_pool(config.compute, int(total.get("GPU", 0)), int(free.get("GPU", 0)),
+                       float(free.get("CPU", 0)))
 
 
-def engine_pool(compute: EngineSettings, gpus: int) -> tuple[str, int]:
-    """(device, engine actors) for a cluster with `gpus` GPUs: one engine per
-    --tensor-parallel-size GPUs, or one on CPU."""
+def engine_pool(compute: EngineSettings, gpus: int, free_gpus: int | None = None,
+                free_cpus: float = 1.0) -> tuple[str, int]:
+    """(device, engine actors) for a cluster with `gpus` GPUs of which `free_gpus` are free:
+    one engine per --tensor-parallel-size free GPUs, or one on CPU. Resources that are not
+    free are refused at once with a message, never waited for."""
+    free_gpus = gpus if free_gpus is None else free_gpus
     if compute.device == "gpu" and gpus == 0:
         raise ConfigError("--device gpu, but the Ray cluster has no GPU; use --device cpu "
                           "(or auto) on this machine, or join a GPU cluster with --ray-address")
     if compute.device == "cpu" or gpus == 0:
+        if free_cpus < 1:
+            raise ConfigError("every CPU of the Ray cluster is taken, and the engine needs "
+                              "one; wait for the other jobs or add a node")
         return "cpu", 1
     tp = compute.tensor_parallel_size
     if tp > gpus:
         raise ConfigError(f"--tensor-parallel-size {tp}, but the Ray cluster has {gpus} "
                           "GPU(s): lower it to at most that")
-    return "gpu", gpus // tp
+    if free_gpus < tp:
+        raise ConfigError(f"the Ray cluster's {gpus} GPU(s) are busy ({free_gpus} free, an "
+                          f"engine needs {tp}); wait for the other jobs to end, or lower "
+                          "--tensor-parallel-size")
+    return "gpu", free_gpus // tp
 
 
 def engine_resources(compute: EngineSettings, device: str) -> dict:

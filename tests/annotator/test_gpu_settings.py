@@ -61,3 +61,20 @@ def test_gpu_settings_never_change_the_cache_key():
     for change in ({"tensor_parallel_size": 2}, {"gpu_memory_utilization": 0.5},
                    {"max_num_seqs": 64}, {"batches_in_flight": 2}, {"batch_size": 64}):
         assert EngineSettings(**change).key("gpu") == base
+
+
+def test_engines_take_the_free_gpus_and_busy_ones_are_said_not_waited_for():
+    assert engine_pool(EngineSettings(), 8, free_gpus=3) == ("gpu", 3)
+    assert engine_pool(EngineSettings(tensor_parallel_size=2), 8, free_gpus=5) == ("gpu", 2)
+    with pytest.raises(ConfigError, match=r"8 GPU\(s\) are busy \(1 free, an engine needs 2\)"):
+        engine_pool(EngineSettings(tensor_parallel_size=2), 8, free_gpus=1)
+    with pytest.raises(ConfigError, match="every CPU of the Ray cluster is taken"):
+        engine_pool(EngineSettings(), 0, free_cpus=0.5)
+
+
+def test_refused_credentials_are_not_reported_as_a_missing_cluster():
+    from annotator.pipeline import join_failure
+
+    said = join_failure("10.0.0.1:6379", ConnectionError("Unauthenticated: invalid token"))
+    assert "refused this client's credentials" in said and "RAY_AUTH_MODE=token" in said
+    assert "ray start --head" in join_failure("10.0.0.1:6379", ConnectionError("timed out"))
