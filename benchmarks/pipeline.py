@@ -109,6 +109,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=2, help="alternating runs of each")
     parser.add_argument("--json", action="store_true", help="print one JSON object only")
+    parser.add_argument("--fake", action="store_true",
+                        help="the pipeline alone with the fake engine (answers at once): its "
+                             "own ceiling in clips/s, and per CPU core")
     args = parser.parse_args()
 
     import torch
@@ -124,6 +127,17 @@ def main() -> None:
                        labels="anger,disgust,fear,happy,neutral,sad", dtype="float32",
                        generation=args.generation, max_tokens=args.max_tokens,
                        think_tokens=args.think_tokens, batch_size=args.batch_size)
+    if args.fake:
+        fake = config.model_copy(update={"compute": config.compute.model_copy(
+            update={"engine": "fake"})})
+        found = [pipeline(fake, work / f"fake{r}") for r in range(args.rounds)]
+        best = min(found, key=lambda p: p["after_engine_ready_s"])
+        rate = best["clips"] / best["after_engine_ready_s"]
+        print(json.dumps({"engine": "fake", "clips": best["clips"], "cores": os.cpu_count(),
+                          "pipeline_clips_per_s": round(rate, 2),
+                          "per_core": round(rate / (os.cpu_count() or 1), 2),
+                          "breakdown_s": best["breakdown_s"], "runs": found}))
+        return
     runs: dict[str, list] = {"pipeline": [], "engine": []}
     for r in range(args.rounds):
         runs["pipeline"].append(pipeline(config, work / f"out{r}"))
