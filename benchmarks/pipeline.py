@@ -27,12 +27,10 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 def write_corpus(folder: Path, count: int) -> Path:
     """`count` distinct clips of 2 s: real read speech (LibriVox) from several offsets over
     moving real portraits, each slightly different (no two clips share media bytes)."""
-    import csv
-
     import numpy as np
 
-    from annotator.devtools.demo import moving_portrait, portraits, read_wav, speech_files
-    from annotator.devtools.demo import write_clip
+    from annotator.devtools.demo import (moving_portrait, portraits, read_wav, speech_files,
+                                         write_clip, write_manifest_csv)
 
     faces, speech = list(portraits().values()), [read_wav(w, 20.0) for w in speech_files()]
     rows = []
@@ -43,12 +41,7 @@ def write_corpus(folder: Path, count: int) -> Path:
         frames = np.clip(frames + (i % 7) - 3, 0, 255).astype(np.uint8)
         path = write_clip(folder / f"clip{i:04d}.mp4", frames, wave[start:start + 32_000])
         rows.append({"clip_id": f"clip{i:04d}", "path": path.name, "label": "neutral"})
-    manifest = folder / "manifest.csv"
-    with open(manifest, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return manifest
+    return write_manifest_csv(folder / "manifest.csv", rows)
 
 
 def raw_engine(config) -> dict:

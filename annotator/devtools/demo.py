@@ -141,9 +141,13 @@ def build_demo_corpus(out_dir: str | Path, fps: int = 25) -> Path:
             "speaker": wav.parent.name, "split": "demo", "dataset": "vaemo-demo",
             "face_source": face_name, "speech_source": str(wav),
         })
-    manifest = out / "manifest.csv"
-    with open(manifest, "w", newline="") as f:
+    return write_manifest_csv(out / "manifest.csv", rows)
+
+
+def write_manifest_csv(path: Path, rows: list[dict]) -> Path:
+    """A CSV manifest of `rows` (the first row's keys are the columns)."""
+    with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    return manifest
+    return path
