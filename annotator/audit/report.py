@@ -57,7 +57,8 @@ def _table_rows(con: duckdb.DuckDBPyConnection, report_dir: Path, max_rows: int,
                 media_root: Path | None) -> list[dict]:
     """Flagged rows first (excluded before merely flagged), then the rest, up to max_rows."""
     table = con.sql(f"""
-        SELECT a.clip_id, a.path, a.has_video, a.has_audio, a.label, a.status, a.error,
+        SELECT a.clip_id, a.path, a.audio_path, a.has_video, a.has_audio, a.label, a.status,
+               a.error,
                a.description, a.reasoning, a.cues, f.flags, f.details, f.excluded
         FROM audited a JOIN flags_view f ON f.clip_id = a.clip_id
         ORDER BY f.excluded DESC, len(f.flags) > 0 DESC, a.clip_id
@@ -66,6 +67,8 @@ def _table_rows(con: duckdb.DuckDBPyConnection, report_dir: Path, max_rows: int,
     rows = table.to_pylist()
     for row in rows:  # only the rows shown (bounded by max_rows) are serialised
         row["src"] = _relative(row.pop("path"), report_dir, media_root)
+        # a dataset with separate audio files: the clip's own audio plays beside its video
+        row["audio_src"] = _relative(row.pop("audio_path"), report_dir, media_root)
     return rows
 
 

@@ -28,6 +28,7 @@ def report(tmp_path_factory, clips):
     part = Store(out).files()[0]
     table = pq.read_table(part).to_pylist()
     table[1]["description"]["summary"] = HOSTILE
+    table[2]["audio_path"] = str(clips["tone_220"])  # a dataset with separate audio files
     import pyarrow as pa
 
     from annotator.store import ROW_SCHEMA
@@ -77,6 +78,9 @@ def test_clips_are_playable_from_the_report(page, report):
     src = video.get_attribute("src")
     assert src and (path.parent / src).resolve().is_file()
     assert page.locator("audio").count() > 0  # the audio-only clip gets an audio player
+    separate = page.locator("audio[src$='tone_220.mp4']")
+    assert separate.count() == 1  # a separate audio file plays beside its video
+    assert (path.parent / separate.first.get_attribute("src")).resolve().is_file()
 
 
 def test_model_text_never_runs_as_markup(page):
