@@ -220,8 +220,8 @@ def _ray_init(config: RunConfig) -> None:
         except (ConnectionError, RuntimeError) as err:
             _joined.clear()
             raise ConfigError(join_failure(config.compute.ray_address, err)) from err
-    else:
-        ray.init(num_cpus=os.cpu_count(), **kwargs)
+    else:  # "local": never join a cluster `ray start` left running on this machine
+        ray.init(address="local", num_cpus=os.cpu_count(), **kwargs)
 
 
 def join_failure(address: str, err: Exception) -> str:
