@@ -130,39 +130,38 @@ def plan_clips(resolved: Resolved, rows: pa.Table | None = None) -> pa.Table:
     return plan_table(rows, resolved.ctx, load_tokenizer(resolved.spec.path))
 
 
-def known_hits(resolved: Resolved, store: Store) -> tuple[set[str], dict[str, str | None]]:
-    """(clips whose last plan still holds and whose stored row has its cache key, every
-    selected clip's fingerprint): those clips need no planning, no tokenizer, no hashing."""
+def known_hits(resolved: Resolved, store: Store
+               ) -> tuple[dict[str, tuple], dict[str, str | None]]:
+    """({clip: (fingerprint, cache key)} of the clips whose last plan still holds and whose
+    stored row has its cache key, every selected clip's fingerprint): those clips need no
+    planning, no tokenizer, no hashing."""
     digest = context_digest(resolved.ctx)
     prints = {r["clip_id"]: fingerprint(r, digest) for r in resolved.chosen.to_pylist()}
     path = RunFolder(resolved.config.out).plan_index
     if not path.is_file():
-        return set(), prints
+        return {}, prints
     try:
         known = pq.read_table(path).to_pydict()
     except Exception:  # noqa: BLE001 - a damaged index only costs a full plan
-        return set(), prints
+        return {}, prints
     stored = store.index()
-    hits = {c for c, fp, key in zip(known["clip_id"], known["fingerprint"], known["cache_key"])
+    hits = {c: (fp, key) for c, fp, key in zip(known["clip_id"], known["fingerprint"],
+                                               known["cache_key"])
             if fp is not None and prints.get(c) == fp
             and stored.get(c, {}).get("cache_key") == key}
     return hits, prints
 
 
-def write_plan_index(resolved: Resolved, plan: pa.Table, hits: set[str],
+def write_plan_index(resolved: Resolved, plan: pa.Table, hits: dict[str, tuple],
                      prints: dict[str, str | None]) -> None:
-    """The selected clips' fingerprints and planned cache keys, for the next run."""
-    path = RunFolder(resolved.config.out).plan_index
-    entries: dict[str, tuple] = {}
-    if hits and path.is_file():
-        known = pq.read_table(path).to_pydict()
-        entries = {c: (fp, key) for c, fp, key in zip(known["clip_id"], known["fingerprint"],
-                                                      known["cache_key"]) if c in hits}
+    """The selected clips' fingerprints and planned cache keys, for the next run: the
+    entries that still held (`hits`, as `known_hits` read them) and the new plan's."""
+    entries = dict(hits)
     for clip, key in zip(plan["clip_id"].to_pylist(), plan["cache_key"].to_pylist()):
         entries[clip] = (prints.get(clip), key)
-    atomic_write_parquet(pa.table({"clip_id": list(entries),
-                                   "fingerprint": [v[0] for v in entries.values()],
-                                   "cache_key": [v[1] for v in entries.values()]}), path)
+    table = pa.table({"clip_id": list(entries), "fingerprint": [v[0] for v in entries.values()],
+                      "cache_key": [v[1] for v in entries.values()]})
+    atomic_write_parquet(table, RunFolder(resolved.config.out).plan_index)
 
 
 def preview(config: RunConfig, clip_id: str) -> tuple[dict, dict]:
@@ -321,7 +320,7 @@ def _run(config: RunConfig, console: Console, store: Store, only: set[str] | Non
         console.print(f"[yellow]note[/yellow] {note}")
     ctx = resolved.ctx
     quick = not (config.dry_run or config.force or only is not None)
-    hits, prints = known_hits(resolved, store) if quick else (set(), {})
+    hits, prints = known_hits(resolved, store) if quick else ({}, {})
     plan = plan_clips(resolved, resolved.chosen.filter(pc.invert(pc.is_in(
         resolved.chosen["clip_id"], pa.array(sorted(hits), pa.string()))))
         if hits else None)

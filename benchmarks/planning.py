@@ -71,7 +71,7 @@ def cached_rerun(resolved, plan, config, model: str) -> float:
     rows = failed_rows(plan, resolved.ctx, ErrorKind.ENGINE, "a stand-in row for the benchmark")
     for start in range(0, len(rows), 16):
         store.commit(rows.slice(start, 16), resolved.ctx.run_id, {})
-    write_plan_index(resolved, plan, set(), known_hits(resolved, store)[1])
+    write_plan_index(resolved, plan, {}, known_hits(resolved, store)[1])
     command = [sys.executable, "-m", "annotator.cli", "run", "--manifest", str(config.manifest),
                "--out", str(config.out), "--model", model, "--labels", "crema-d"]
     subprocess.run(command, check=True, capture_output=True)  # compacts the 16-row files

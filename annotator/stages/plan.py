@@ -50,14 +50,15 @@ def cache_key(ctx: RunContext, media_hash: str, prompt_hash: str) -> str:
 
     The prompt hashed here is rendered without cues; the final prompt adds the cues, which
     are a function of the media bytes and the cue extractor's version, both in the key."""
-    parts = {
-        "cues": CUES_VERSION,
-        "media": media_hash, "prompt": prompt_hash, "template": ctx.template.sha256,
-        "model": ctx.spec.name, "revision": ctx.spec.revision,
-        "sampling": ctx.sampling.to_json(), "schema": ctx.schema_sha256,
-        "decode": ctx.media.key(), "engine": ctx.engine_key,
-    }
+    parts = {**_context_parts(ctx), "media": media_hash, "prompt": prompt_hash}
     return _sha(json.dumps(parts, sort_keys=True))
+
+
+def _context_parts(ctx: RunContext) -> dict:
+    """The part of a cache key that is the same for every clip of a run."""
+    return {"cues": CUES_VERSION, "template": ctx.template.sha256, "model": ctx.spec.name,
+            "revision": ctx.spec.revision, "sampling": ctx.sampling.to_json(),
+            "schema": ctx.schema_sha256, "decode": ctx.media.key(), "engine": ctx.engine_key}
 
 
 def plan_clip(row: dict, ctx: RunContext, tokenizer) -> dict:
@@ -114,11 +115,7 @@ def plan_table(rows: pa.Table, ctx: RunContext, tokenizer, workers: int = 8) -> 
 def context_digest(ctx: RunContext) -> str:
     """Everything besides the clip itself that decides a planned cache key: cue version,
     template, model files, sampling (with the generation mode), schema, decoding, engine."""
-    return _sha(json.dumps({
-        "cues": CUES_VERSION, "template": ctx.template.sha256, "model": ctx.spec.name,
-        "revision": ctx.spec.revision, "sampling": ctx.sampling.to_json(),
-        "schema": ctx.schema_sha256, "decode": ctx.media.key(), "engine": ctx.engine_key},
-        sort_keys=True))
+    return _sha(json.dumps(_context_parts(ctx), sort_keys=True))
 
 
 def fingerprint(row: dict, digest: str) -> str | None:
