@@ -64,3 +64,27 @@ def test_blank_clip_has_no_face_and_no_motion():
 def test_moving_pattern_has_motion_but_no_face():
     cues = video_cues(pattern_frames(8))
     assert cues["motion_energy"] > 0.005 and cues["max_faces"] == 0
+
+
+@pytest.mark.parametrize("name", ["astronaut", "grace_hopper"])
+def test_followed_faces_match_a_full_search_of_every_frame(name, monkeypatch):
+    import annotator.cues as cues_module
+
+    frames = moving_portrait(portraits()[name], 8, side=224)
+    followed = video_cues(frames)
+    monkeypatch.setattr(cues_module, "FULL_SEARCH_EVERY", 1)  # version 2: every frame searched
+    searched = video_cues(frames)
+    assert followed["frames_without_face"] == searched["frames_without_face"]
+    assert followed["max_faces"] == searched["max_faces"]
+    # the same face, boxed by a search of a window instead of the frame: a few pixels apart
+    assert followed["face_centre_x"] == pytest.approx(searched["face_centre_x"], abs=0.03)
+    assert followed["face_centre_y"] == pytest.approx(searched["face_centre_y"], abs=0.03)
+    assert followed["face_area_fraction"] == pytest.approx(searched["face_area_fraction"],
+                                                           rel=0.2)
+
+
+def test_a_face_that_leaves_is_not_followed_into_empty_frames():
+    frames = moving_portrait(portraits()["astronaut"], 8, side=224)
+    frames[3:] = 128  # the face is gone from frame 3 on, between two full searches
+    cues = video_cues(frames)
+    assert cues["frames_without_face"] == [3, 4, 5, 6, 7]
