@@ -35,7 +35,7 @@ from annotator.models import ModelSpec, default_model, describe_model
 from annotator.schema import (SCHEMA_VERSION, answer_model, description_model, json_schema,
                               schema_sha256)
 from annotator.settings import EngineSettings, ErrorKind, RowStatus
-from annotator.stages import prepare as prepare_stage
+from annotator.stages import plan as plan_stage, prepare as prepare_stage
 from annotator.stages.context import RunContext
 from annotator.stages.generate import EngineWorker
 from annotator.stages.plan import PLAN_SCHEMA, context_digest, fingerprint, plan_table
@@ -120,14 +120,50 @@ def resolve(config: RunConfig, device: str | None = None) -> Resolved:
     return Resolved(config, device, ctx, json_schema(enforced), chosen, notes)
 
 
+PLAN_ON_RAY_AT = 2000
+"""Clips to plan from which planning runs in Ray tasks on a local machine (always on a
+cluster): below it, the driver's threads finish before Ray workers have imported a
+tokenizer."""
+
+
 def plan_clips(resolved: Resolved, rows: pa.Table | None = None) -> pa.Table:
-    """Plan the selected clips (or `rows` of them) in the driver: hashing and probing are
-    I/O, so threads overlap them; this avoids a Ray worker paying transformers' import for a
-    tokenizer."""
+    """Plan the selected clips (or `rows` of them), in input order: on a cluster, or from
+    PLAN_ON_RAY_AT clips, in Ray tasks on the nodes (each reads and hashes its clips' files);
+    else in the driver's threads."""
     rows = resolved.chosen if rows is None else rows
     if not len(rows):
         return PLAN_SCHEMA.empty_table()
+    if resolved.config.compute.ray_address or len(rows) >= PLAN_ON_RAY_AT:
+        _ray_init(resolved.config)
+        return _plan_on_ray(resolved, rows)
     return plan_table(rows, resolved.ctx, load_tokenizer(resolved.spec.path))
+
+
+def _plan_on_ray(resolved: Resolved, rows: pa.Table) -> pa.Table:
+    """The plan stage as Ray tasks: blocks of clips spread over the cluster's CPUs, each
+    task's plan streamed back as it ends, put back in input order."""
+    import ray.data
+
+    _quiet_ray_data()
+    stage = plan_stage.STAGE.ray
+    # every manifest column goes: a clip's extra columns are part of its prompt context
+    ds = ray.data.from_arrow(rows).repartition(target_num_rows_per_block=stage["batch_size"])
+    ds = ds.map_batches(plan_stage.plan_batch, batch_format="pyarrow",
+                        fn_kwargs={"ctx": resolved.ctx}, **stage)
+    plan = pa.concat_tables(ds.iter_batches(batch_format="pyarrow", batch_size=None))
+    order = pc.index_in(plan["clip_id"], rows["clip_id"])
+    return plan.take(pc.sort_indices(order))
+
+
+def _quiet_ray_data() -> None:
+    """Our own progress and error messages replace Ray Data's (it logs a died engine's
+    traceback, which the driver turns into a restart or a one-line message)."""
+    import ray.data
+
+    logging.getLogger("ray.data").setLevel(logging.CRITICAL)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
 
 
 def known_hits(resolved: Resolved, store: Store
@@ -451,12 +487,8 @@ def _engine_stream(resolved: Resolved, plan: pa.Table, device: str, actors: int,
     are missing from the output); `isolate`: one clip per engine batch."""
     import ray.data
 
-    # our own progress and error messages replace Ray Data's (it logs a died engine's
-    # traceback, which the driver turns into a restart or a one-line message)
-    logging.getLogger("ray.data").setLevel(logging.CRITICAL)
+    _quiet_ray_data()
     ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False
-    ctx.print_on_execution_start = False
     # engines start while the first clips are prepared (a constructor that raises still
     # fails the run at once: Ray Data tolerates no actor death at start-up by default)
     ctx.wait_for_min_actors_s = 0

@@ -56,7 +56,7 @@ def print_plan(console: Console, resolved, plan: pa.Table, cached: pa.Table,
                pending: pa.Table) -> None:
     ctx, config = resolved.ctx, resolved.config
     media_errors = sum(1 for k in pending["error_kind"].to_pylist() if k)
-    prompt_tokens = sum(len(p) for p in pending["prompt"].to_pylist()) // 4
+    prompt_tokens = sum(pending["prompt_chars"].to_pylist()) // 4
     for line in (
         f"[bold]plan[/bold] for {config.manifest} -> {config.out}",
         f"model      {ctx.spec.name} ({ctx.spec.revision}), family {ctx.spec.family}, "

@@ -1,7 +1,8 @@
 """Planning cost per clip: manifest -> subset -> plan (probe, hash, render, cache key) for N
-rows over the demo corpus's clips, cold (media hashed) and warm (hashes from the cache); then
-a re-run that is all cache hits (`vaemo-annotate run` as a user types it, Python start
-included), over a store holding a row with each clip's key.
+rows over the demo corpus's clips, cold (media hashed) and warm (hashes from the cache), in
+Ray tasks and in the driver's threads (each with its own cold hash cache); then a re-run that
+is all cache hits (`vaemo-annotate run` as a user types it, Python start included), over a
+store holding a row with each clip's key.
 
     .venv/bin/python benchmarks/planning.py --rows 10000
 """
@@ -25,6 +26,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="vaemo-plan-"))
     os.environ["VAEMO_CACHE_DIR"] = str(work / "cache")  # a cold hash cache
 
+    from annotator import hashing, pipeline
     from annotator.config import RunConfig
     from annotator.devtools.demo import build_demo_corpus
     from annotator.devtools.tiny_models import build_tiny_omni
@@ -44,13 +46,21 @@ def main() -> None:
     manifest.write_text("\n".join(lines) + "\n")
     config = RunConfig(manifest=manifest, out=work / "out", model=model, labels="crema-d")
     resolved = resolve(config, "cpu")
-    result = {"rows": args.rows}
-    for name in ("cold", "warm"):
-        started = time.perf_counter()
-        plan = plan_clips(resolved)
-        seconds = time.perf_counter() - started
-        result[f"{name}_ms_per_clip"] = round(1000 * seconds / len(plan), 2)
-    result["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    result = {"rows": args.rows, "cpus": os.cpu_count()}
+    plans = {}
+    for where, plan_on_ray_at in (("ray", 1), ("driver", args.rows + 1)):
+        os.environ["VAEMO_CACHE_DIR"] = str(work / f"cache-{where}")  # cold for each
+        hashing._db = None
+        pipeline.PLAN_ON_RAY_AT = plan_on_ray_at
+        for name in ("cold", "warm"):
+            started = time.perf_counter()
+            plans[where] = plan_clips(resolved)  # Ray's start counts in the cold Ray figure
+            seconds = time.perf_counter() - started
+            result[f"{where}_{name}_ms_per_clip"] = round(1000 * seconds / args.rows, 2)
+        result[f"{where}_peak_rss_mib"] = round(
+            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    assert plans["ray"].equals(plans["driver"])
+    plan = plans["driver"]
     result["cached_rerun_s"] = cached_rerun(resolved, plan, config, model)
     print(json.dumps(result))
 

@@ -3,6 +3,9 @@
 Cheap (no frame decoding), so it runs for every selected clip before any engine starts: the
 run knows what is cached, and the dry run can say so. A clip whose file is missing or cannot
 be opened gets a plan with its `error`, and becomes a failed row without reaching an engine.
+Small runs plan in the driver's threads; large ones and clusters in Ray tasks on the nodes
+(`plan_batch`), which hand back the plan without the prompt text (its length and hash): the
+driver holds about a manifest row per clip, and prepare renders the final prompt anyway.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import os
 
 import pyarrow as pa
 
-from annotator.chat import render_prompt
+from annotator.chat import load_tokenizer, render_prompt
 from annotator.cues import CUES_VERSION
 from annotator.errors import MediaError, PromptError
 from annotator.media import media_sha256, probe
@@ -29,15 +32,18 @@ PLAN_SCHEMA = pa.schema([
     ("has_video", pa.bool_()), ("has_audio", pa.bool_()), ("duration_s", pa.float64()),
     ("media_note", pa.string()), ("media_sha256", pa.string()),
     ("context_json", pa.string()),
-    ("prompt", pa.string()), ("prompt_sha256", pa.string()), ("cache_key", pa.string()),
+    ("prompt_chars", pa.int64()), ("prompt_sha256", pa.string()), ("cache_key", pa.string()),
     ("error_kind", pa.string()), ("error", pa.string()),
 ])
 
 STAGE = StageSpec(
     name="plan", reads=("clip_id", "path", "audio_path", "label", "speaker", "split",
                         "dataset", "stratum"),
-    writes=tuple(PLAN_SCHEMA.names))
-"""Runs in the driver, before any engine starts (the dry run reports it)."""
+    writes=tuple(PLAN_SCHEMA.names),
+    # probing and hashing wait on storage, rendering holds the GIL: a core per task, and
+    # threads inside it overlap the reads
+    ray={"batch_size": 256, "num_cpus": 1})
+"""Runs before any engine starts (the dry run reports it): in the driver, or in Ray tasks."""
 
 
 def _sha(text: str) -> str:
@@ -65,7 +71,7 @@ def plan_clip(row: dict, ctx: RunContext, tokenizer) -> dict:
     spec = ctx.spec
     out = {k: row.get(k) for k in PLAN_SCHEMA.names}
     out.update(has_video=False, has_audio=False, duration_s=None, media_note="",
-               prompt="", prompt_sha256="", error_kind=None, error=None)
+               prompt_chars=0, prompt_sha256="", error_kind=None, error=None)
     try:
         out["media_sha256"] = media_sha256(row["path"], row.get("audio_path"))
         info = probe(row["path"], row.get("audio_path"))
@@ -97,7 +103,7 @@ def plan_clip(row: dict, ctx: RunContext, tokenizer) -> dict:
     except PromptError as err:
         out.update(error_kind=ErrorKind.PROMPT.value, error=str(err))
         prompt = ""
-    out.update(prompt=prompt, prompt_sha256=_sha(prompt) if prompt else "")
+    out.update(prompt_chars=len(prompt), prompt_sha256=_sha(prompt) if prompt else "")
     out["cache_key"] = cache_key(ctx, out["media_sha256"], out["prompt_sha256"])
     return out
 
@@ -110,6 +116,12 @@ def plan_table(rows: pa.Table, ctx: RunContext, tokenizer, workers: int = 8) -> 
     with ThreadPoolExecutor(workers) as pool:
         planned = list(pool.map(lambda r: plan_clip(r, ctx, tokenizer), rows.to_pylist()))
     return pa.Table.from_pylist(planned, schema=PLAN_SCHEMA)
+
+
+def plan_batch(batch: pa.Table, *, ctx: RunContext) -> pa.Table:
+    """A Ray task's share of the plan, made on the node that runs it (its tokenizer loaded
+    once per worker process, its file hashes cached on that node)."""
+    return plan_table(batch, ctx, load_tokenizer(ctx.spec.path), workers=4)
 
 
 def context_digest(ctx: RunContext) -> str:

@@ -29,7 +29,7 @@ OUTPUT_TYPES = {
 STAGE = StageSpec(
     name="prepare",
     reads=("path", "audio_path", "has_video", "has_audio", "duration_s", "context_json",
-           "prompt", "prompt_sha256", "error_kind", "error"),
+           "prompt_sha256", "error_kind", "error"),
     writes=tuple(OUTPUT_TYPES),
     # decoding and cues are light: half a CPU, which also keeps Ray from fusing this stage
     # into the engine actor, so clips are prepared by tasks while the engine generates
@@ -70,7 +70,7 @@ def prepare_batch(batch: pa.Table, *, ctx: RunContext) -> pa.Table:
         out["fps"].append(clip.fps if send_frames else None)
         out["audio"].append(clip.audio.tobytes() if send_wave else None)
         out["cues"].append(measured)
-        out["prompt"].append(prompt or row["prompt"])
+        out["prompt"].append(prompt)
         out["answer_prompt"].append(answer_prompt)
         out["prompt_sha256"].append(hashlib.sha256(prompt.encode()).hexdigest() if prompt
                                     else row["prompt_sha256"])

@@ -1,6 +1,8 @@
 """The stages declare what they read and write (StageSpec); the declarations chain, and what
 the stages really produce matches them."""
 
+import dataclasses
+
 from annotator.chat import load_tokenizer
 from annotator.config import RunConfig
 from annotator.pipeline import resolve
@@ -36,3 +38,22 @@ def test_prepare_blocks_divide_the_engine_batch():
     from annotator.pipeline import prepare_block
 
     assert [prepare_block(b, 4) for b in (16, 8, 6, 5, 2, 1, 3)] == [4, 4, 3, 1, 2, 1, 3]
+
+
+def test_planning_in_ray_tasks_equals_planning_in_the_driver(tmp_path, clips, tiny_omni,
+                                                             monkeypatch):
+    """Large runs and clusters plan in Ray tasks: the same plan, row for row and in order,
+    as the driver's (an extra manifest column, a missing file and clips without a stream included)."""
+    from annotator import pipeline
+
+    manifest = write_manifest(tmp_path / "m.csv", [
+        {"clip_id": f"c{i:02d}", "path": str(clips[name]), "label": "sad", "fold": str(i % 2)}
+        for i, name in enumerate(["tone_220", "missing", "silent_video", "audio_only"] * 3)])
+    resolved = resolve(RunConfig(manifest=manifest, out=tmp_path, model=str(tiny_omni)), "cpu")
+    in_driver = plan.plan_table(resolved.chosen, resolved.ctx, load_tokenizer(str(tiny_omni)))
+    monkeypatch.setattr(pipeline, "PLAN_ON_RAY_AT", 1)
+    three_blocks = dataclasses.replace(plan.STAGE, ray={"batch_size": 5, "num_cpus": 1})
+    monkeypatch.setattr(plan, "STAGE", three_blocks)
+    on_ray = pipeline.plan_clips(resolved)
+    assert on_ray.to_pylist() == in_driver.to_pylist()
+    assert '"fold"' in on_ray["context_json"][0].as_py()
