@@ -43,7 +43,7 @@ def test_prepare_blocks_divide_the_engine_batch():
 def test_planning_in_ray_tasks_equals_planning_in_the_driver(tmp_path, clips, tiny_omni,
                                                              monkeypatch):
     """Large runs and clusters plan in Ray tasks: the same plan, row for row and in order,
-    as the driver's (an extra manifest column, a missing file and clips without a stream included)."""
+    as the driver's (an extra manifest column, a missing file, clips without a stream)."""
     from annotator import pipeline
 
     manifest = write_manifest(tmp_path / "m.csv", [
