@@ -51,7 +51,7 @@ def main() -> None:
     for where, plan_on_ray_at in (("ray", 1), ("driver", args.rows + 1)):
         os.environ["VAEMO_CACHE_DIR"] = str(work / f"cache-{where}")  # cold for each
         hashing._db = None
-        pipeline.PLAN_ON_RAY_AT = plan_on_ray_at
+        pipeline.PLAN_ON_RAY_AT, pipeline.PLAN_ON_RAY_CPUS = plan_on_ray_at, 1
         for name in ("cold", "warm"):
             started = time.perf_counter()
             plans[where] = plan_clips(resolved)  # Ray's start counts in the cold Ray figure

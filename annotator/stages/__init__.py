@@ -1,6 +1,6 @@
 """The stages a clip goes through, in order, each in its own module:
 
-    plan      (driver)        probe the streams, hash the media, render the prompt, cache key
+    plan      (driver/Ray)    probe the streams, hash the media, render the prompt, cache key
     prepare   (Ray tasks)     decode frames + audio, measure cues, render the final prompt
     generate  (Ray actor)     the engine: attempts, retries, samples, judged against the schema
     rows      (in generate)   one output row per clip, ok or failed with its error kind

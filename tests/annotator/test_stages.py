@@ -52,8 +52,23 @@ def test_planning_in_ray_tasks_equals_planning_in_the_driver(tmp_path, clips, ti
     resolved = resolve(RunConfig(manifest=manifest, out=tmp_path, model=str(tiny_omni)), "cpu")
     in_driver = plan.plan_table(resolved.chosen, resolved.ctx, load_tokenizer(str(tiny_omni)))
     monkeypatch.setattr(pipeline, "PLAN_ON_RAY_AT", 1)
+    monkeypatch.setattr(pipeline, "PLAN_ON_RAY_CPUS", 1)
     three_blocks = dataclasses.replace(plan.STAGE, ray={"batch_size": 5, "num_cpus": 1})
     monkeypatch.setattr(plan, "STAGE", three_blocks)
     on_ray = pipeline.plan_clips(resolved)
     assert on_ray.to_pylist() == in_driver.to_pylist()
     assert '"fold"' in on_ray["context_json"][0].as_py()
+
+
+def test_planning_goes_to_ray_on_a_cluster_or_for_many_clips_on_many_cores(tmp_path,
+                                                                          monkeypatch):
+    from annotator import pipeline
+
+    local = RunConfig(manifest=tmp_path / "m.csv", out=tmp_path)
+    cluster = local.model_copy(update={"compute": local.compute.model_copy(
+        update={"ray_address": "10.0.0.1:6379"})})
+    monkeypatch.setattr(pipeline.os, "cpu_count", lambda: 2)
+    assert not pipeline.plan_on_ray(local, 100_000)  # threads match Ray on two cores
+    assert pipeline.plan_on_ray(cluster, 10)  # each node reads its share
+    monkeypatch.setattr(pipeline.os, "cpu_count", lambda: 32)
+    assert pipeline.plan_on_ray(local, 2000) and not pipeline.plan_on_ray(local, 1999)
