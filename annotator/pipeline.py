@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import time
 import uuid
@@ -152,6 +153,7 @@ def _plan_on_ray(resolved: Resolved, rows: pa.Table) -> pa.Table:
     """The plan stage as Ray tasks: blocks of clips spread over the cluster's CPUs, each
     task's plan streamed back as it ends, put back in input order."""
     import ray.data
+    import ray.exceptions
 
     _quiet_ray_data()
     stage = plan_stage.STAGE.ray
@@ -159,9 +161,23 @@ def _plan_on_ray(resolved: Resolved, rows: pa.Table) -> pa.Table:
     ds = ray.data.from_arrow(rows).repartition(target_num_rows_per_block=stage["batch_size"])
     ds = ds.map_batches(plan_stage.plan_batch, batch_format="pyarrow",
                         fn_kwargs={"ctx": resolved.ctx}, **stage)
-    plan = pa.concat_tables(ds.iter_batches(batch_format="pyarrow", batch_size=None))
+    try:
+        plan = pa.concat_tables(ds.iter_batches(batch_format="pyarrow", batch_size=None))
+    except ray.exceptions.RayError as err:  # e.g. a node without the model folder
+        raise ConfigError(
+            f"planning failed in a Ray task ({root_cause(err)}); every node needs the model "
+            f"folder ({resolved.spec.path}) and the media at the paths the manifest gives; "
+            "nothing stored was changed") from err
     order = pc.index_in(plan["clip_id"], rows["clip_id"])
     return plan.take(pc.sort_indices(order))
+
+
+def root_cause(err: BaseException) -> str:
+    """The first error a Ray task raised, as one line: Ray wraps it in its own errors, whose
+    messages end with Ray's advice rather than the cause."""
+    found = [line.strip() for line in str(err).splitlines()
+             if re.match(r"^[\w.]+(Error|Exception): ", line.strip())]
+    return found[0][:300] if found else f"{type(err).__name__}: {str(err)[:300]}"
 
 
 def _quiet_ray_data() -> None:

@@ -72,3 +72,25 @@ def test_planning_goes_to_ray_on_a_cluster_or_for_many_clips_on_many_cores(tmp_p
     assert pipeline.plan_on_ray(cluster, 10)  # each node reads its share
     monkeypatch.setattr(pipeline.os, "cpu_count", lambda: 32)
     assert pipeline.plan_on_ray(local, 2000) and not pipeline.plan_on_ray(local, 1999)
+
+
+def test_a_node_that_cannot_plan_is_named_with_the_fix(tmp_path, clips, tiny_omni,
+                                                        monkeypatch):
+    """A Ray task that cannot load the model's tokenizer (a node without the model folder)
+    fails the run with one line that says what every node needs."""
+    import shutil
+
+    import pytest
+
+    from annotator import pipeline
+    from annotator.errors import ConfigError
+
+    model = shutil.copytree(tiny_omni, tmp_path / "model")
+    manifest = write_manifest(tmp_path / "m.csv", [{"path": str(clips["tone_220"])}])
+    resolved = resolve(RunConfig(manifest=manifest, out=tmp_path / "out", model=str(model)),
+                       "cpu")
+    shutil.rmtree(model)  # what a node without the folder sees
+    monkeypatch.setattr(pipeline, "PLAN_ON_RAY_AT", 1)
+    monkeypatch.setattr(pipeline, "PLAN_ON_RAY_CPUS", 1)
+    with pytest.raises(ConfigError, match="every node needs the model folder"):
+        pipeline.plan_clips(resolved)
