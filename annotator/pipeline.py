@@ -156,18 +156,24 @@ def _plan_on_ray(resolved: Resolved, rows: pa.Table) -> pa.Table:
     import ray.exceptions
 
     _quiet_ray_data()
+    # every clip must be planned: a failed task fails the plan (the engine stage, in the same
+    # process, lets a died engine's batch be skipped, and the context is process-wide)
+    ray.data.DataContext.get_current().max_errored_blocks = 0
     stage = plan_stage.STAGE.ray
     # every manifest column goes: a clip's extra columns are part of its prompt context
     ds = ray.data.from_arrow(rows).repartition(target_num_rows_per_block=stage["batch_size"])
     ds = ds.map_batches(plan_stage.plan_batch, batch_format="pyarrow",
                         fn_kwargs={"ctx": resolved.ctx}, **stage)
     try:
-        plan = pa.concat_tables(ds.iter_batches(batch_format="pyarrow", batch_size=None))
+        plan = pa.concat_tables([PLAN_SCHEMA.empty_table(), *ds.iter_batches(
+            batch_format="pyarrow", batch_size=None)])
     except ray.exceptions.RayError as err:  # e.g. a node without the model folder
         raise ConfigError(
             f"planning failed in a Ray task ({root_cause(err)}); every node needs the model "
             f"folder ({resolved.spec.path}) and the media at the paths the manifest gives; "
             "nothing stored was changed") from err
+    if len(plan) != len(rows):  # never a run that silently drops clips
+        raise RuntimeError(f"Ray planned {len(plan)} of {len(rows)} clips")
     order = pc.index_in(plan["clip_id"], rows["clip_id"])
     return plan.take(pc.sort_indices(order))
 
