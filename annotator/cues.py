@@ -147,20 +147,18 @@ def _faces(small: list[np.ndarray], side: int) -> list[list[tuple]]:
     FULL_SEARCH_EVERY frames and whenever a followed face is lost; in between, each face of
     the last frame is looked for in a window around it, at about its size: the cascade then
     scans a few small windows at a few scales instead of the frame at every scale."""
-    detector = _face_detector()
     found: list[list[tuple]] = []
     for i, frame in enumerate(small):
         boxes = None
         if i % FULL_SEARCH_EVERY and found and found[-1]:
-            boxes = _follow(detector, frame, found[-1], side)
+            boxes = _follow(frame, found[-1], side)
         if boxes is None:
-            boxes = [tuple(int(v) for v in r) for r in detector.detectMultiScale(
-                frame, scaleFactor=1.1, minNeighbors=5, minSize=(side, side))]
+            boxes = _detect(frame, side)
         found.append(boxes)
     return found
 
 
-def _follow(detector, frame: np.ndarray, last: list[tuple], side: int) -> list[tuple] | None:
+def _follow(frame: np.ndarray, last: list[tuple], side: int) -> list[tuple] | None:
     """Each of `last`'s faces found again near it (the largest match per window), or None
     when one is lost."""
     height, width = frame.shape
@@ -169,15 +167,21 @@ def _follow(detector, frame: np.ndarray, last: list[tuple], side: int) -> list[t
         reach = max(w, h)  # how far a face may have moved between two sampled frames
         x0, y0 = max(0, x - reach // 2), max(0, y - reach // 2)
         x1, y1 = min(width, x + w + reach // 2), min(height, y + h + reach // 2)
-        smallest, largest = max(side, int(reach / TRACK_SIZE)), int(reach * TRACK_SIZE) + 1
-        hits = detector.detectMultiScale(frame[y0:y1, x0:x1], scaleFactor=1.1, minNeighbors=5,
-                                         minSize=(smallest, smallest),
-                                         maxSize=(largest, largest))
-        if not len(hits):
+        hits = _detect(frame[y0:y1, x0:x1], max(side, int(reach / TRACK_SIZE)),
+                       int(reach * TRACK_SIZE) + 1)
+        if not hits:
             return None
-        fx, fy, fw, fh = (int(v) for v in max(hits, key=lambda r: r[2] * r[3]))
+        fx, fy, fw, fh = max(hits, key=lambda r: r[2] * r[3])
         boxes.append((fx + x0, fy + y0, fw, fh))
     return boxes
+
+
+def _detect(image: np.ndarray, smallest: int, largest: int | None = None) -> list[tuple]:
+    """The cascade's face boxes (x, y, w, h) in `image`, from `smallest` pixels up (to
+    `largest`): one set of detection settings for full searches and followed faces alike."""
+    limit = {"maxSize": (largest, largest)} if largest else {}
+    return [tuple(int(v) for v in box) for box in _face_detector().detectMultiScale(
+        image, scaleFactor=1.1, minNeighbors=5, minSize=(smallest, smallest), **limit)]
 
 
 def video_cues(frames: np.ndarray) -> dict:

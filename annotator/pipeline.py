@@ -181,9 +181,9 @@ def _plan_on_ray(resolved: Resolved, rows: pa.Table) -> pa.Table:
 def root_cause(err: BaseException) -> str:
     """The first error a Ray task raised, as one line: Ray wraps it in its own errors, whose
     messages end with Ray's advice rather than the cause."""
-    found = [line.strip() for line in str(err).splitlines()
-             if re.match(r"^[\w.]+(Error|Exception): ", line.strip())]
-    return found[0][:300] if found else f"{type(err).__name__}: {str(err)[:300]}"
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    found = [line for line in lines if re.match(r"^[\w.]+(Error|Exception): ", line)]
+    return (found[0] if found else f"{type(err).__name__}: {lines[-1] if lines else ''}")[:300]
 
 
 def _quiet_ray_data() -> None:
