@@ -8,8 +8,10 @@ alternating runs, and where the run's time goes.
 The raw engine is created the way `run` creates it and given every clip at once (two-phase:
 all thoughts, then all answers); its clips/s excludes its start-up. The pipeline's clips/s
 excluding start-up counts from the moment its engine was ready to the last commit; both are
-also given with start-up included. The breakdown of a run's wall time: planning, Ray set-up,
-engine start-up, the engine waiting for its first prepared batch, idle gaps after it, busy.
+also given with start-up included. Each round runs both back to back (in alternating order);
+the figures are the round whose ratio is the median. The breakdown of a run's wall time:
+planning, Ray set-up, engine start-up, the engine waiting for its first prepared batch, idle
+gaps after it, busy.
 """
 
 from __future__ import annotations
@@ -100,7 +102,8 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--think-tokens", type=int, default=96)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--rounds", type=int, default=2, help="alternating runs of each")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds of one pipeline run and one raw engine run, back to back")
     parser.add_argument("--json", action="store_true", help="print one JSON object only")
     parser.add_argument("--fake", action="store_true",
                         help="the pipeline alone with the fake engine (answers at once): its "
@@ -139,26 +142,34 @@ def main() -> None:
                           "breakdown_s": best["breakdown_s"], "runs": found}))
         return
     runs: dict[str, list] = {"pipeline": [], "engine": []}
+    ratios = []
     for r in range(args.rounds):
+        # this machine's speed drifts by tens of percent over minutes: each round's two runs
+        # are back to back, in alternating order, and the figure is the rounds' median ratio
+        if r % 2:
+            runs["engine"].append(raw_engine(config))
         runs["pipeline"].append(pipeline(config, work / f"out{r}"))
-        runs["engine"].append(raw_engine(config))
+        if not r % 2:
+            runs["engine"].append(raw_engine(config))
+        ratios.append(runs["engine"][-1]["seconds"]
+                      / runs["pipeline"][-1]["after_engine_ready_s"])
         if not args.json:
             print(json.dumps({"round": r, "pipeline": runs["pipeline"][-1],
                               "engine": runs["engine"][-1]}), flush=True)
-    best_pipe = min(runs["pipeline"], key=lambda p: p["after_engine_ready_s"])
-    best_engine = min(runs["engine"], key=lambda e: e["seconds"])
-    n = best_engine["clips"]
+    middle = sorted(range(args.rounds), key=lambda i: ratios[i])[args.rounds // 2]
+    pipe, engine = runs["pipeline"][middle], runs["engine"][middle]
+    n = engine["clips"]
     result = {
         "model": Path(model).name, "clips": n, "generation": args.generation,
-        "date": time.strftime("%Y-%m-%d"),
-        "pipeline_clips_per_s": round(n / best_pipe["after_engine_ready_s"], 3),
-        "engine_clips_per_s": round(n / best_engine["seconds"], 3),
-        "pipeline_over_engine": round(best_engine["seconds"]
-                                      / best_pipe["after_engine_ready_s"], 3),
-        "pipeline_clips_per_s_with_startup": round(n / best_pipe["wall_s"], 3),
+        "date": time.strftime("%Y-%m-%d"), "rounds": args.rounds,
+        "pipeline_clips_per_s": round(n / pipe["after_engine_ready_s"], 3),
+        "engine_clips_per_s": round(n / engine["seconds"], 3),
+        "pipeline_over_engine": round(ratios[middle], 3),
+        "pipeline_over_engine_by_round": [round(x, 3) for x in ratios],
+        "pipeline_clips_per_s_with_startup": round(n / pipe["wall_s"], 3),
         "engine_clips_per_s_with_startup": round(
-            n / (best_engine["seconds"] + best_engine["startup_s"]), 3),
-        "breakdown_s": best_pipe["breakdown_s"], "wall_s": best_pipe["wall_s"],
+            n / (engine["seconds"] + engine["startup_s"]), 3),
+        "breakdown_s": pipe["breakdown_s"], "wall_s": pipe["wall_s"],
         "runs": runs,
     }
     print(json.dumps(result))

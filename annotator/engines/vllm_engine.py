@@ -74,6 +74,10 @@ class VLLMEngine:
                                            "disable_any_whitespace": True},
                 logprobs_mode="raw_logprobs",
             )
+        # the sampler compiles its logprob path (torch.compile) the first time a request asks
+        # for logprobs: pay for it here, not in the first batch (2 s on this CPU)
+        self.llm.generate([{"prompt_token_ids": [0]}],
+                          self._sampling(temperature=0.0, max_tokens=1), use_tqdm=False)
         self.startup_s = time.perf_counter() - started
         self.tokenizer = self.llm.get_tokenizer()
         self.core = self.llm.llm_engine  # the step API: requests join while others decode

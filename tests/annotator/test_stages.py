@@ -94,3 +94,43 @@ def test_a_node_that_cannot_plan_is_named_with_the_fix(tmp_path, clips, tiny_omn
     monkeypatch.setattr(pipeline, "PLAN_ON_RAY_CPUS", 1)
     with pytest.raises(ConfigError, match="every node needs the model folder"):
         pipeline.plan_clips(resolved)
+
+
+def test_ray_prepares_at_idle_priority_and_leaves_its_task_thread_alone(tmp_path, clips,
+                                                                       tiny_omni):
+    """In a Ray task the cues are measured on the worker's SCHED_IDLE thread, so an engine
+    never waits for a core behind them; the thread Ray runs tasks on (and may later run an
+    engine actor on) keeps its normal policy, at niceness 0 on a local Ray (Ray's own
+    default is 15)."""
+    import os
+
+    import ray
+
+    from annotator import pipeline
+
+    manifest = write_manifest(tmp_path / "m.csv", [
+        {"path": str(clips["tone_220"]), "label": "sad"}])
+    config = RunConfig(manifest=manifest, out=tmp_path, model=str(tiny_omni))
+    resolved = resolve(config, "cpu")
+    planned = plan.plan_table(resolved.chosen, resolved.ctx, load_tokenizer(str(tiny_omni)))
+    pipeline._ray_init(config)
+
+    @ray.remote
+    def prepare_in_a_task(table):
+        measure, policies = prepare.cues.measure, []
+
+        def measure_and_note(*args):
+            policies.append(os.sched_getscheduler(0))
+            return measure(*args)
+
+        prepare.cues.measure = measure_and_note
+        try:
+            prepared = prepare.prepare_batch(table, ctx=resolved.ctx)
+        finally:
+            prepare.cues.measure = measure
+        return (prepared["error_kind"].to_pylist(), policies, os.sched_getscheduler(0),
+                os.getpriority(os.PRIO_PROCESS, 0))
+
+    errors, measured_at, task_thread, niceness = ray.get(prepare_in_a_task.remote(planned))
+    assert errors == [None] and measured_at == [os.SCHED_IDLE]
+    assert (task_thread, niceness) == (os.SCHED_OTHER, 0)
