@@ -56,9 +56,14 @@ def idle_thread() -> ThreadPoolExecutor:
     schedules and detokenizes for the GPU). Linux sets a policy per thread and an
     unprivileged thread cannot leave SCHED_IDLE, so the policy is never set on the thread Ray
     runs tasks on: a worker that later hosts an engine actor keeps its normal priority."""
-    return ThreadPoolExecutor(1, thread_name_prefix="prepare-idle",
-                              initializer=os.sched_setscheduler,
-                              initargs=(0, os.SCHED_IDLE, os.sched_param(0)))
+    return ThreadPoolExecutor(1, thread_name_prefix="prepare-idle", initializer=_lowest_priority)
+
+
+def _lowest_priority() -> None:
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError):  # not Linux, or refused (a seccomp profile): the
+        pass  # clips are prepared at normal priority, as they were before
 
 
 def _prepare(batch: pa.Table, ctx: RunContext, node: str) -> pa.Table:

@@ -134,3 +134,17 @@ def test_ray_prepares_at_idle_priority_and_leaves_its_task_thread_alone(tmp_path
     errors, measured_at, task_thread, niceness = ray.get(prepare_in_a_task.remote(planned))
     assert errors == [None] and measured_at == [os.SCHED_IDLE]
     assert (task_thread, niceness) == (os.SCHED_OTHER, 0)
+
+
+def test_where_idle_priority_is_refused_clips_are_still_prepared(monkeypatch):
+    """A platform without SCHED_IDLE, or a seccomp profile that refuses it, prepares at
+    normal priority instead of failing every prepare task."""
+    import os
+
+    def refuse(*args):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(prepare.os, "sched_setscheduler", refuse)
+    fresh = prepare.idle_thread.__wrapped__()  # not the process's cached thread
+    assert fresh.submit(os.sched_getscheduler, 0).result() == os.SCHED_OTHER
+    fresh.shutdown()
