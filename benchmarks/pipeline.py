@@ -1,5 +1,4 @@
-"""`vaemo-annotate run` against the raw vLLM engine on the same rendered prompts and media,
-alternating runs, and where the run's time goes.
+"""`vaemo-annotate run` against the raw vLLM engine on the same clips, and where its time goes.
 
     .venv/bin/python benchmarks/pipeline.py --clips 200 --generation two-phase --json
     .venv/bin/python benchmarks/pipeline.py --clips 30 \
@@ -125,7 +124,8 @@ def main() -> None:
     parser.add_argument("--think-tokens", type=int, default=96)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=3,
-                        help="rounds of one pipeline run and one raw engine run, back to back")
+                        help="rounds of a pipeline run, a raw engine run and a render-thread "
+                             "engine run, back to back")
     parser.add_argument("--json", action="store_true", help="print one JSON object only")
     parser.add_argument("--fake", action="store_true",
                         help="the pipeline alone with the fake engine (answers at once): its "
