@@ -8,18 +8,15 @@ the conversation: the model's own thought (THOUGHT_SLOT until it exists), then a
 from __future__ import annotations
 
 import functools
-import json
-from typing import TYPE_CHECKING
+import itertools
+import re
+from dataclasses import dataclass
 
 import numpy as np
 
 from annotator.errors import PromptError
 from annotator.media import SAMPLE_RATE
 from annotator.models import ModelSpec
-from prompts import render
-
-if TYPE_CHECKING:  # the context is built by the driver; chat only reads it
-    from annotator.stages.context import RunContext
 
 SYSTEM_PROMPT = "You are a careful annotator of emotional behaviour in audio-visual clips."
 THOUGHT_SLOT = "\x00vaemo-thought\x00"
@@ -78,30 +75,77 @@ def media_inputs(spec: ModelSpec, frames: np.ndarray | None, fps: float | None,
 
 @functools.lru_cache(maxsize=2)
 def load_tokenizer(path: str):
-    """The model's tokenizer, loaded once per process (driver or Ray worker)."""
+    """The model's tokenizer, loaded once per process (driver or engine)."""
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(path)
 
 
-def render_prompt(ctx: RunContext, tokenizer, context_json: str,
-                  cues: dict | None) -> tuple[str, str]:
-    """(prompt, answer prompt) for a planned clip, with measured cues once they exist.
+USER_SLOT = "\x00vaemo-user\x00"
+FOLLOWUP_SLOT = "\x00vaemo-followup\x00"
+PROBE_TEXTS = ('A probe: "quoted", <b>tagged</b> & {{ braced }} 100%\nsecond line',
+               "Then {% raw %} \\n 'single' \t tab")
+"""Texts with what a template could change (quotes, markup, Jinja syntax, escapes): a frame
+is used only where putting them in its slots gives what the tokenizer renders itself."""
 
-    One-pass: the answer prompt is "". Two-phase: the prompt is the first turn, which asks for
-    the free chain of thought; the answer prompt is that turn, the model's thought (as
-    THOUGHT_SLOT) and the turn that asks for the JSON."""
-    spec = ctx.spec
-    two_phase = ctx.two_phase
-    context = json.loads(context_json)
-    media = context["media"]
-    context.update(modalities=list(spec.modalities), labels=ctx.labels, cues=cues,
-                   examples=[], phase="think" if two_phase else "one-pass")
-    user_text = render(ctx.template, context)
-    use_video = media["has_video"] and "video" in spec.modalities
-    use_audio = media["has_audio"] and "audio" in spec.modalities
-    prompt = build_prompt(tokenizer, spec, user_text, use_video, use_audio)
-    if not two_phase:
-        return prompt, ""
-    answer = render(ctx.template, {**context, "phase": "answer"})
-    return prompt, build_prompt(tokenizer, spec, user_text, use_video, use_audio, answer)
+
+@dataclass(frozen=True)
+class ChatFrames:
+    """The model's chat template rendered once per conversation shape, its texts left as
+    slots: a clip's prompt is its shape's frame with the texts put in, the very string the
+    tokenizer's `apply_chat_template` gives (checked when the frames are made). Built in the
+    driver and carried in the run's context, so Ray's plan and prepare tasks never load
+    transformers (3.6 s of CPU and torch's memory in every worker process, measured here).
+
+    A shape is what the user turn carries ("video", "audio" or "text"), with or without the
+    answer turn of two-phase generation; a shape the template cannot render keeps its
+    error, raised for each clip of that shape as the tokenizer would have raised it."""
+
+    frames: dict[tuple[str, bool], str]
+    errors: dict[tuple[str, bool], str]
+
+    def fill(self, shape: str, user_text: str, followup: str | None = None) -> str:
+        key = (shape, followup is not None)
+        if key in self.errors:
+            raise PromptError(self.errors[key])
+        texts = {USER_SLOT: user_text, FOLLOWUP_SLOT: followup}
+        return _SLOTS.sub(lambda m: texts[m.group(0)], self.frames[key])
+
+
+_SLOTS = re.compile(f"{USER_SLOT}|{FOLLOWUP_SLOT}")
+
+
+def shape_of(spec: ModelSpec, use_video: bool, use_audio: bool) -> str:
+    """The conversation shape `build_prompt` makes for a clip (text models: always text)."""
+    if spec.family != "omni":
+        return "text"
+    return "video" if use_video else "audio" if use_audio else "text"
+
+
+@functools.lru_cache(maxsize=2)
+def chat_frames(spec: ModelSpec) -> ChatFrames:
+    """The frames of every shape `spec` can be given, made once per process from its
+    tokenizer; a shape whose template changes the text it is given keeps that as its
+    error."""
+    tokenizer = load_tokenizer(spec.path)
+    shapes = ("video", "audio", "text") if spec.family == "omni" else ("text",)
+    frames, errors = {}, {}
+    for shape, followup in itertools.product(shapes, (False, True)):
+        video, audio = shape == "video", shape == "audio"
+        try:
+            frame = build_prompt(tokenizer, spec, USER_SLOT, video, audio,
+                                 FOLLOWUP_SLOT if followup else None)
+        except PromptError as err:
+            errors[shape, followup] = str(err)
+            continue
+        user, answer = PROBE_TEXTS
+        filled = frame.replace(USER_SLOT, user).replace(FOLLOWUP_SLOT, answer)
+        if filled == build_prompt(tokenizer, spec, user, video, audio,
+                                  answer if followup else None):
+            frames[shape, followup] = frame
+        else:
+            errors[shape, followup] = (
+                f"the chat template of {spec.name} changes the text it is given (it does not "
+                "write each message's content as it is), so vaemo cannot put its prompts in "
+                "it; use a model whose chat template does")
+    return ChatFrames(frames, errors)

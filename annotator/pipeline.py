@@ -26,7 +26,6 @@ import pyarrow.parquet as pq
 from rich.console import Console
 
 from annotator import card, progress
-from annotator.chat import load_tokenizer
 from annotator.config import RunConfig
 from annotator.engines.contract import EngineOptions
 from annotator.errors import ConfigError
@@ -37,7 +36,7 @@ from annotator.schema import (SCHEMA_VERSION, answer_model, description_model, j
                               schema_sha256)
 from annotator.settings import EngineSettings, ErrorKind, RowStatus
 from annotator.stages import plan as plan_stage, prepare as prepare_stage
-from annotator.stages.context import RunContext
+from annotator.stages.context import RunContext, with_chat
 from annotator.stages.generate import EngineWorker
 from annotator.stages.plan import PLAN_SCHEMA, context_digest, fingerprint, plan_table
 from annotator.stages.rows import failed_rows
@@ -123,7 +122,7 @@ def resolve(config: RunConfig, device: str | None = None) -> Resolved:
 
 PLAN_ON_RAY_AT = 2000
 """On one machine, clips to plan from which Ray tasks plan them (given PLAN_ON_RAY_CPUS):
-fewer are planned by the driver's threads before Ray's workers have imported a tokenizer."""
+fewer are planned by the driver's threads in less time than Ray's workers take to start."""
 PLAN_ON_RAY_CPUS = 8
 """On one machine, cores from which Ray tasks plan: a plan costs about 1.2 ms of CPU per
 clip, mostly under the GIL, and the driver's threads reach 1.4 cores' worth (measured on 2
@@ -146,7 +145,7 @@ def plan_clips(resolved: Resolved, rows: pa.Table | None = None) -> pa.Table:
     if plan_on_ray(resolved.config, len(rows)):
         _ray_init(resolved.config)
         return _plan_on_ray(resolved, rows)
-    return plan_table(rows, resolved.ctx, load_tokenizer(resolved.spec.path))
+    return plan_table(rows, resolved.ctx)
 
 
 def _plan_on_ray(resolved: Resolved, rows: pa.Table) -> pa.Table:
@@ -163,7 +162,7 @@ def _plan_on_ray(resolved: Resolved, rows: pa.Table) -> pa.Table:
     # every manifest column goes: a clip's extra columns are part of its prompt context
     ds = ray.data.from_arrow(rows).repartition(target_num_rows_per_block=stage["batch_size"])
     ds = ds.map_batches(plan_stage.plan_batch, batch_format="pyarrow",
-                        fn_kwargs={"ctx": resolved.ctx}, **stage)
+                        fn_kwargs={"ctx": with_chat(resolved.ctx)}, **stage)
     try:
         plan = pa.concat_tables([PLAN_SCHEMA.empty_table(), *ds.iter_batches(
             batch_format="pyarrow", batch_size=None)])
@@ -237,7 +236,7 @@ def preview(config: RunConfig, clip_id: str) -> tuple[dict, dict]:
     rows = resolved.chosen.filter(pc.equal(resolved.chosen["clip_id"], clip_id))
     if not len(rows):
         raise ConfigError(f"clip {clip_id!r} is not in {config.manifest}")
-    plan = plan_table(rows, resolved.ctx, load_tokenizer(resolved.spec.path))
+    plan = plan_table(rows, resolved.ctx)
     planned = prepare_stage.prepare_batch(plan, ctx=resolved.ctx).to_pylist()[0]  # + cues
     if planned["error"]:
         raise ConfigError(f"clip {clip_id!r}: {planned['error']}")
@@ -538,7 +537,7 @@ def _engine_stream(resolved: Resolved, plan: pa.Table, device: str, actors: int,
     prepare_args = {**prepare_stage.STAGE.ray, "batch_size": block}
     ds = ray.data.from_arrow(plan).repartition(target_num_rows_per_block=block, strict=True)
     ds = ds.map_batches(prepare_stage.prepare_batch, batch_format="pyarrow",
-                        fn_kwargs={"ctx": resolved.ctx}, **prepare_args)
+                        fn_kwargs={"ctx": with_chat(resolved.ctx)}, **prepare_args)
     warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
     ds = ds.map_batches(
         EngineWorker, batch_format="pyarrow", batch_size=batch_size,

@@ -3,8 +3,9 @@ and handed as it is to every stage (plan, prepare, generate, rows)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from annotator.chat import ChatFrames, chat_frames
 from annotator.models import ModelSpec
 from annotator.settings import (EngineSettings, GenerationMode, MediaSettings,
                                 SamplingSettings)
@@ -27,6 +28,9 @@ class RunContext:
     """Where the engine runs ('auto' decided: cpu or gpu)."""
     schema_sha256: str
     retries: int
+    chat: ChatFrames | None = None
+    """The model's chat template as frames (`with_chat`: the driver's, handed to Ray tasks so
+    they never load the tokenizer); None: made where a prompt is first rendered."""
 
     @property
     def engine(self) -> str:
@@ -45,3 +49,8 @@ class RunContext:
     @property
     def two_phase(self) -> bool:
         return self.mode is GenerationMode.TWO_PHASE
+
+
+def with_chat(ctx: RunContext) -> RunContext:
+    """`ctx` with the model's chat frames, made from its tokenizer in this process."""
+    return ctx if ctx.chat is not None else replace(ctx, chat=chat_frames(ctx.spec))

@@ -16,13 +16,13 @@ import os
 
 import pyarrow as pa
 
-from annotator.chat import load_tokenizer, render_prompt
 from annotator.cues import CUES_VERSION
 from annotator.errors import MediaError, PromptError
 from annotator.media import media_sha256, probe
 from annotator.settings import ErrorKind
 from annotator.stages import StageSpec
-from annotator.stages.context import RunContext
+from annotator.stages.context import RunContext, with_chat
+from annotator.stages.prompt import render_prompt
 
 
 PLAN_SCHEMA = pa.schema([
@@ -67,7 +67,7 @@ def _context_parts(ctx: RunContext) -> dict:
             "schema": ctx.schema_sha256, "decode": ctx.media.key(), "engine": ctx.engine_key}
 
 
-def plan_clip(row: dict, ctx: RunContext, tokenizer) -> dict:
+def plan_clip(row: dict, ctx: RunContext) -> dict:
     spec = ctx.spec
     out = {k: row.get(k) for k in PLAN_SCHEMA.names}
     out.update(has_video=False, has_audio=False, duration_s=None, media_note="",
@@ -99,7 +99,7 @@ def plan_clip(row: dict, ctx: RunContext, tokenizer) -> dict:
     out["context_json"] = json.dumps({"clip": clip, "media": media}, sort_keys=True,
                                       default=str)
     try:
-        prompt = render_prompt(ctx, tokenizer, out["context_json"], None)[0]
+        prompt = render_prompt(ctx, out["context_json"], None)[0]
     except PromptError as err:
         out.update(error_kind=ErrorKind.PROMPT.value, error=str(err))
         prompt = ""
@@ -109,19 +109,20 @@ def plan_clip(row: dict, ctx: RunContext, tokenizer) -> dict:
 
 
 
-def plan_table(rows: pa.Table, ctx: RunContext, tokenizer, workers: int = 8) -> pa.Table:
+def plan_table(rows: pa.Table, ctx: RunContext, workers: int = 8) -> pa.Table:
     """Plan every selected clip; hashing and probing are I/O, so threads overlap them."""
     from concurrent.futures import ThreadPoolExecutor
 
+    ctx = with_chat(ctx)  # here, not in the threads: transformers fails imported by several
     with ThreadPoolExecutor(workers) as pool:
-        planned = list(pool.map(lambda r: plan_clip(r, ctx, tokenizer), rows.to_pylist()))
+        planned = list(pool.map(lambda r: plan_clip(r, ctx), rows.to_pylist()))
     return pa.Table.from_pylist(planned, schema=PLAN_SCHEMA)
 
 
 def plan_batch(batch: pa.Table, *, ctx: RunContext) -> pa.Table:
-    """A Ray task's share of the plan, made on the node that runs it (its tokenizer loaded
-    once per worker process, its file hashes cached on that node)."""
-    return plan_table(batch, ctx, load_tokenizer(ctx.spec.path), workers=4)
+    """A Ray task's share of the plan, made on the node that runs it (its file hashes cached
+    on that node; the prompts from the chat frames in `ctx`)."""
+    return plan_table(batch, ctx, workers=4)
 
 
 def context_digest(ctx: RunContext) -> str:

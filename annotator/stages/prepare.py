@@ -15,12 +15,12 @@ from concurrent.futures import ThreadPoolExecutor
 import pyarrow as pa
 
 from annotator import cues
-from annotator.chat import load_tokenizer, render_prompt
 from annotator.errors import MediaError, PromptError
 from annotator.media import MediaInfo, decode
 from annotator.settings import ErrorKind
 from annotator.stages import StageSpec
 from annotator.stages.context import RunContext
+from annotator.stages.prompt import render_prompt
 
 OUTPUT_TYPES = {
     "frames": pa.binary(), "frames_shape": pa.list_(pa.int32()), "fps": pa.float64(),
@@ -68,7 +68,6 @@ def _lowest_priority() -> None:
 
 def _prepare(batch: pa.Table, ctx: RunContext, node: str) -> pa.Table:
     spec, media = ctx.spec, ctx.media
-    tokenizer = load_tokenizer(spec.path)
     out: dict[str, list] = {k: [] for k in OUTPUT_TYPES}
     for row in batch.to_pylist():
         kind, error, clip, measured = row["error_kind"], row["error"], None, None
@@ -82,7 +81,7 @@ def _prepare(batch: pa.Table, ctx: RunContext, node: str) -> pa.Table:
                               info=probed)
                 measured = cues.measure(clip.frames, clip.audio)
                 listed = cues.for_template(measured)
-                prompt, answer_prompt = render_prompt(ctx, tokenizer, row["context_json"], listed)
+                prompt, answer_prompt = render_prompt(ctx, row["context_json"], listed)
             except MediaError as err:
                 kind, error = ErrorKind.MEDIA.value, str(err)
             except PromptError as err:

@@ -52,10 +52,8 @@ def manifest(tmp_path_factory, clips):
 
 
 def planned(config: RunConfig) -> tuple[str, EngineOptions, RunContext]:
-    from annotator.chat import load_tokenizer
-
     resolved = resolve(config, "cpu")
-    plan = plan_table(resolved.chosen, resolved.ctx, load_tokenizer(resolved.spec.path))
+    plan = plan_table(resolved.chosen, resolved.ctx)
     return plan["cache_key"][0].as_py(), engine_options(resolved, "cpu"), resolved.ctx
 
 

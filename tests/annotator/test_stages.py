@@ -3,7 +3,6 @@ the stages really produce matches them."""
 
 import dataclasses
 
-from annotator.chat import load_tokenizer
 from annotator.config import RunConfig
 from annotator.pipeline import resolve
 from annotator.stages import generate, plan, prepare
@@ -24,7 +23,7 @@ def test_plan_and_prepare_produce_what_they_declare(tmp_path, clips, tiny_omni):
         {"path": str(clips["tone_220"]), "label": "sad"},
         {"path": str(clips["missing"]), "label": "sad"}])
     resolved = resolve(RunConfig(manifest=manifest, out=tmp_path, model=str(tiny_omni)), "cpu")
-    planned = plan.plan_table(resolved.chosen, resolved.ctx, load_tokenizer(str(tiny_omni)))
+    planned = plan.plan_table(resolved.chosen, resolved.ctx)
     assert planned.column_names == list(plan.STAGE.writes)
     prepared = prepare.prepare_batch(planned, ctx=resolved.ctx)
     assert set(prepare.STAGE.writes) <= set(prepared.column_names)
@@ -50,7 +49,7 @@ def test_planning_in_ray_tasks_equals_planning_in_the_driver(tmp_path, clips, ti
         {"clip_id": f"c{i:02d}", "path": str(clips[name]), "label": "sad", "fold": str(i % 2)}
         for i, name in enumerate(["tone_220", "missing", "silent_video", "audio_only"] * 3)])
     resolved = resolve(RunConfig(manifest=manifest, out=tmp_path, model=str(tiny_omni)), "cpu")
-    in_driver = plan.plan_table(resolved.chosen, resolved.ctx, load_tokenizer(str(tiny_omni)))
+    in_driver = plan.plan_table(resolved.chosen, resolved.ctx)
     monkeypatch.setattr(pipeline, "PLAN_ON_RAY_AT", 1)
     monkeypatch.setattr(pipeline, "PLAN_ON_RAY_CPUS", 1)
     three_blocks = dataclasses.replace(plan.STAGE, ray={"batch_size": 5, "num_cpus": 1})
@@ -74,24 +73,33 @@ def test_planning_goes_to_ray_on_a_cluster_or_for_many_clips_on_many_cores(tmp_p
     assert pipeline.plan_on_ray(local, 2000) and not pipeline.plan_on_ray(local, 1999)
 
 
-def test_a_node_that_cannot_plan_is_named_with_the_fix(tmp_path, clips, tiny_omni,
-                                                        monkeypatch):
-    """A Ray task that cannot load the model's tokenizer (a node without the model folder)
-    fails the run with one line that says what every node needs."""
+def test_nodes_plan_without_the_model_and_a_failed_plan_task_names_the_fix(
+        tmp_path, clips, tiny_omni, monkeypatch):
+    """Ray plan tasks get the driver's chat frames, so a node without the model folder still
+    plans; a plan task that fails (here: its media library breaks) fails the run with one
+    line that says what every node needs."""
     import shutil
 
     import pytest
 
     from annotator import pipeline
+    from annotator.chat import chat_frames
     from annotator.errors import ConfigError
 
     model = shutil.copytree(tiny_omni, tmp_path / "model")
     manifest = write_manifest(tmp_path / "m.csv", [{"path": str(clips["tone_220"])}])
     resolved = resolve(RunConfig(manifest=manifest, out=tmp_path / "out", model=str(model)),
                        "cpu")
+    chat_frames(resolved.spec)  # the driver's, made before the run plans
     shutil.rmtree(model)  # what a node without the folder sees
     monkeypatch.setattr(pipeline, "PLAN_ON_RAY_AT", 1)
     monkeypatch.setattr(pipeline, "PLAN_ON_RAY_CPUS", 1)
+    assert pipeline.plan_clips(resolved)["error"].to_pylist() == [None]
+
+    def broken_plan(batch, *, ctx):  # sent to the task by value
+        raise OSError("libavformat.so: cannot open shared object file")
+
+    monkeypatch.setattr(plan, "plan_batch", broken_plan)
     with pytest.raises(ConfigError, match="every node needs the model folder"):
         pipeline.plan_clips(resolved)
 
@@ -112,7 +120,7 @@ def test_ray_prepares_at_idle_priority_and_leaves_its_task_thread_alone(tmp_path
         {"path": str(clips["tone_220"]), "label": "sad"}])
     config = RunConfig(manifest=manifest, out=tmp_path, model=str(tiny_omni))
     resolved = resolve(config, "cpu")
-    planned = plan.plan_table(resolved.chosen, resolved.ctx, load_tokenizer(str(tiny_omni)))
+    planned = plan.plan_table(resolved.chosen, resolved.ctx)
     pipeline._ray_init(config)
 
     @ray.remote
