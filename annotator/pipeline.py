@@ -166,11 +166,11 @@ def _plan_on_ray(resolved: Resolved, rows: pa.Table) -> pa.Table:
     try:
         plan = pa.concat_tables([PLAN_SCHEMA.empty_table(), *ds.iter_batches(
             batch_format="pyarrow", batch_size=None)])
-    except ray.exceptions.RayError as err:  # e.g. a node without the model folder
+    except ray.exceptions.RayError as err:  # e.g. a node without the package or the media
         raise ConfigError(
-            f"planning failed in a Ray task ({root_cause(err)}); every node needs the model "
-            f"folder ({resolved.spec.path}) and the media at the paths the manifest gives; "
-            "nothing stored was changed") from err
+            f"planning failed in a Ray task ({root_cause(err)}); every node needs the vaemo "
+            "package and the media at the paths the manifest gives; nothing stored was "
+            "changed") from err
     if len(plan) != len(rows):  # never a run that silently drops clips
         raise RuntimeError(f"Ray planned {len(plan)} of {len(rows)} clips")
     order = pc.index_in(plan["clip_id"], rows["clip_id"])

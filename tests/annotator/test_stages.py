@@ -100,7 +100,7 @@ def test_nodes_plan_without_the_model_and_a_failed_plan_task_names_the_fix(
         raise OSError("libavformat.so: cannot open shared object file")
 
     monkeypatch.setattr(plan, "plan_batch", broken_plan)
-    with pytest.raises(ConfigError, match="every node needs the model folder"):
+    with pytest.raises(ConfigError, match="every node needs the vaemo package and the media"):
         pipeline.plan_clips(resolved)
 
 
