@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import itertools
 import re
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -108,11 +109,16 @@ class ChatFrames:
         key = (shape, followup is not None)
         if key in self.errors:
             raise PromptError(self.errors[key])
-        texts = {USER_SLOT: user_text, FOLLOWUP_SLOT: followup}
-        return _SLOTS.sub(lambda m: texts[m.group(0)], self.frames[key])
+        return _fill(self.frames[key], user_text, followup)
 
 
 _SLOTS = re.compile(f"{USER_SLOT}|{FOLLOWUP_SLOT}")
+
+
+def _fill(frame: str, user_text: str, followup: str | None) -> str:
+    """`frame` with its slots replaced in one pass (a text that holds a slot stays as is)."""
+    texts = {USER_SLOT: user_text, FOLLOWUP_SLOT: followup}
+    return _SLOTS.sub(lambda m: texts[m.group(0)], frame)
 
 
 def shape_of(spec: ModelSpec, use_video: bool, use_audio: bool) -> str:
@@ -122,11 +128,20 @@ def shape_of(spec: ModelSpec, use_video: bool, use_audio: bool) -> str:
     return "video" if use_video else "audio" if use_audio else "text"
 
 
-@functools.lru_cache(maxsize=2)
+_FRAMES_LOCK = threading.Lock()
+
+
 def chat_frames(spec: ModelSpec) -> ChatFrames:
     """The frames of every shape `spec` can be given, made once per process from its
     tokenizer; a shape whose template changes the text it is given keeps that as its
-    error."""
+    error. Safe from several threads (the planning threads): transformers fails when two
+    threads import it at once."""
+    with _FRAMES_LOCK:
+        return _chat_frames(spec)
+
+
+@functools.lru_cache(maxsize=2)
+def _chat_frames(spec: ModelSpec) -> ChatFrames:
     tokenizer = load_tokenizer(spec.path)
     shapes = ("video", "audio", "text") if spec.family == "omni" else ("text",)
     frames, errors = {}, {}
@@ -138,10 +153,9 @@ def chat_frames(spec: ModelSpec) -> ChatFrames:
         except PromptError as err:
             errors[shape, followup] = str(err)
             continue
-        user, answer = PROBE_TEXTS
-        filled = frame.replace(USER_SLOT, user).replace(FOLLOWUP_SLOT, answer)
-        if filled == build_prompt(tokenizer, spec, user, video, audio,
-                                  answer if followup else None):
+        user, answer = PROBE_TEXTS[0], PROBE_TEXTS[1] if followup else None
+        if _fill(frame, user, answer) == build_prompt(tokenizer, spec, user, video, audio,
+                                                      answer):
             frames[shape, followup] = frame
         else:
             errors[shape, followup] = (

@@ -21,7 +21,7 @@ from annotator.errors import MediaError, PromptError
 from annotator.media import media_sha256, probe
 from annotator.settings import ErrorKind
 from annotator.stages import StageSpec
-from annotator.stages.context import RunContext, with_chat
+from annotator.stages.context import RunContext
 from annotator.stages.prompt import render_prompt
 
 
@@ -113,7 +113,6 @@ def plan_table(rows: pa.Table, ctx: RunContext, workers: int = 8) -> pa.Table:
     """Plan every selected clip; hashing and probing are I/O, so threads overlap them."""
     from concurrent.futures import ThreadPoolExecutor
 
-    ctx = with_chat(ctx)  # here, not in the threads: transformers fails imported by several
     with ThreadPoolExecutor(workers) as pool:
         planned = list(pool.map(lambda r: plan_clip(r, ctx), rows.to_pylist()))
     return pa.Table.from_pylist(planned, schema=PLAN_SCHEMA)
