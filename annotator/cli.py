@@ -9,8 +9,8 @@ from pydantic import ValidationError
 
 from annotator.audit import AuditConfig
 from annotator.config import RunConfig
-from annotator.errors import VaemoError
-from annotator.typed_cli import command_from, console, fail
+from annotator.core.errors import VaemoError
+from annotator.core.typed_cli import command_from, console, fail
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Annotate audio-visual clips with affective descriptions.")
@@ -162,7 +162,7 @@ def prompt_preview(
 @app.command("demo-corpus")
 def demo_corpus(out: Path = typer.Argument(Path("data/demo"), help="Where to write it.")) -> None:
     """Build the demo corpus (real portraits + real read speech) and its manifest.csv."""
-    from annotator.devtools.demo import build_demo_corpus
+    from annotator.demo import build_demo_corpus
 
     try:
         manifest = build_demo_corpus(out)

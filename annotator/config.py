@@ -14,7 +14,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from annotator.settings import EngineSettings, MediaSettings, SamplingSettings
-from annotator.subset import parse_subset
+from annotator.core.subset import parse_subset
 
 
 class RunConfig(BaseModel):
@@ -81,7 +81,7 @@ class RunConfig(BaseModel):
     def label_set(self, manifest_labels: list[str]) -> list[str] | None:
         if self.labels == "open":
             return None
-        from prompts import label_sets
+        from annotator.core.emotions import label_sets
 
         if self.labels and self.labels.lower() in label_sets():
             return label_sets()[self.labels.lower()]

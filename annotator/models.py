@@ -13,8 +13,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from annotator.errors import ConfigError
-from annotator.hashing import folder_sha256
+from annotator.core.files import replacing
+from annotator.core.errors import ConfigError
+from annotator.core.hashing import folder_sha256
 
 OMNI_TYPES = {"qwen2_5_omni", "qwen2_5_omni_thinker"}
 GPU_DEFAULT = "Qwen/Qwen2.5-Omni-7B"
@@ -102,7 +103,6 @@ def smollm2_folder(cache_dir: Path | None = None) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tmp = out.with_name(out.name + ".tmp")
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
                                                   dtype=torch.bfloat16)
@@ -114,7 +114,7 @@ def smollm2_folder(cache_dir: Path | None = None) -> Path:
     config._name_or_path = SMOLLM2
     model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
     model.load_state_dict(loaded.state_dict())
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    tmp.rename(out)  # atomic: a half-converted folder never looks complete
+    with replacing(out) as tmp:  # a half-converted folder never looks complete
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
     return out

@@ -28,20 +28,21 @@ from rich.console import Console
 from annotator import card, progress
 from annotator.config import RunConfig
 from annotator.engines.contract import EngineOptions
-from annotator.errors import ConfigError
-from annotator.layout import RunFolder
-from annotator.manifest import load_manifest
+from annotator.core.errors import ConfigError
+from annotator.core.layout import RunFolder
+from annotator.core.manifest import load_manifest
 from annotator.models import ModelSpec, default_model, describe_model
-from annotator.schema import (SCHEMA_VERSION, answer_model, description_model, json_schema,
-                              schema_sha256)
+from annotator.core.schema import (SCHEMA_VERSION, answer_model, description_model, json_schema,
+                                   schema_sha256)
 from annotator.settings import EngineSettings, ErrorKind, RowStatus
 from annotator.stages import plan as plan_stage, prepare as prepare_stage
 from annotator.stages.context import RunContext, with_chat
 from annotator.stages.generate import EngineWorker
 from annotator.stages.plan import PLAN_SCHEMA, context_digest, fingerprint, plan_table
 from annotator.stages.rows import failed_rows
-from annotator.store import Store, atomic_write_parquet, write_json
-from annotator.subset import parse_subset, select_subset
+from annotator.core.files import write_json, write_parquet
+from annotator.core.store import Store
+from annotator.core.subset import parse_subset, select_subset
 from prompts import load_template, require_two_phase
 
 
@@ -227,7 +228,7 @@ def write_plan_index(resolved: Resolved, plan: pa.Table, hits: dict[str, tuple],
         entries[clip] = (prints.get(clip), key)
     table = pa.table({"clip_id": list(entries), "fingerprint": [v[0] for v in entries.values()],
                       "cache_key": [v[1] for v in entries.values()]})
-    atomic_write_parquet(table, RunFolder(resolved.config.out).plan_index)
+    write_parquet(table, RunFolder(resolved.config.out).plan_index)
 
 
 def preview(config: RunConfig, clip_id: str) -> tuple[dict, dict]:

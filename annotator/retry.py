@@ -14,10 +14,10 @@ import pyarrow.compute as pc
 from rich.console import Console
 
 from annotator.config import RunConfig
-from annotator.errors import ConfigError
-from annotator.layout import RunFolder
+from annotator.core.errors import ConfigError
+from annotator.core.layout import RunFolder
 from annotator.settings import ErrorKind, RowStatus
-from annotator.store import Store
+from annotator.core.store import Store
 
 
 def retry_failed(out: Path, kinds: list[str] | None, console: Console,

@@ -9,9 +9,9 @@ import pyarrow.compute as pc
 from rich.markup import escape
 
 from annotator.config import RunConfig
-from annotator.errors import ConfigError
-from annotator.layout import RunFolder
-from annotator.store import Store
+from annotator.core.errors import ConfigError
+from annotator.core.layout import RunFolder
+from annotator.core.store import Store
 
 
 def verify(out: Path) -> dict:

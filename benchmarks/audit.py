@@ -22,7 +22,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from annotator.audit import AuditConfig, audit
-    from annotator.devtools.synthetic_runs import write_synthetic_run
+    from tests.builders.synthetic_runs import write_synthetic_run
 
     work = Path(tempfile.mkdtemp(prefix="vaemo-audit-bench-"))
     t0 = time.perf_counter()

@@ -1,5 +1,5 @@
 """kill -9 a run N times at random moments, then check the invariants (see
-annotator/devtools/chaos.py): 0 lost, 0 doubled, every file readable, rows equal to an
+tests/builders/chaos.py): 0 lost, 0 doubled, every file readable, rows equal to an
 uninterrupted run, no temp files.
 
     .venv/bin/python benchmarks/chaos.py --kills 10 --clips 24
@@ -25,8 +25,8 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-    from annotator.devtools.chaos import run_chaos
-    from annotator.devtools.tiny_models import build_tiny_omni
+    from tests.builders.chaos import run_chaos
+    from tests.builders.tiny_models import build_tiny_omni
 
     work = Path(tempfile.mkdtemp(prefix="vaemo-chaos-"))
     model = Path(args.model) if args.model else build_tiny_omni(work / "tiny-omni")

@@ -33,8 +33,8 @@ def main() -> None:
 
     torch.set_num_threads(1)
     from annotator.config import RunConfig
-    from annotator.devtools.demo import build_demo_corpus
-    from annotator.devtools.tiny_models import build_tiny_omni
+    from annotator.demo import build_demo_corpus
+    from tests.builders.tiny_models import build_tiny_omni
     from annotator.engines.factory import create_engine
     from annotator.pipeline import engine_options, plan_clips, resolve, run
     from annotator.stages.generate import _request

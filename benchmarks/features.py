@@ -24,7 +24,7 @@ from benchmarks.gpu_check import base_videomae, write_clips  # noqa: E402
 
 
 def clips_per_s(encoder, media, device, batch: int, workers: int) -> float:
-    from injection.loader import extract
+    from injection.training.loader import extract
 
     started = time.perf_counter()
     extract(encoder, media, device=device, batch_size=batch, workers=workers)
@@ -42,9 +42,9 @@ def main() -> None:
                         help="clips for the VideoMAE-base-sized encoder (slow on a CPU)")
     args = parser.parse_args()
 
-    from annotator.devtools.tiny_encoders import build_tiny_va_encoder
-    from injection.encoders import load_encoder
-    from injection.loader import pick_device
+    from tests.builders.tiny_encoders import build_tiny_va_encoder
+    from injection.encoders.va import load_encoder
+    from injection.training.loader import pick_device
 
     device = pick_device()
     if device.type == "cpu":

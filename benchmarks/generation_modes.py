@@ -48,7 +48,7 @@ def cites_a_cue(text: str, cue_values: dict) -> bool:
 
 
 def summarise(rows: list[dict], seconds: float) -> dict:
-    from annotator.cues import for_template
+    from annotator.core.cues import for_template
 
     ok = [r for r in rows if r["status"] == "ok"]
     texts = [r["reasoning"] for r in ok]
@@ -75,11 +75,11 @@ def main() -> None:
     args = parser.parse_args()
 
     from annotator.config import RunConfig
-    from annotator.devtools.demo import build_demo_corpus
+    from annotator.demo import build_demo_corpus
     from annotator.models import smollm2_folder
     from annotator.pipeline import run
-    from annotator.store import Store
-    from annotator.devtools.tiny_models import build_tiny_omni
+    from annotator.core.store import Store
+    from tests.builders.tiny_models import build_tiny_omni
 
     work = Path(tempfile.mkdtemp(prefix="vaemo-modes-"))
     model = (str(smollm2_folder()) if args.model == "smollm2" else args.model

@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 def write_clips(folder: Path, count: int) -> list[str]:
     from skimage import data
 
-    from annotator.devtools.demo import moving_portrait, write_clip
+    from annotator.demo import moving_portrait, write_clip
 
     faces = [data.astronaut(), data.chelsea(), data.coffee()]
     paths = []
@@ -49,9 +49,9 @@ def write_clips(folder: Path, count: int) -> list[str]:
 
 
 def check_features(media, folder: Path, device: torch.device) -> dict:
-    from annotator.devtools.tiny_encoders import build_tiny_architecture
-    from injection.encoders import load_encoder
-    from injection.loader import extract
+    from tests.builders.tiny_encoders import build_tiny_architecture
+    from injection.encoders.va import load_encoder
+    from injection.training.loader import extract
 
     found = {}
     for name in ("videomae+wav2vec2", "clip_vision+whisper", "ast", "hubert"):
@@ -76,8 +76,8 @@ def base_videomae(folder: Path) -> Path:
 
 
 def throughput(media, folder: Path, device: torch.device, workers: int) -> dict:
-    from injection.encoders import load_encoder
-    from injection.loader import extract
+    from injection.encoders.va import load_encoder
+    from injection.training.loader import extract
 
     encoder = load_encoder(base_videomae(folder / "videomae-base"))
     extract(encoder, media[:4], device=device, batch_size=4, workers=0)  # warm-up
@@ -102,11 +102,11 @@ def cli(*args: str, env=None) -> subprocess.CompletedProcess:
 
 
 def check_modes(media, folder: Path, device: torch.device) -> dict:
-    from annotator.devtools.synthetic_runs import write_synthetic_run
-    from annotator.devtools.tiny_encoders import build_tiny_architecture, build_tiny_text_encoder
+    from tests.builders.synthetic_runs import write_synthetic_run
+    from tests.builders.tiny_encoders import build_tiny_architecture, build_tiny_text_encoder
     from injection.commands import _restore
-    from injection.export import load_injected
-    from injection.loader import extract
+    from injection.training.export import load_injected
+    from injection.training.loader import extract
 
     run = write_synthetic_run(folder / "run", 48, media=media, planted=False)
     encoder = build_tiny_architecture("videomae+wav2vec2", folder / "pair")
@@ -139,8 +139,8 @@ def check_modes(media, folder: Path, device: torch.device) -> dict:
 def check_torchrun(media, folder: Path) -> dict:
     if torch.cuda.device_count() < 2:
         return {"skipped": f"{torch.cuda.device_count()} GPU(s): needs 2"}
-    from annotator.devtools.synthetic_runs import write_synthetic_run
-    from annotator.devtools.tiny_encoders import build_tiny_architecture, build_tiny_text_encoder
+    from tests.builders.synthetic_runs import write_synthetic_run
+    from tests.builders.tiny_encoders import build_tiny_architecture, build_tiny_text_encoder
 
     run = write_synthetic_run(folder / "run2", 32, media=media, planted=False)
     encoder = build_tiny_architecture("videomae+wav2vec2", folder / "pair2")
@@ -163,7 +163,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
-    from injection.loader import pick_device
+    from injection.training.loader import pick_device
 
     device = pick_device()
     if device.type == "cpu":

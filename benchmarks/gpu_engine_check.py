@@ -32,12 +32,12 @@ def main() -> None:
     import torch
 
     from annotator.chat import build_prompt, load_tokenizer
-    from annotator.devtools.tiny_models import build_tiny_omni
+    from tests.builders.tiny_models import build_tiny_omni
     from annotator.engines.contract import EngineOptions, Request
     from annotator.engines.transformers_engine import TransformersEngine
-    from annotator.media import decode
+    from annotator.core.media import decode
     from annotator.models import describe_model
-    from annotator.schema import description_model, json_schema
+    from annotator.core.schema import description_model, json_schema
     from annotator.settings import EngineSettings, SamplingSettings
     from benchmarks.gpu_check import write_clips
 

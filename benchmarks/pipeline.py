@@ -33,8 +33,8 @@ def write_corpus(folder: Path, count: int) -> Path:
     moving real portraits, each slightly different (no two clips share media bytes)."""
     import numpy as np
 
-    from annotator.devtools.demo import (moving_portrait, portraits, read_wav, speech_files,
-                                         write_clip, write_manifest_csv)
+    from annotator.demo import (moving_portrait, portraits, read_wav, speech_files,
+                                write_clip, write_manifest_csv)
 
     faces, speech = list(portraits().values()), [read_wav(w, 20.0) for w in speech_files()]
     rows = []
@@ -136,7 +136,7 @@ def main() -> None:
 
     torch.set_num_threads(1)
     from annotator.config import RunConfig
-    from annotator.devtools.tiny_models import build_tiny_omni
+    from tests.builders.tiny_models import build_tiny_omni
 
     work = Path(tempfile.mkdtemp(prefix="vaemo-pipeline-"))
     model = args.model or str(build_tiny_omni(work / "tiny-omni"))

@@ -26,10 +26,11 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="vaemo-plan-"))
     os.environ["VAEMO_CACHE_DIR"] = str(work / "cache")  # a cold hash cache
 
-    from annotator import hashing, pipeline
+    from annotator import pipeline
+    from annotator.core import hashing
     from annotator.config import RunConfig
-    from annotator.devtools.demo import build_demo_corpus
-    from annotator.devtools.tiny_models import build_tiny_omni
+    from annotator.demo import build_demo_corpus
+    from tests.builders.tiny_models import build_tiny_omni
     from annotator.pipeline import plan_clips, resolve
 
     model = args.model or str(build_tiny_omni(work / "tiny-omni"))
@@ -75,7 +76,7 @@ def cached_rerun(resolved, plan, config, model: str) -> float:
     from annotator.pipeline import known_hits, write_plan_index
     from annotator.settings import ErrorKind
     from annotator.stages.rows import failed_rows
-    from annotator.store import Store
+    from annotator.core.store import Store
 
     store = Store(config.out)
     rows = failed_rows(plan, resolved.ctx, ErrorKind.ENGINE, "a stand-in row for the benchmark")

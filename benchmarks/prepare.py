@@ -26,9 +26,9 @@ def main() -> None:
 
     import csv
 
-    from annotator.cues import CUES_VERSION, audio_cues, video_cues
-    from annotator.devtools.demo import build_demo_corpus
-    from annotator.media import decode
+    from annotator.core.cues import CUES_VERSION, audio_cues, video_cues
+    from annotator.demo import build_demo_corpus
+    from annotator.core.media import decode
     from annotator.settings import MediaSettings
 
     corpus = args.corpus or build_demo_corpus(Path(tempfile.mkdtemp()) / "demo").parent

@@ -19,7 +19,8 @@ import pyarrow as pa
 
 
 def write_batches(out: Path, rows: int, batch: int) -> None:
-    from annotator.store import ROW_SCHEMA, Store, atomic_write_parquet
+    from annotator.core.files import write_parquet
+    from annotator.core.store import ROW_SCHEMA, Store
 
     folder = Store(out).dir
     folder.mkdir(parents=True)
@@ -31,7 +32,7 @@ def write_batches(out: Path, rows: int, batch: int) -> None:
         columns["status"] = pa.array(["ok"] * n)
         columns["cache_key"] = pa.array([f"{i:064x}" for i in range(start, start + n)])
         columns["created_at"] = pa.array([now] * n, ROW_SCHEMA.field("created_at").type)
-        atomic_write_parquet(pa.table(columns, schema=ROW_SCHEMA),
+        write_parquet(pa.table(columns, schema=ROW_SCHEMA),
                              folder / f"part-bench-{start:09d}.parquet")
 
 
@@ -47,7 +48,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     args = parser.parse_args()
 
-    from annotator.store import Store
+    from annotator.core.store import Store
 
     out = Path(tempfile.mkdtemp(prefix="vaemo-store-")) / "out"
     write_s, _ = timed(lambda: write_batches(out, args.rows, args.batch))

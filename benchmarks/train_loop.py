@@ -19,7 +19,7 @@ import numpy as np
 
 def synthetic_features(folder: Path, clips: int, va_dim: int, text_dim: int, labels: int):
     """Random features saved as .npy and read memory-mapped, like the feature cache's shards."""
-    from injection.train import Features
+    from injection.training.train import Features
 
     rng = np.random.default_rng(0)
     arrays = {}
@@ -36,8 +36,8 @@ def bare_loop(features, config, steps: int) -> float:
     """steps/s of the same math without the trainer around it."""
     import torch
 
-    from injection.train import (_optimizer, _schedule, batch_rows, losses, new_projector,
-                                 weighted_total)
+    from injection.training.train import (_optimizer, _schedule, batch_rows, losses, new_projector,
+                                          weighted_total)
 
     projector = new_projector(features, config)
     optimizer = _optimizer(projector, config)
@@ -70,7 +70,7 @@ def main() -> None:
 
     torch.set_num_threads(1)
     from injection.config import TrainConfig
-    from injection.train import fit
+    from injection.training.train import fit
 
     work = Path(tempfile.mkdtemp(prefix="vaemo-train-"))
     features = synthetic_features(work, args.clips, 768, 384, 7)

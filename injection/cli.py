@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from annotator.typed_cli import command_from, console
+from annotator.core.typed_cli import command_from, console
 from injection.config import EvalConfig, FolderConfig, TrainConfig
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,

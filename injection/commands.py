@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from annotator.errors import ConfigError
+from annotator.core.errors import ConfigError
 from injection.config import EvalConfig, TrainConfig
-from injection.data import Corpus, build_corpus, load_rows
-from injection.features import FeatureCache, Share, embed_texts, va_features
-from injection.finetune import Tuned, interpolate, merge_lora
-from injection.train import (SAMPLED_SOURCES, Features, fit, load_checkpoint, new_projector,
-                             tune_encoder)
+from injection.training.data import Corpus, build_corpus, load_rows
+from injection.training.features import FeatureCache, Share, embed_texts, va_features
+from injection.training.finetune import Tuned, interpolate, merge_lora
+from injection.training.train import (SAMPLED_SOURCES, Features, fit, load_checkpoint,
+                                      new_projector, tune_encoder)
 
 
 @dataclass
@@ -34,9 +34,9 @@ class Prepared:
 def prepare(config: TrainConfig, log=print, share: Share = Share()) -> Prepared:
     """Corpus, encoders and every feature; under torchrun each rank computes its share of
     what is not cached yet, then reads all."""
-    from injection.encoders import load_encoder
-    from injection.loader import pick_device
-    from injection.text import TransformersTextEncoder
+    from injection.encoders.va import load_encoder
+    from injection.training.loader import pick_device
+    from injection.encoders.text import TransformersTextEncoder
 
     device = pick_device()
     if device.type == "cpu":
@@ -108,7 +108,7 @@ def _distributed() -> Share:
 
     import torch.distributed as dist
 
-    from injection.loader import pick_device
+    from injection.training.loader import pick_device
 
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return Share()
@@ -122,7 +122,7 @@ def train(config: TrainConfig, log=print) -> dict:
     """`vaemo-inject train`: fill the feature caches (each rank its share), fit the heads
     (and, by --mode, the encoder), checkpoint, and on rank 0 export the injected encoder;
     returns the summary."""
-    from injection.export import export
+    from injection.training.export import export
 
     share = _distributed()
     rank = share.rank
@@ -208,9 +208,9 @@ def _restore(out: Path, log):
 def evaluate(eval_config: EvalConfig, log=print) -> dict:
     """`vaemo-inject eval`: before vs after on the held-out annotated clips and, with
     --manifest, on the dataset's own split or folds; writes OUT/eval.json."""
-    from injection.evaluate import evaluate as run_eval
-    from injection.evaluate import table
-    from injection.loader import pick_device
+    from injection.training.evaluate import evaluate as run_eval
+    from injection.training.evaluate import table
+    from injection.training.loader import pick_device
 
     out = eval_config.out
     config, prep, projector, tuned = _restore(out, log)
@@ -225,7 +225,7 @@ def evaluate(eval_config: EvalConfig, log=print) -> dict:
                       config.seed, tuned_va)
     log(table(result))
     if protocol is not None:
-        from injection.protocol import evaluate_protocol
+        from injection.training.protocol import evaluate_protocol
 
         rows, labels, sets, original = protocol
         after = _tuned_features(prep, list(zip(rows["path"], rows["audio_path"])), config,
@@ -246,9 +246,9 @@ def _protocol_features(eval_config: EvalConfig, config: TrainConfig, prep: Prepa
                        device, log):
     """The manifest's rows, labels and train/test sets, and the original encoder's
     features of its clips (cached like the training clips')."""
-    from annotator.media import media_sha256
-    from injection.encoders import load_encoder
-    from injection.protocol import protocol_sets, read_protocol
+    from annotator.core.media import media_sha256
+    from injection.encoders.va import load_encoder
+    from injection.training.protocol import protocol_sets, read_protocol
 
     rows, labels = read_protocol(eval_config, prep.corpus.label_names)
     sets = protocol_sets(rows, eval_config)
@@ -266,8 +266,8 @@ def _protocol_features(eval_config: EvalConfig, config: TrainConfig, prep: Prepa
 def _tuned_features(prep: Prepared, media, config: TrainConfig, device, log) -> dict:
     """The fine-tuned encoder's features (blocks/lora): computed now, never cached (its id
     names the original weights)."""
-    from injection.features import split_branches
-    from injection.loader import extract
+    from injection.training.features import split_branches
+    from injection.training.loader import extract
 
     return split_branches(extract(prep.encoder, media, **extract_args(config, device, log)),
                           prep.encoder)
@@ -276,7 +276,7 @@ def _tuned_features(prep: Prepared, media, config: TrainConfig, device, log) -> 
 def export_checkpoint(out: Path, log=print) -> Path:
     """`vaemo-inject export`: write OUT/encoder from the last checkpoint, in the encoder's
     own format; returns where."""
-    from injection.export import export
+    from injection.training.export import export
 
     config, prep, projector, tuned = _restore(out, log)
     return export(prep.encoder, projector, meta(prep), prep.features.label_text,

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 import re
 import threading
 import time
@@ -35,7 +34,7 @@ from pathlib import Path
 from jinja2 import StrictUndefined, TemplateError, meta
 from jinja2.sandbox import SandboxedEnvironment, SecurityError, safe_range
 
-from annotator.errors import PromptError
+from annotator.core.errors import PromptError
 
 _HEADER = re.compile(
     r"\{#-?\s*vaemo-template\s+name=(\S+)\s+version=(\S+)(?:\s+schema=(\S+))?\s*-?#\}")
@@ -51,7 +50,7 @@ class Template:
     source: str
     origin: str
     schema: str = "full"
-    """Which answer schema the template asks for (annotator.schema.SCHEMAS)."""
+    """Which answer schema the template asks for (annotator.core.schema.SCHEMAS)."""
     two_phase: bool = False
     """Whether it renders the 'think' and 'answer' phases (it reads `phase`)."""
 
@@ -63,11 +62,6 @@ class Template:
     def tag(self) -> str:
         """name@version, as rows and reports record it (e.g. describe_av@4)."""
         return f"{self.name}@{self.version}"
-
-
-def label_sets() -> dict[str, list[str]]:
-    """Label sets of the usual benchmarks, as data (prompts/label_sets.json)."""
-    return json.loads(resources.files(__package__).joinpath("label_sets.json").read_text())
 
 
 def shipped() -> list[str]:

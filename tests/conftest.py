@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from annotator.devtools.demo import moving_portrait, portraits, read_wav, speech_files, write_clip
-from annotator.media import SAMPLE_RATE
+from annotator.demo import moving_portrait, portraits, read_wav, speech_files, write_clip
+from annotator.core.media import SAMPLE_RATE
 
 
 def tone(freq: float, seconds: float, amplitude: float = 0.3) -> np.ndarray:
@@ -44,7 +44,7 @@ def tiny_omni(tmp_path_factory) -> Path:
     import torch
 
     torch.set_num_threads(1)
-    from annotator.devtools.tiny_models import build_tiny_omni
+    from tests.builders.tiny_models import build_tiny_omni
 
     return build_tiny_omni(tmp_path_factory.mktemp("models") / "tiny-omni")
 
@@ -89,7 +89,7 @@ def kill_after_rows(cmd: list[str], out: Path, rows: int = 2, timeout: float = 3
     import subprocess
     import time
 
-    from annotator.store import Store
+    from annotator.core.store import Store
 
     proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)

@@ -75,5 +75,5 @@ def test_readme_layout_names_real_files_for_every_stage():
     for stage in ("manifest.py", "subset.py", "media.py", "cues.py", "stages/", "plan.py",
                   "prepare.py", "generate.py", "rows.py", "store.py", "audit/", "engines/",
                   "contract.py", "fake.py", "features.py", "loss.py", "train.py",
-                  "evaluate.py", "export.py", "devtools/"):
+                  "evaluate.py", "export.py", "core/"):
         assert stage in named, f"README Layout does not name {stage}"

@@ -22,10 +22,11 @@ import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field
 
 from annotator.audit import agreement, redundancy, rules
-from annotator.errors import ConfigError
-from annotator.schema import description_text_sql
-from annotator.layout import RunFolder
-from annotator.store import Store, atomic_write_parquet, write_json
+from annotator.core.errors import ConfigError
+from annotator.core.schema import description_text_sql
+from annotator.core.layout import RunFolder
+from annotator.core.files import write_json, write_parquet
+from annotator.core.store import Store
 
 
 class AuditConfig(BaseModel):
@@ -80,7 +81,7 @@ def audit(config: AuditConfig) -> dict:
 
     folder = RunFolder(out)
     folder.audit.mkdir(parents=True, exist_ok=True)
-    atomic_write_parquet(flags, folder.flags)
+    write_parquet(flags, folder.flags)
     metrics = {
         "run_id": run.get("run_id"), "rows": len(rows), "label_set": labels,
         "store": store_health(store),
@@ -100,7 +101,7 @@ def audit(config: AuditConfig) -> dict:
     if config.clean:
         kept = rows.filter(clean).drop_columns(["row_id"])
         config.clean.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_parquet(kept, config.clean)
+        write_parquet(kept, config.clean)
         metrics["clean"]["path"] = str(config.clean)
     metrics["seconds"] = round(time.perf_counter() - started, 2)
     write_json(folder.metrics, metrics)
@@ -128,7 +129,7 @@ def _with_manifest_labels(rows: pa.Table, manifest: str | Path | None) -> pa.Tab
     """Labels from the manifest as it is now (labels may have been added after the run)."""
     if not manifest or not Path(manifest).exists():
         return rows
-    from annotator.manifest import load_manifest
+    from annotator.core.manifest import load_manifest
 
     manifest_rows = load_manifest(manifest).select(["clip_id", "label"])
     where = pc.index_in(rows["clip_id"], value_set=manifest_rows["clip_id"])
@@ -204,7 +205,7 @@ def _agreement(con: duckdb.DuckDBPyConnection, labels: list[str] | None) -> dict
         WHERE status = 'ok' AND primary_label IS NULL ORDER BY 1""").fetchall()]
     mapping = {
         "method": "exact match to the label set, else synonyms and fallbacks from "
-                  "annotator/audit/emotions.toml; unmapped predictions count as wrong",
+                  "annotator/core/emotions.toml; unmapped predictions count as wrong",
         "label_set": labels or "open vocabulary (lexicon groups)",
         "unmapped_predictions": unmapped,
     }

@@ -15,7 +15,7 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from annotator.schema import description_text_sql
+from annotator.core.schema import description_text_sql
 
 NUM_HASHES, BANDS = 64, 16  # 16 bands of 4: pairs above ~0.5 Jaccard become candidates
 M1, M2 = np.uint64(0xFF51AFD7ED558CCD), np.uint64(0xC4CEB9FE1A85EC53)

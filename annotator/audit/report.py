@@ -19,6 +19,7 @@ import duckdb
 from jinja2 import Environment
 from markupsafe import Markup, escape
 
+from annotator.core.files import write_text
 from annotator.audit.rules import Rule
 
 
@@ -42,9 +43,7 @@ def write(path: Path, metrics: dict, con: duckdb.DuckDBPyConnection, rules: list
     html = Environment(autoescape=True).from_string(source).render(
         metrics=metrics, plots=plots, rules=rules, shown=len(rows),
         rows_json=Markup(_script_json(rows)))
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(html)
-    os.replace(tmp, path)
+    write_text(path, html)
 
 
 def _script_json(payload) -> str:

@@ -17,8 +17,8 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-from annotator.audit.agreement import emotion_properties, label_mapping
-from annotator.errors import RulesError
+from annotator.core.emotions import emotion_properties, label_mapping
+from annotator.core.errors import RulesError
 
 # Spans from a negation to the next punctuation are not claims: "not loud, but tense" claims
 # tension only. Crude, but it keeps "no audio"/"not observable" from reading as voice claims.

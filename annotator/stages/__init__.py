@@ -7,7 +7,7 @@
 
 Every stage reads and writes Arrow batches and declares which columns it reads, which it
 writes and how Ray runs it (`StageSpec`), the way ray.data.llm's stages declare theirs. The
-driver (annotator/pipeline.py) chains them and commits the rows (annotator/store.py).
+driver (annotator/pipeline.py) chains them and commits the rows (annotator/core/store.py).
 """
 
 from __future__ import annotations

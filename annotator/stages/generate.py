@@ -27,13 +27,14 @@ import pyarrow as pa
 from annotator.chat import THOUGHT_SLOT
 from annotator.engines.factory import create_engine
 from annotator.engines.contract import EngineOptions, Generation, Request
-from annotator.schema import answer_model, description_model, parse_description
+from annotator.core.files import write_text
+from annotator.core.schema import answer_model, description_model, parse_description
 from annotator.settings import ErrorKind
 from annotator.stages import StageSpec
 from annotator.stages.context import RunContext
 from annotator.stages.prepare import ray_node
 from annotator.stages.rows import Attempt, Judged, build_row
-from annotator.store import ROW_SCHEMA, SAMPLE_FIELDS
+from annotator.core.store import ROW_SCHEMA, SAMPLE_FIELDS
 
 STAGE = StageSpec(
     name="generate",
@@ -259,9 +260,7 @@ class EngineWorker:
         if self.stats is None:
             return
         self.stats.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.stats.with_name(f".{self.stats.name}.{threading.get_ident()}.tmp")
-        tmp.write_text(json.dumps(self.timing))
-        os.replace(tmp, self.stats)
+        write_text(self.stats, json.dumps(self.timing))
 
     def _pump(self) -> None:
         """Take new batches (waiting for one only when the engine is idle), step the engine,

@@ -16,9 +16,9 @@ import os
 
 import pyarrow as pa
 
-from annotator.cues import CUES_VERSION
-from annotator.errors import MediaError, PromptError
-from annotator.media import media_sha256, probe
+from annotator.core.cues import CUES_VERSION
+from annotator.core.errors import MediaError, PromptError
+from annotator.core.media import media_sha256, probe
 from annotator.settings import ErrorKind
 from annotator.stages import StageSpec
 from annotator.stages.context import RunContext

@@ -14,9 +14,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pyarrow as pa
 
-from annotator import cues
-from annotator.errors import MediaError, PromptError
-from annotator.media import MediaInfo, decode
+from annotator.core import cues
+from annotator.core.errors import MediaError, PromptError
+from annotator.core.media import MediaInfo, decode
 from annotator.settings import ErrorKind
 from annotator.stages import StageSpec
 from annotator.stages.context import RunContext

@@ -11,10 +11,10 @@ from datetime import UTC, datetime
 import pyarrow as pa
 
 from annotator.engines.contract import Generation
-from annotator.schema import SCHEMA_VERSION
+from annotator.core.schema import SCHEMA_VERSION
 from annotator.settings import ErrorKind, GenerationMode, RowStatus
 from annotator.stages.context import RunContext
-from annotator.store import ROW_SCHEMA
+from annotator.core.store import ROW_SCHEMA
 
 GENERATION_LABELS = {GenerationMode.ONE_PASS: "one-pass, reasoning field first",
                      GenerationMode.TWO_PHASE: "two-phase, free chain of thought then JSON"}

@@ -13,8 +13,8 @@ import pytest
 from typer.testing import CliRunner
 
 from annotator.cli import app
-from annotator.devtools.demo import write_clip
-from annotator.store import Store
+from annotator.demo import write_clip
+from annotator.core.store import Store
 from tests.conftest import pattern_frames, tone
 
 pytestmark = pytest.mark.slow
@@ -175,7 +175,7 @@ def test_every_bad_manifest_is_one_clear_error(tmp_path, name, content, said):
 def test_bom_csv_and_odd_parquet_types_still_read(tmp_path, clips):
     shutil.copy(clips["tone_220"], tmp_path / "a.mp4")
     (tmp_path / "bom.csv").write_text("\ufeffpath,label\na.mp4,sad\n", encoding="utf-8")
-    from annotator.manifest import load_manifest
+    from annotator.core.manifest import load_manifest
 
     assert load_manifest(tmp_path / "bom.csv")["clip_id"].to_pylist() == ["a"]
     # numbers and NaN where text is expected: coerced, NaN means "no label"

@@ -12,7 +12,7 @@ import pytest
 from annotator.chat import (THOUGHT_SLOT, build_prompt, chat_frames, load_tokenizer,
                             shape_of)
 from annotator.config import RunConfig
-from annotator.errors import PromptError
+from annotator.core.errors import PromptError
 from annotator.models import describe_model
 from annotator.pipeline import resolve
 from annotator.stages import plan, prepare

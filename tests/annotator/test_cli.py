@@ -144,7 +144,7 @@ def test_audit_help_examples_run(tmp_path, monkeypatch):
     """The `audit --help` examples run as written in a folder holding a run."""
     from importlib import resources
 
-    from annotator.devtools.synthetic_runs import write_synthetic_run
+    from tests.builders.synthetic_runs import write_synthetic_run
 
     monkeypatch.chdir(tmp_path)
     write_synthetic_run(Path("runs/demo"), 12)

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from annotator.store import Store
+from annotator.core.store import Store
 from tests.conftest import write_manifest
 
 N = 16

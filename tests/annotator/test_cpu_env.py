@@ -4,7 +4,7 @@ import sys
 
 
 def test_cpu_environment_imports_vllm_torchvision_and_omni_processing():
-    probe = subprocess.run([sys.executable, "-m", "annotator.devtools.cpu_env", "check"],
+    probe = subprocess.run([sys.executable, "-m", "annotator.cpu_env", "check"],
                            capture_output=True, text=True, check=False)
     assert probe.returncode == 0, probe.stdout + probe.stderr
 

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from annotator.cues import audio_cues, video_cues
-from annotator.devtools.demo import moving_portrait, portraits, read_wav, speech_files
-from annotator.media import SAMPLE_RATE, decode
+from annotator.core.cues import audio_cues, video_cues
+from annotator.demo import moving_portrait, portraits, read_wav, speech_files
+from annotator.core.media import SAMPLE_RATE, decode
 from tests.conftest import pattern_frames, tone
 
 
@@ -68,7 +68,7 @@ def test_moving_pattern_has_motion_but_no_face():
 
 @pytest.mark.parametrize("name", ["astronaut", "grace_hopper"])
 def test_followed_faces_match_a_full_search_of_every_frame(name, monkeypatch):
-    import annotator.cues as cues_module
+    import annotator.core.cues as cues_module
 
     frames = moving_portrait(portraits()[name], 8, side=224)
     followed = video_cues(frames)

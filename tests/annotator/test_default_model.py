@@ -6,10 +6,10 @@ import pytest
 from typer.testing import CliRunner
 
 from annotator.cli import app
-from annotator.schema import answer_model, description_model
+from annotator.core.schema import answer_model, description_model
 from annotator.settings import ErrorKind
-from annotator.store import Store
-from prompts import label_sets
+from annotator.core.store import Store
+from annotator.core.emotions import label_sets
 
 pytestmark = pytest.mark.slow
 

@@ -9,9 +9,9 @@ import pytest
 from annotator.chat import build_prompt
 from annotator.engines.factory import create_engine
 from annotator.engines.contract import EngineOptions, Request
-from annotator.media import decode
+from annotator.core.media import decode
 from annotator.models import describe_model
-from annotator.schema import description_model, json_schema, parse_description
+from annotator.core.schema import description_model, json_schema, parse_description
 from annotator.settings import EngineSettings, SamplingSettings
 
 pytestmark = pytest.mark.slow

@@ -5,7 +5,7 @@ import pytest
 from annotator.engines.contract import EngineOptions, Request
 from annotator.engines.fake import FakeEngine
 from annotator.models import ModelSpec
-from annotator.schema import answer_model, description_model, json_schema, parse_description
+from annotator.core.schema import answer_model, description_model, json_schema, parse_description
 from annotator.settings import EngineSettings, SamplingSettings
 
 SPEC = ModelSpec("none", "fake", "local-0", "text", ())

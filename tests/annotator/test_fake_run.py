@@ -9,8 +9,8 @@ import pytest
 from typer.testing import CliRunner
 
 from annotator.cli import app
-from annotator.schema import answer_model, description_model
-from annotator.store import Store
+from annotator.core.schema import answer_model, description_model
+from annotator.core.store import Store
 from tests.conftest import kill_after_rows, write_manifest
 
 LABELS = "anger,happy,neutral,sad"

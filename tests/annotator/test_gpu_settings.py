@@ -5,7 +5,7 @@ import pytest
 
 from annotator.engines.contract import EngineOptions
 from annotator.engines.vllm_engine import engine_arguments
-from annotator.errors import ConfigError
+from annotator.core.errors import ConfigError
 from annotator.pipeline import engine_pool, engine_resources
 from annotator.settings import EngineSettings, SamplingSettings
 

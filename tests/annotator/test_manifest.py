@@ -4,7 +4,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from annotator.manifest import ManifestError, load_manifest
+from annotator.core.manifest import ManifestError, load_manifest
 from tests.conftest import write_manifest
 
 ROWS = [

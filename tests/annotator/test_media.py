@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from annotator.media import SAMPLE_RATE, MediaError, decode, media_sha256, probe
+from annotator.core.media import SAMPLE_RATE, MediaError, decode, media_sha256, probe
 
 
 def dominant_hz(wave: np.ndarray) -> float:

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from annotator.cli import app
-from annotator.store import Store
+from annotator.core.store import Store
 from tests.conftest import write_manifest
 
 runner = CliRunner()
@@ -105,9 +105,11 @@ def test_a_crash_between_commit_and_cleanup_shows_the_newer_row_once(finished, t
         row["raw_output"], row["created_at"] = "newer", row["created_at"].replace(year=2099)
     import pyarrow as pa
 
-    from annotator.store import ROW_SCHEMA, atomic_write_parquet
+    from annotator.core.files import write_parquet
 
-    atomic_write_parquet(pa.Table.from_pylist(newer, schema=ROW_SCHEMA),
+    from annotator.core.store import ROW_SCHEMA
+
+    write_parquet(pa.Table.from_pylist(newer, schema=ROW_SCHEMA),
                          out / "descriptions" / "part-crash-00000000.parquet")
     rows = one_row_per_clip(out)
     assert [rows[r["clip_id"]]["raw_output"] for r in newer] == ["newer", "newer"]
@@ -175,7 +177,7 @@ def test_an_engine_dying_on_every_clip_fails_with_a_message_and_keeps_every_row(
 
 @pytest.mark.slow
 def test_three_kills_at_random_moments_lose_and_double_nothing(tmp_path, tiny_omni):
-    from annotator.devtools.chaos import run_chaos
+    from tests.builders.chaos import run_chaos
 
     result = run_chaos(tmp_path, tiny_omni, kills=3, clips=8, seed=1, inline=True)
     assert result["lost"] == result["doubled"] == result["temp_files"] == 0

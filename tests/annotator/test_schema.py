@@ -2,7 +2,8 @@ import json
 
 import jsonschema
 
-from annotator.schema import AffectiveDescription, description_model, json_schema, parse_description
+from annotator.core.schema import (AffectiveDescription, description_model, json_schema,
+                                   parse_description)
 
 GOOD = {"reasoning": "The voice is soft and slow.", "face": "relaxed", "body": "still",
         "voice": "soft, slow", "cross_modal": "consistent", "primary_emotion": "sad",
@@ -51,7 +52,7 @@ def test_evidence_sources_are_constrained():
 
 
 def test_parquet_struct_follows_the_schema():
-    from annotator.store import description_type
+    from annotator.core.store import description_type
 
     names = [f.name for f in description_type()]
     assert names == [n for n in AffectiveDescription.model_fields if n != "reasoning"]

@@ -12,7 +12,7 @@ from annotator.pipeline import engine_options, resolve
 from annotator.settings import EngineSettings, MediaSettings, SamplingSettings
 from annotator.stages.context import RunContext
 from annotator.stages.plan import plan_table
-from annotator.typed_cli import leaf_fields
+from annotator.core.typed_cli import leaf_fields
 from tests.conftest import write_manifest
 
 CHANGED = {  # a valid other value for every field of every settings model

@@ -6,7 +6,7 @@ import dataclasses
 from annotator.config import RunConfig
 from annotator.pipeline import resolve
 from annotator.stages import generate, plan, prepare
-from annotator.store import ROW_SCHEMA
+from annotator.core.store import ROW_SCHEMA
 from tests.conftest import write_manifest
 
 
@@ -84,7 +84,7 @@ def test_nodes_plan_without_the_model_and_a_failed_plan_task_names_the_fix(
 
     from annotator import pipeline
     from annotator.chat import chat_frames
-    from annotator.errors import ConfigError
+    from annotator.core.errors import ConfigError
 
     model = shutil.copytree(tiny_omni, tmp_path / "model")
     manifest = write_manifest(tmp_path / "m.csv", [{"path": str(clips["tone_220"])}])

@@ -6,8 +6,8 @@ from datetime import UTC, datetime
 
 import pyarrow as pa
 
-from annotator import store as store_module
-from annotator.store import ROW_SCHEMA, Store
+from annotator.core import store as store_module
+from annotator.core.store import ROW_SCHEMA, Store
 
 
 def batch(start: int, n: int) -> pa.Table:

@@ -9,7 +9,7 @@ import pytest
 from annotator.config import RunConfig
 from annotator.engines.factory import create_engine
 from annotator.pipeline import engine_options, plan_clips, resolve
-from annotator.schema import answer_model, description_model
+from annotator.core.schema import answer_model, description_model
 from annotator.stages.generate import Batch, EngineWorker, Scheduler, _request
 from annotator.stages.prepare import prepare_batch
 from tests.conftest import write_manifest

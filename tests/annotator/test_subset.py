@@ -3,7 +3,7 @@ from collections import Counter
 import pyarrow as pa
 import pytest
 
-from annotator.subset import parse_subset, select_subset
+from annotator.core.subset import parse_subset, select_subset
 
 
 def manifest(n_per_label: dict[str, int], speakers: int = 3, prefix: str = "") -> pa.Table:

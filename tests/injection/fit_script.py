@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from injection.config import TrainConfig
-from injection.train import Features, fit
+from injection.training.train import Features, fit
 
 STEPS = 40
 

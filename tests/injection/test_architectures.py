@@ -9,12 +9,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from annotator.devtools.synthetic_runs import write_synthetic_run
-from annotator.devtools.tiny_encoders import build_tiny_architecture
+from tests.builders.synthetic_runs import write_synthetic_run
+from tests.builders.tiny_encoders import build_tiny_architecture
 from injection.cli import app
-from injection.encoders import load_encoder
-from injection.preprocess import clip_tensors
-from injection.loader import extract
+from injection.encoders.va import load_encoder
+from injection.encoders.preprocess import clip_tensors
+from injection.training.loader import extract
 
 runner = CliRunner()
 MIXED = ("real_astronaut", "tone_220", "silent_video", "real_grace_hopper", "tone_440")
@@ -109,7 +109,7 @@ def test_inject_eval_export_reload_with_its_own_class(name, mode, clips, tmp_pat
     from transformers import AutoModel
 
     from injection.commands import _restore
-    from injection.export import load_injected
+    from injection.training.export import load_injected
 
     paths = [str(clips[n]) for n in MIXED]
     run = write_synthetic_run(tmp_path / "run", 10, media=paths, planted=False)
@@ -150,7 +150,7 @@ def test_custom_encoders_train_eval_export_and_reload(route, clips, tmp_path):
     from safetensors.torch import save_file
 
     from injection.commands import _restore
-    from injection.export import load_injected
+    from injection.training.export import load_injected
     from tests.injection.factories import tiny
 
     paths = [str(clips[n]) for n in MIXED]

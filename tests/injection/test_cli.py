@@ -8,14 +8,14 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from annotator.audit import AuditConfig, audit
-from annotator.devtools.synthetic_runs import write_synthetic_run
+from tests.builders.synthetic_runs import write_synthetic_run
 from injection.cli import app
 
 runner = CliRunner()
 
 
 def test_train_help_examples_run(tmp_path, monkeypatch, clips):
-    from annotator.devtools.tiny_encoders import build_tiny_va_encoder
+    from tests.builders.tiny_encoders import build_tiny_va_encoder
 
     monkeypatch.chdir(tmp_path)
     media = [str(clips["real_astronaut"]), str(clips["tone_440"])]

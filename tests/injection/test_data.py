@@ -3,8 +3,8 @@
 import pytest
 
 from annotator.audit import AuditConfig, audit
-from annotator.devtools.synthetic_runs import PLANTED, write_synthetic_run
-from injection.data import DataError, build_corpus, load_rows
+from tests.builders.synthetic_runs import PLANTED, write_synthetic_run
+from injection.training.data import DataError, build_corpus, load_rows
 
 
 def test_audit_exclusions_are_respected(tmp_path):
@@ -29,7 +29,7 @@ def test_too_few_rows_say_how_to_keep_flagged_ones(tmp_path):
 
 
 def test_dataset_labels_spelled_differently_map_through_the_synonyms():
-    from injection.data import map_labels
+    from injection.training.data import map_labels
 
     mafw = ["anger", "disgust", "fear", "happiness", "neutral", "sadness", "surprise"]
     raw = ["happy", "sad", "angry", None, "Happiness", "surprised"]
@@ -40,8 +40,8 @@ def test_dataset_labels_spelled_differently_map_through_the_synonyms():
 def test_a_label_that_maps_nowhere_is_an_error_naming_it():
     import pytest
 
-    from annotator.errors import DataError
-    from injection.data import map_labels
+    from annotator.core.errors import DataError
+    from injection.training.data import map_labels
 
     with pytest.raises(DataError, match="'qwerty'.*emotions.toml"):
         map_labels(["happy", "qwerty"], ["happiness", "sadness"])

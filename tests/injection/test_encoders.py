@@ -4,9 +4,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from injection.encoders import EncoderError, load_encoder
-from injection.export import export, load_injected
-from injection.model import Projector
+from injection.encoders.va import EncoderError, load_encoder
+from injection.training.export import export, load_injected
+from injection.training.model import Projector
 from tests.injection.conftest import clip_features
 
 FACTORY = "tests.injection.factories:tiny"
@@ -14,7 +14,7 @@ FACTORY = "tests.injection.factories:tiny"
 
 @pytest.fixture(scope="module")
 def tiny_va(tmp_path_factory):
-    from annotator.devtools.tiny_encoders import build_tiny_va_encoder
+    from tests.builders.tiny_encoders import build_tiny_va_encoder
 
     return build_tiny_va_encoder(tmp_path_factory.mktemp("va") / "enc")
 
@@ -164,7 +164,7 @@ def test_a_bin_only_folder_exports_its_weights_and_names_them_in_its_id(tmp_path
     follow them) and the export carries them."""
     from transformers import AutoModel
 
-    from annotator.devtools.tiny_encoders import build_tiny_architecture
+    from tests.builders.tiny_encoders import build_tiny_architecture
 
     folder = build_tiny_architecture("wav2vec2_layer_norm", tmp_path / "enc")
     model = AutoModel.from_pretrained(folder)

@@ -18,10 +18,10 @@ runner = CliRunner()
 
 
 def test_annotate_audit_inject_eval_export_reload(tmp_path, clips, tiny_omni):
-    from injection.encoders import load_encoder
+    from injection.encoders.va import load_encoder
     from tests.injection.conftest import clip_features
-    from injection.export import load_injected
-    from annotator.devtools.tiny_encoders import build_tiny_va_encoder
+    from injection.training.export import load_injected
+    from tests.builders.tiny_encoders import build_tiny_va_encoder
 
     names = ["real_astronaut", "real_grace_hopper", "tone_220", "tone_440", "silent_video",
              "audio_only"]

@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
-from annotator.devtools.synthetic_runs import write_synthetic_run
+from tests.builders.synthetic_runs import write_synthetic_run
 from injection.cli import app
 
 runner = CliRunner()
@@ -16,7 +16,7 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, clips):
-    from annotator.devtools.tiny_encoders import build_tiny_va_encoder
+    from tests.builders.tiny_encoders import build_tiny_va_encoder
 
     root = tmp_path_factory.mktemp("ft")
     media = [str(clips[n]) for n in ("real_astronaut", "real_grace_hopper", "tone_220")]

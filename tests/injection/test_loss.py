@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from injection.loss import description_loss, label_loss
+from injection.training.loss import description_loss, label_loss
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

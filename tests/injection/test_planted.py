@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from injection.config import TrainConfig
-from injection.evaluate import evaluate, evaluate_split
-from injection.train import Features, fit, new_projector
+from injection.training.evaluate import evaluate, evaluate_split
+from injection.training.train import Features, fit, new_projector
 
 EMOTIONS = {
     "anger": ["angry", "furious", "irritated", "enraged"],

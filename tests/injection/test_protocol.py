@@ -6,7 +6,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from annotator.devtools.synthetic_runs import write_synthetic_run
+from tests.builders.synthetic_runs import write_synthetic_run
 from injection.cli import app
 from tests.conftest import write_manifest
 
@@ -16,7 +16,7 @@ NAMES = ("real_astronaut", "real_grace_hopper", "tone_220", "tone_440", "silent_
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, clips):
-    from annotator.devtools.tiny_encoders import build_tiny_va_encoder
+    from tests.builders.tiny_encoders import build_tiny_va_encoder
 
     root = tmp_path_factory.mktemp("protocol")
     media = [str(clips[n]) for n in NAMES[:3]]

@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from injection.train import fit
+from injection.training.train import fit
 from tests.injection.fit_script import STEPS, config, features
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -66,8 +66,8 @@ def _free_port() -> str:
 
 @pytest.fixture(scope="module")
 def cli_corpus(tmp_path_factory, clips):
-    from annotator.devtools.synthetic_runs import write_synthetic_run
-    from annotator.devtools.tiny_encoders import build_tiny_va_encoder
+    from tests.builders.synthetic_runs import write_synthetic_run
+    from tests.builders.tiny_encoders import build_tiny_va_encoder
 
     root = tmp_path_factory.mktemp("ddp")
     media = [str(clips[n]) for n in ("real_astronaut", "real_grace_hopper", "tone_220",
@@ -105,9 +105,9 @@ def test_torchrun_two_gloo_ranks_through_the_cli_match_one_process(mode, cli_cor
 
 
 def test_a_damaged_checkpoint_names_itself_and_offers_the_earlier_one(tmp_path):
-    from annotator.errors import ConfigError
-    from injection.model import Projector
-    from injection.train import load_checkpoint
+    from annotator.core.errors import ConfigError
+    from injection.training.model import Projector
+    from injection.training.train import load_checkpoint
 
     folder = tmp_path / "checkpoints"
     for step in (100, 200):

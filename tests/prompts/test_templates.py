@@ -1,6 +1,7 @@
 import pytest
 
-from prompts import PHASES, PromptError, label_sets, load_template, render, shipped
+from annotator.core.emotions import label_sets
+from prompts import PHASES, PromptError, load_template, render, shipped
 
 LABELS = {**label_sets(), "open": None}
 
@@ -61,7 +62,7 @@ def test_run_config_resolves_a_named_label_set(tmp_path):
 
 
 def test_cues_are_listed_when_measured():
-    from annotator.cues import for_template
+    from annotator.core.cues import for_template
 
     cues = for_template({"version": "1", "audio": None, "video": {
         "num_frames": 8, "face_frames_fraction": 0.5, "frames_without_face": [0, 1],

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from sklearn import metrics as sk
 
-from annotator.audit.agreement import agreement, calibration, label_mapping
+from annotator.audit.agreement import agreement, calibration
+from annotator.core.emotions import label_mapping
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

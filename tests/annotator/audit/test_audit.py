@@ -8,9 +8,9 @@ from typer.testing import CliRunner
 
 from annotator.audit import AuditConfig, audit
 from annotator.audit.rules import RulesError, load_rules
-from annotator.devtools.synthetic_runs import PLANTED, write_synthetic_run
+from tests.builders.synthetic_runs import PLANTED, write_synthetic_run
 from annotator.cli import app
-from annotator.store import Store
+from annotator.core.store import Store
 
 EXPECTED = {  # planted clip -> the flag that must catch it
     "zz_valence_conflict": "label_valence_conflict",
@@ -139,9 +139,11 @@ def test_self_consistency_over_samples(tmp_path):
         table[5]["samples"], ["anger", "fear", "happy"])]  # row 5 is sad
     import pyarrow as pa
 
-    from annotator.store import ROW_SCHEMA, atomic_write_parquet
+    from annotator.core.files import write_parquet
 
-    atomic_write_parquet(pa.Table.from_pylist(table, schema=ROW_SCHEMA), Store(out).files()[0])
+    from annotator.core.store import ROW_SCHEMA
+
+    write_parquet(pa.Table.from_pylist(table, schema=ROW_SCHEMA), Store(out).files()[0])
     metrics = audit(AuditConfig(out=out))
     consistency = metrics["self_consistency"]
     assert consistency["rows"] == 120 and consistency["mean_samples"] == 4

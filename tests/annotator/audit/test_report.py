@@ -9,8 +9,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from annotator.audit import AuditConfig, audit
-from annotator.devtools.synthetic_runs import PLANTED, write_synthetic_run
-from annotator.store import Store, atomic_write_parquet
+from tests.builders.synthetic_runs import PLANTED, write_synthetic_run
+from annotator.core.files import write_parquet
+from annotator.core.store import Store
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 HOSTILE = '<script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 2">'
@@ -31,9 +32,9 @@ def report(tmp_path_factory, clips):
     table[2]["audio_path"] = str(clips["tone_220"])  # a dataset with separate audio files
     import pyarrow as pa
 
-    from annotator.store import ROW_SCHEMA
+    from annotator.core.store import ROW_SCHEMA
 
-    atomic_write_parquet(pa.Table.from_pylist(table, schema=ROW_SCHEMA), part)
+    write_parquet(pa.Table.from_pylist(table, schema=ROW_SCHEMA), part)
     metrics = audit(AuditConfig(out=out))
     return Path(metrics["report"]), metrics
 

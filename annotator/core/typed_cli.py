@@ -23,7 +23,7 @@ from pydantic import BaseModel, ValidationError
 from rich.console import Console
 from rich.markup import escape
 
-from annotator.errors import ConfigError, VaemoError
+from annotator.core.errors import ConfigError, VaemoError
 
 console = Console(stderr=True, soft_wrap=True)
 

@@ -10,7 +10,6 @@ either the old or the new index, never a torn one, and resumes from what was cac
 from __future__ import annotations
 
 import hashlib
-import os
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from annotator.core.files import replacing
 
 
 def text_key(text: str, encoder_id: str) -> str:
@@ -67,9 +68,8 @@ class FeatureCache:
         index.update({k: (name, i) for i, k in enumerate(keys)})
         table = pa.table({"key": list(index), "shard": [v[0] for v in index.values()],
                           "row": [v[1] for v in index.values()]})
-        tmp = self.dir / f".{self.index_path.name}.{uuid.uuid4().hex[:8]}.tmp"
-        pq.write_table(table, tmp)
-        os.replace(tmp, self.index_path)
+        with replacing(self.index_path) as tmp:
+            pq.write_table(table, tmp)
 
     def get(self, keys: list[str]) -> np.ndarray:
         """The vectors of `keys` in order; a large set as a read-only memory map of one
@@ -84,14 +84,13 @@ class FeatureCache:
         path = self.dir / f"matrix-{digest}.npy"
         if not path.is_file():
             width = self._shard(rows[0][0]).shape[1]
-            tmp = self.dir / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
-            matrix = np.lib.format.open_memmap(tmp, "w+", np.float32, (len(rows), width))
-            for start in range(0, len(rows), MEMMAP_ROWS):
-                part = rows[start:start + MEMMAP_ROWS]
-                matrix[start:start + len(part)] = [self._shard(s)[r] for s, r in part]
-            matrix.flush()
-            del matrix
-            os.replace(tmp, path)
+            with replacing(path) as tmp:
+                matrix = np.lib.format.open_memmap(tmp, "w+", np.float32, (len(rows), width))
+                for start in range(0, len(rows), MEMMAP_ROWS):
+                    part = rows[start:start + MEMMAP_ROWS]
+                    matrix[start:start + len(part)] = [self._shard(s)[r] for s, r in part]
+                matrix.flush()
+                del matrix
         return np.load(path, mmap_mode="r")
 
     def get_or_compute(self, keys: list[str], compute: Callable[[list[int]], np.ndarray],
@@ -117,10 +116,8 @@ class FeatureCache:
 
 
 def _save_atomic(path: Path, values: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
+    with replacing(path) as tmp, open(tmp, "wb") as f:
         np.save(f, values)
-    os.replace(tmp, path)
 
 
 @dataclass
@@ -145,7 +142,7 @@ def va_features(cache: FeatureCache, encoder, media: list[tuple[str, str | None]
                 ) -> dict[str, np.ndarray]:
     """Frozen features per branch, [N, D_branch] each, for clips by path (cached by the hash
     of their bytes, separate audio included); `extract_args` go to `loader.extract`."""
-    from injection.loader import extract
+    from injection.training.loader import extract
 
     keys = [va_key(h, encoder.id, encoder.preprocess.key()) for h in media_sha256]
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 import json
 import math
-import os
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -23,13 +22,14 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from annotator.errors import ConfigError
+from annotator.core.files import replacing, write_text
+from annotator.core.errors import ConfigError
 from injection.config import TrainConfig
-from injection.finetune import Tuned, anchor_loss, apply_lora, unfreeze_last_blocks
-from injection.loader import ClipDataset, clip_loader, pick_device
-from injection.loader import autocast as mixed_precision
-from injection.loss import description_loss, label_loss
-from injection.model import Projector
+from injection.training.finetune import Tuned, anchor_loss, apply_lora, unfreeze_last_blocks
+from injection.training.loader import ClipDataset, clip_loader, pick_device
+from injection.training.loader import autocast as mixed_precision
+from injection.training.loss import description_loss, label_loss
+from injection.training.model import Projector
 
 SAMPLED_SOURCES = ("description", "summary", "reasoning")
 
@@ -354,8 +354,15 @@ def save_checkpoint(folder: Path, step: int, projector: Projector, optimizer, sc
     trained encoder weights), state.pt (optimizer, scheduler, RNG: tensors and numbers only,
     loadable with weights_only=True), config.json; then `last` points to it."""
     target = folder / f"step-{step:06d}"
-    tmp = folder / f".{target.name}.tmp"
-    tmp.mkdir(parents=True, exist_ok=True)
+    with replacing(target) as tmp:
+        tmp.mkdir(parents=True)
+        _save_state(tmp, step, projector, optimizer, scheduler, config, tuned)
+    write_text(folder / "last", target.name)
+    return target
+
+
+def _save_state(tmp: Path, step: int, projector: Projector, optimizer, scheduler,
+                config: TrainConfig, tuned: Tuned | None) -> None:
     save_file({k: v.detach().cpu().contiguous() for k, v in projector.state_dict().items()},
               tmp / "projector.safetensors")
     if tuned is not None:
@@ -364,15 +371,6 @@ def save_checkpoint(folder: Path, step: int, projector: Projector, optimizer, sc
                 "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state()},
                tmp / "state.pt")
     (tmp / "config.json").write_text(config.model_dump_json(indent=2))
-    if target.exists():
-        import shutil
-
-        shutil.rmtree(target)
-    os.replace(tmp, target)
-    pointer = folder / ".last.tmp"
-    pointer.write_text(target.name)
-    os.replace(pointer, folder / "last")
-    return target
 
 
 def load_checkpoint(folder: Path, projector: Projector, optimizer=None, scheduler=None,

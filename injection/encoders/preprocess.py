@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from annotator.hashing import file_sha256
-from annotator.media import SAMPLE_RATE
+from annotator.core.hashing import file_sha256
+from annotator.core.media import SAMPLE_RATE
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -60,7 +60,7 @@ def clip_tensors(path: str, preprocess: Preprocess, audio_path: str | None = Non
     with the annotator's PyAV decoding; a missing stream is zeros (and said in the row)."""
     import cv2
 
-    from annotator.media import decode
+    from annotator.core.media import decode
 
     clip = decode(path, audio_path, num_frames=preprocess.num_frames,
                   max_duration_s=preprocess.max_duration_s, max_side=4 * preprocess.size)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from annotator.store import Store
+from annotator.core.store import Store
 
 COMPARED = ("status", "error_kind", "description", "reasoning", "raw_output", "cache_key",
             "samples")
@@ -33,8 +33,8 @@ def corpus(root: Path, clips: int) -> Path:
     """`clips` rows over a few synthetic tone clips (fast to decode and measure)."""
     import numpy as np
 
-    from annotator.devtools.demo import write_clip
-    from annotator.media import SAMPLE_RATE
+    from annotator.demo import write_clip
+    from annotator.core.media import SAMPLE_RATE
 
     root.mkdir(parents=True, exist_ok=True)
     files = []

@@ -1,4 +1,4 @@
-"""The run's rows on disk: `OUT/descriptions/*.parquet` (names in annotator/layout.py).
+"""The run's rows on disk: `OUT/descriptions/*.parquet` (names in annotator/core/layout.py).
 
 Rows are committed a batch at a time, each batch as its own Parquet file written under a
 hidden temporary name and renamed into place, so a kill -9 at any moment leaves only whole
@@ -26,10 +26,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import BaseModel
 
-from annotator import cues
-from annotator.errors import ConfigError
-from annotator.layout import RunFolder
-from annotator.schema import AffectiveDescription
+from annotator.core import cues
+from annotator.core.files import write_parquet
+from annotator.core.errors import ConfigError
+from annotator.core.layout import RunFolder
+from annotator.core.schema import AffectiveDescription
 
 SAMPLE_FIELDS = ("primary_emotion", "valence", "arousal", "confidence", "summary")
 """What `run --samples N` keeps of each extra description (the `samples` column)."""
@@ -227,7 +228,7 @@ class Store:
             table = pa.concat_tables([_read_file(f, ROW_SCHEMA.names) for f in group])
             table = table.cast(ROW_SCHEMA).replace_schema_metadata(
                 {"vaemo": json.dumps({"merged_files": len(group)})})
-            atomic_write_parquet(table, self.dir / f"part-merged-{uuid.uuid4().hex}.parquet")
+            write_parquet(table, self.dir / f"part-merged-{uuid.uuid4().hex}.parquet")
             for f in group:
                 f.unlink()
             merged += len(group)
@@ -254,7 +255,7 @@ class Store:
         table = rows.cast(ROW_SCHEMA).replace_schema_metadata(
             {"vaemo": json.dumps(metadata, sort_keys=True)})
         final = self.dir / f"part-{run_id}-{uuid.uuid4().hex[:8]}.parquet"
-        atomic_write_parquet(table, final)
+        write_parquet(table, final)
         self._index = None
         ids = set(table["clip_id"].to_pylist())
         self._supersede(ids, keep=final.name)
@@ -279,7 +280,7 @@ class Store:
             keep_mask = pc.invert(pc.is_in(table["clip_id"], value_set=pa.array(sorted(clips))))
             kept = table.filter(keep_mask)
             if len(kept):
-                atomic_write_parquet(kept.replace_schema_metadata(table.schema.metadata), path)
+                write_parquet(kept.replace_schema_metadata(table.schema.metadata), path)
             else:
                 path.unlink()
 
@@ -319,15 +320,3 @@ def _read_file(path: Path, columns: list[str]) -> pa.Table:
     return table.select(columns)
 
 
-def atomic_write_parquet(table: pa.Table, final: Path) -> None:
-    tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex[:6]}.tmp")
-    pq.write_table(table, tmp, compression="zstd")
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, final)
-
-
-def write_json(path: Path, payload: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path)

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
-from annotator.errors import ManifestError
+from annotator.core.errors import ManifestError
 
 KNOWN_COLUMNS = ("clip_id", "path", "audio_path", "label", "speaker", "split", "dataset")
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from annotator.errors import ConfigError
-from annotator.media import SAMPLE_RATE, decode
+from annotator.core.errors import ConfigError
+from annotator.core.media import SAMPLE_RATE, decode
 
 SPEECH_DIR = Path("/usr/share/pocketsphinx/test/data")
 

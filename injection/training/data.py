@@ -12,11 +12,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from annotator.layout import RunFolder
-from annotator.schema import description_text
+from annotator.core.layout import RunFolder
+from annotator.core.schema import description_text
 from annotator.settings import RowStatus
-from annotator.subset import stable_rank
-from annotator.errors import DataError
+from annotator.core.subset import stable_rank
+from annotator.core.errors import DataError
 
 FIELDS = ("face", "body", "voice")
 
@@ -46,7 +46,7 @@ def load_rows(source: Path, exclude_flagged: bool = True) -> tuple[pa.Table, dic
     run: dict = {}
     excluded = 0
     if source.is_dir():
-        from annotator.store import Store
+        from annotator.core.store import Store
 
         rows = Store(source).read()
         folder = RunFolder(source)
@@ -97,9 +97,9 @@ def build_corpus(rows: pa.Table, run: dict, seed: int, eval_fraction: float) -> 
 
 def map_labels(raw: list[str | None], label_set: list[str]) -> list[str | None]:
     """Dataset labels onto the run's label set through the audit's synonym table
-    (annotator/audit/emotions.toml: happy -> happiness, angry -> anger, ...). A label that
+    (annotator/core/emotions.toml: happy -> happiness, angry -> anger, ...). A label that
     maps nowhere is an error: it would silently drop out of the label path and the probe."""
-    from annotator.audit.agreement import label_mapping
+    from annotator.core.emotions import label_mapping
 
     mapping = label_mapping(sorted({x for x in raw if x}), label_set)
     unmapped = sorted(word for word, target in mapping.items() if target is None)
@@ -107,7 +107,7 @@ def map_labels(raw: list[str | None], label_set: list[str]) -> list[str | None]:
         raise DataError(
             f"dataset label(s) {', '.join(map(repr, unmapped[:10]))} match none of the run's "
             f"label set ({', '.join(label_set)}), even through the synonyms in "
-            "annotator/audit/emotions.toml: fix those rows' `label`, add the words as synonyms "
+            "annotator/core/emotions.toml: fix those rows' `label`, add the words as synonyms "
             "there, or annotate with a --labels set that has them")
     return [mapping[x] if x else None for x in raw]
 

@@ -27,10 +27,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from annotator.errors import EncoderError
-from annotator.media import SAMPLE_RATE
-from injection.preprocess import (IMAGENET_MEAN, IMAGENET_STD, Preprocess, by_length,
-                                weights_digest)
+from annotator.core.errors import EncoderError
+from annotator.core.media import SAMPLE_RATE
+from injection.encoders.preprocess import (IMAGENET_MEAN, IMAGENET_STD, Preprocess, by_length,
+                                           weights_digest)
 
 BRANCH_KINDS = {
     "video": {"videomae", "vivit", "timesformer"},

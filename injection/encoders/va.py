@@ -9,7 +9,7 @@ is `[S]` float at 16 kHz; clips differ in audio length, and every encoder kind s
 true length (masks, per-length groups, or windows), never padding as if it were sound.
 A single-output encoder has one branch, "clip".
 
-transformers folders: see `injection.hf_encoder`. A factory module's forward takes
+transformers folders: see `injection.encoders.hf`. A factory module's forward takes
 `(frames [B, T, 3, H, W], audio [B, S])`, plus `audio_lengths` [B] if it accepts that argument
 (then a batch is zero-padded); without it, clips of equal length share a forward. A `.pt2`
 program has the fixed audio length of its example: longer audio is cut into windows of that
@@ -32,9 +32,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from annotator.errors import EncoderError
-from annotator.media import SAMPLE_RATE
-from injection.preprocess import Preprocess, by_length, weights_digest
+from annotator.core.errors import EncoderError
+from annotator.core.media import SAMPLE_RATE
+from injection.encoders.preprocess import Preprocess, by_length, weights_digest
 
 class VAEncoder(Protocol):
     id: str
@@ -73,7 +73,7 @@ def load_encoder(path: str | Path, factory: str | None = None,
                                "module:function that builds the nn.Module it belongs to")
         return FactoryEncoder(path, factory)
     if path.is_dir():
-        from injection.hf_encoder import HFEncoder
+        from injection.encoders.hf import HFEncoder
 
         return HFEncoder(path, trust_remote_code)
     raise EncoderError(f"cannot load {path}: expected a transformers folder, a .safetensors "

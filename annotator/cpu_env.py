@@ -20,8 +20,8 @@ PyPI's torchaudio and torchcodec builds that come in as vLLM dependencies do not
 this torch either, and transformers probes them at import time; `install` removes them when
 they cannot be imported. The GPU extra installs matching CUDA builds and needs none of this.
 
-Usage: `python -m annotator.devtools.cpu_env install` (the Makefile runs it) and
-`python -m annotator.devtools.cpu_env check`.
+Usage: `python -m annotator.cpu_env install` (the Makefile runs it) and
+`python -m annotator.cpu_env check`.
 """
 
 from __future__ import annotations
@@ -92,8 +92,8 @@ def install() -> None:
     # working interpreter instead of an error at every start
     (site / PTH_NAME).write_text(
         "import importlib.util as _u; _u.find_spec('annotator') and "
-        "_u.find_spec('annotator.devtools.cpu_env') and "
-        "__import__('annotator.devtools.cpu_env', fromlist=['_']).install_import_hook()\n")
+        "_u.find_spec('annotator.cpu_env') and "
+        "__import__('annotator.cpu_env', fromlist=['_']).install_import_hook()\n")
     for module, dist in (("torchaudio", "torchaudio"), ("torchcodec", "torchcodec")):
         if _installed(dist) and not _imports(module):
             print(f"cpu_env: removing {dist}: its PyPI build does not load beside torch+cpu")
@@ -115,12 +115,12 @@ def check() -> None:
     for module in ("torchvision", "vllm", "transformers.models.qwen2_5_omni"):
         if not _imports(module):
             raise SystemExit(f"cpu_env: `import {module}` still fails; see "
-                             "annotator/devtools/cpu_env.py")
+                             "annotator/cpu_env.py")
     print("cpu_env: torchvision, vllm and Qwen2.5-Omni processing import on CPU")
 
 
 if __name__ == "__main__":
     commands = {"install": install, "check": check}
     if len(sys.argv) != 2 or sys.argv[1] not in commands:
-        raise SystemExit("usage: python -m annotator.devtools.cpu_env install|check")
+        raise SystemExit("usage: python -m annotator.cpu_env install|check")
     commands[sys.argv[1]]()

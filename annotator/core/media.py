@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from annotator.errors import MediaError
-from annotator.hashing import file_sha256
+from annotator.core.errors import MediaError
+from annotator.core.hashing import file_sha256
 
 SAMPLE_RATE = 16_000
 

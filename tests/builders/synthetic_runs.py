@@ -15,7 +15,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from annotator.store import ROW_SCHEMA, Store, write_json
+from annotator.core.files import write_json
+
+from annotator.core.store import ROW_SCHEMA, Store
 
 LABELS = ["anger", "disgust", "fear", "happy", "neutral", "sad"]
 # emotion: valence, arousal, loudness dB range
@@ -167,7 +169,7 @@ def _sample(rng: np.random.Generator, description: dict, stable: float) -> dict:
 
 
 def _has_video(path: str) -> bool:
-    from annotator.media import MediaError, probe
+    from annotator.core.media import MediaError, probe
 
     try:
         return probe(path, None).has_video

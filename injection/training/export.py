@@ -19,8 +19,9 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from injection.encoders import FactoryEncoder, load_encoder
-from injection.model import Projector
+from annotator.core.files import replacing
+from injection.encoders.va import FactoryEncoder, load_encoder
+from injection.training.model import Projector
 
 HF_FILES = ("*.json", "*.safetensors", "pytorch_model*.bin", "*.txt", "*.model")
 
@@ -29,11 +30,14 @@ def export(encoder, projector: Projector, meta: dict, label_text: np.ndarray, ta
            tuned: bool = False) -> Path:
     """`tuned`: the encoder's own weights changed (blocks mode), so they are saved, not
     copied."""
-    target = Path(target)
-    tmp = target.with_name(f".{target.name}.tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
+    with replacing(target) as tmp:
+        tmp.mkdir(parents=True)
+        _write(encoder, projector, meta, label_text, tmp, tuned)
+    return Path(target)
+
+
+def _write(encoder, projector: Projector, meta: dict, label_text: np.ndarray, tmp: Path,
+           tuned: bool) -> None:
     if encoder.kind == "hf":
         for name, folder in encoder.folders.items():
             relative = folder.relative_to(encoder.path)
@@ -54,10 +58,6 @@ def export(encoder, projector: Projector, meta: dict, label_text: np.ndarray, ta
     save_file({"label_texts": torch.from_numpy(np.ascontiguousarray(label_text))},
               tmp / "label_texts.safetensors")
     (tmp / "injection.json").write_text(json.dumps({"format": encoder.kind, **meta}, indent=2))
-    if target.exists():
-        shutil.rmtree(target)
-    tmp.rename(target)
-    return target
 
 
 def load_injected(folder: Path):

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from injection.preprocess import clip_tensors
+from injection.encoders.preprocess import clip_tensors
 
 Media = tuple[str, str | None]
 """(clip file, separate audio file or None)."""

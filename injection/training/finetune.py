@@ -14,8 +14,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from injection.hf_encoder import HFEncoder
-from annotator.errors import FinetuneError
+from injection.encoders.hf import HFEncoder
+from annotator.core.errors import FinetuneError
 
 
 

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from annotator.errors import DataError
+from annotator.core.errors import DataError
 from injection.config import EvalConfig
-from injection.data import map_labels
-from injection.evaluate import evaluate_split
-from injection.train import Features
+from injection.training.data import map_labels
+from injection.training.evaluate import evaluate_split
+from injection.training.train import Features
 
 Sets = list[tuple[str, np.ndarray, np.ndarray]]
 """(name, train rows, test rows) per evaluation: one for a split, K for folds."""
@@ -51,7 +51,7 @@ def protocol_sets(rows: dict[str, list], config: EvalConfig) -> Sets:
 
 def read_protocol(config: EvalConfig, label_names: list[str]) -> tuple[dict, np.ndarray]:
     """The manifest's labelled rows (columns as lists) and their label indices."""
-    from annotator.manifest import load_manifest
+    from annotator.core.manifest import load_manifest
 
     table = load_manifest(config.manifest)
     table = table.filter(table["label"].is_valid())

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from injection.model import Projector
-from injection.train import Features
+from injection.training.model import Projector
+from injection.training.train import Features
 
 FRACTIONS = (0.01, 0.1, 1.0)
 

@@ -16,8 +16,8 @@ from typing import Protocol
 
 import numpy as np
 
-from annotator.errors import ConfigError
-from injection.preprocess import weights_digest
+from annotator.core.errors import ConfigError
+from injection.encoders.preprocess import weights_digest
 
 DEFAULT = "all-MiniLM-L6-v2"
 

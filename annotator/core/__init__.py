@@ -1,0 +1,1 @@
+"""The core both apps use."""
