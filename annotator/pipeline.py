@@ -34,7 +34,8 @@ from annotator.core.manifest import load_manifest
 from annotator.models import ModelSpec, default_model, describe_model
 from annotator.core.schema import (SCHEMA_VERSION, answer_model, description_model, json_schema,
                                    schema_sha256)
-from annotator.settings import EngineSettings, ErrorKind, RowStatus
+from annotator.settings import EngineSettings
+from annotator.core.rows import ErrorKind, RowStatus
 from annotator.stages import plan as plan_stage, prepare as prepare_stage
 from annotator.stages.context import RunContext, with_chat
 from annotator.stages.generate import EngineWorker

@@ -16,7 +16,7 @@ from rich.console import Console
 from annotator.config import RunConfig
 from annotator.core.errors import ConfigError
 from annotator.core.layout import RunFolder
-from annotator.settings import ErrorKind, RowStatus
+from annotator.core.rows import ErrorKind, RowStatus
 from annotator.core.store import Store
 
 

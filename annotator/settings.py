@@ -19,6 +19,9 @@ from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from annotator import engines
+from annotator.engines import ENGINES
+
 _CONFIG = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True,
                      protected_namespaces=())
 
@@ -28,26 +31,6 @@ class GenerationMode(StrEnum):
     """One guided JSON answer whose first field is the reasoning."""
     TWO_PHASE = "two-phase"
     """Free chain of thought first, then the JSON (without reasoning) with it in context."""
-
-
-class RowStatus(StrEnum):
-    OK = "ok"
-    FAILED = "failed"
-
-
-class ErrorKind(StrEnum):
-    """Why a row failed (the `error_kind` column)."""
-
-    MEDIA = "media"
-    PROMPT = "prompt"
-    ENGINE = "engine"
-    INVALID_OUTPUT = "invalid_output"
-    TRUNCATED = "truncated"
-
-    @property
-    def retryable(self) -> bool:
-        """Engine-side failures are worth another attempt; bad media or templates are not."""
-        return self in (ErrorKind.ENGINE, ErrorKind.INVALID_OUTPUT, ErrorKind.TRUNCATED)
 
 
 class MediaSettings(BaseModel):
@@ -145,9 +128,8 @@ class EngineSettings(BaseModel):
          "gpu_memory_utilization"})
     """Where and how fast: these never change a greedy row's content."""
 
-    engine: Literal["vllm", "transformers", "fake"] = "vllm"
-    """vllm (fast, batched), transformers (reference implementation) or fake (instant,
-    deterministic schema-valid answers with optional --faults: tests and benchmarks)."""
+    engine: Literal[tuple(ENGINES)] = Field(  # type: ignore[valid-type]
+        next(iter(ENGINES)), description=f"The engine: {engines.described()}.")
     device: Literal["auto", "cpu", "gpu"] = "auto"
     """Where the engine runs: auto picks gpu when the Ray cluster has GPUs."""
     ray_address: str | None = None
@@ -185,7 +167,7 @@ class EngineSettings(BaseModel):
 
     @model_validator(mode="after")
     def _fake_only(self) -> EngineSettings:
-        if self.faults and self.engine != "fake":
+        if self.faults and not ENGINES[self.engine].model_free:
             raise ValueError("--faults only applies to --engine fake")
         return self
 

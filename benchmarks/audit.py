@@ -1,7 +1,7 @@
 """Audit speed on a large synthetic run (the issue's target: 100k rows well under a minute).
 
-    .venv/bin/python benchmarks/audit.py              # 100k rows
-    .venv/bin/python benchmarks/audit.py --rows 20000
+    .venv/bin/python -m benchmarks.audit              # 100k rows
+    .venv/bin/python -m benchmarks.audit --rows 20000
 
 Prints the time to write the run (not part of the audit) and the audit's own wall time, which
 includes reading the Parquet, the rules, duplicates, metrics, the clean set and the report.

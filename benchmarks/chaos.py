@@ -2,7 +2,7 @@
 tests/builders/chaos.py): 0 lost, 0 doubled, every file readable, rows equal to an
 uninterrupted run, no temp files.
 
-    .venv/bin/python benchmarks/chaos.py --kills 10 --clips 24
+    .venv/bin/python -m benchmarks.chaos --kills 10 --clips 24
 """
 
 from __future__ import annotations

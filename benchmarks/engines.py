@@ -4,8 +4,8 @@ Prints output tokens/s per engine (excluding engine start-up), the vLLM/transfor
 the whole pipeline's clips/s over the raw vLLM engine's clips/s (what Ray, decoding, planning
 and Parquet cost on top of the engine, start-up excluded and included).
 
-    .venv/bin/python benchmarks/engines.py                      # tiny random Qwen2.5-Omni
-    .venv/bin/python benchmarks/engines.py --model ~/.cache/vaemo/models/SmolLM2-135M-Instruct
+    .venv/bin/python -m benchmarks.engines                      # tiny random Qwen2.5-Omni
+    .venv/bin/python -m benchmarks.engines --model ~/.cache/vaemo/models/SmolLM2-135M-Instruct
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Feature extraction: the batched loader (decoding workers, batched forwards) against the
 one-clip-per-forward loop it replaced, on the device this machine picks, alternating runs.
 
-    .venv/bin/python benchmarks/features.py --clips 48 --workers 2 --rounds 2
+    .venv/bin/python -m benchmarks.features --clips 48 --workers 2 --rounds 2
 
 Encoders: the tiny VideoMAE + wav2vec2 pair (decoding dominates: what workers buy) and a
 VideoMAE-base-sized random encoder (the forward dominates: what batching buys on a GPU).
@@ -11,16 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.gpu_check import base_videomae, write_clips  # noqa: E402
+from benchmarks.gpu_check import base_videomae, write_clips
 
 
 def clips_per_s(encoder, media, device, batch: int, workers: int) -> float:

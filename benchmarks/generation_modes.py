@@ -5,8 +5,8 @@ is calm read speech, so 'neutral' is the expected label) and prints: rows ok, fa
 output tokens and wall seconds per clip, label agreement, how repetitive the reasoning is
 (share of repeated word 4-grams), and how often the reasoning cites a measured cue value.
 
-    .venv/bin/python benchmarks/generation_modes.py                 # tiny random Qwen2.5-Omni
-    .venv/bin/python benchmarks/generation_modes.py --model smollm2 # the CPU default
+    .venv/bin/python -m benchmarks.generation_modes                 # tiny random Qwen2.5-Omni
+    .venv/bin/python -m benchmarks.generation_modes --model smollm2 # the CPU default
 """
 
 from __future__ import annotations

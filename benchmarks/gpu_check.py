@@ -1,5 +1,5 @@
 """The injection path on whatever device this machine picks (a GPU where there is one), in
-minutes: `make gpu-check`, or `python benchmarks/gpu_check.py --json OUT.json`.
+minutes: `make gpu-check`, or `python -m benchmarks.gpu_check --json OUT.json`.
 
 1. features: the batched loader on the picked device (bf16 autocast on a GPU) against float32
    on the CPU, per architecture (cosine similarity per clip);
@@ -28,8 +28,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from annotator.core.layout import InjectionFolder
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def write_clips(folder: Path, count: int) -> list[str]:
@@ -120,14 +121,14 @@ def check_modes(media, folder: Path, device: torch.device) -> dict:
             "--steps", "20", "--batch-size", "16", "--encoder-lr", "1e-2")
         cli("-m", "injection.cli", "eval", str(out))
         cli("-m", "injection.cli", "export", str(out))
-        exported, _, _ = load_injected(out / "encoder")
+        exported, _, _ = load_injected(InjectionFolder(out).encoder)
         _, prep, _, _ = _restore(out, lambda *_: None)
         # on the device (and in the precision) the trainer's features were extracted with
         again = extract(exported, prep.corpus.media, device=device, workers=0)
         seen = np.concatenate([np.asarray(v) for v in prep.features.va.values()], 1) \
             if mode == "heads" else extract(prep.encoder, prep.corpus.media, device=device,
                                             workers=0)
-        metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+        metrics = [json.loads(x) for x in InjectionFolder(out).metrics.read_text().splitlines()]
         found[mode] = {"seconds": round(time.perf_counter() - started, 1),
                        "first_loss": round(metrics[0]["loss"], 4),
                        "last_loss": round(metrics[-1]["loss"], 4),
@@ -151,7 +152,7 @@ def check_torchrun(media, folder: Path) -> dict:
     cli(*args, "--out", str(folder / "one"))
     cli("-m", "torch.distributed.run", "--nproc-per-node", "2", *args, "--out",
         str(folder / "two"))
-    curves = [[json.loads(x)["loss"] for x in (folder / n / "metrics.jsonl").read_text()
+    curves = [[json.loads(x)["loss"] for x in InjectionFolder(folder / n).metrics.read_text()
                .splitlines()] for n in ("one", "two")]
     return {"max_loss_difference": float(np.abs(np.subtract(*curves)).max())}
 

@@ -1,7 +1,7 @@
 """The transformers engine on the device a GPU node gives it, against the same engine on the
 CPU: a tiny random Qwen2.5-Omni (built here, no model hub) fed real video + audio.
 
-    python benchmarks/gpu_engine_check.py --json OUT.json
+    python -m benchmarks.gpu_engine_check --json OUT.json
 
 Checks: teacher-forced log-probabilities of the same tokens agree between the GPU (float32
 there, to compare like with like) and the CPU; guided JSON generation on the GPU (bf16, the
@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """`vaemo-annotate run` against the raw vLLM engine on the same clips, and where its time goes.
 
-    .venv/bin/python benchmarks/pipeline.py --clips 200 --generation two-phase --json
-    .venv/bin/python benchmarks/pipeline.py --clips 30 \
+    .venv/bin/python -m benchmarks.pipeline --clips 200 --generation two-phase --json
+    .venv/bin/python -m benchmarks.pipeline --clips 30 \
         --model ~/.cache/vaemo/models/SmolLM2-135M-Instruct
 
 The raw engine is created the way `run` creates it and given every clip at once (two-phase:

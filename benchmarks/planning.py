@@ -4,7 +4,7 @@ Ray tasks and in the driver's threads (each with its own cold hash cache); then 
 is all cache hits (`vaemo-annotate run` as a user types it, Python start included), over a
 store holding a row with each clip's key.
 
-    .venv/bin/python benchmarks/planning.py --rows 10000
+    .venv/bin/python -m benchmarks.planning --rows 10000
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def cached_rerun(resolved, plan, config, model: str) -> float:
     import sys
 
     from annotator.pipeline import known_hits, write_plan_index
-    from annotator.settings import ErrorKind
+    from annotator.core.rows import ErrorKind
     from annotator.stages.rows import failed_rows
     from annotator.core.store import Store
 

@@ -3,7 +3,7 @@ clip): decoding, voice cues and face/video cues timed apart, over the demo corpu
 speech and portraits). Times are the process's CPU time (all its threads), so a library that
 spreads over several cores cannot pass for fast on one; wall-clock clips/s is printed too.
 
-    .venv/bin/python benchmarks/prepare.py --rounds 3
+    .venv/bin/python -m benchmarks.prepare --rounds 3
 """
 
 from __future__ import annotations

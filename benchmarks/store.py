@@ -2,7 +2,7 @@
 then how long a writer's start takes (repair, which merges the batch files into shards) and
 how long the index and a full read take before and after.
 
-    .venv/bin/python benchmarks/store.py --rows 100000
+    .venv/bin/python -m benchmarks.store --rows 100000
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ import pyarrow as pa
 
 def write_batches(out: Path, rows: int, batch: int) -> None:
     from annotator.core.files import write_parquet
-    from annotator.core.store import ROW_SCHEMA, Store
+    from annotator.core.store import Store
+    from annotator.core.rows import ROW_SCHEMA
 
     folder = Store(out).dir
     folder.mkdir(parents=True)

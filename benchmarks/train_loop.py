@@ -2,7 +2,7 @@
 projector, losses, AdamW, schedule, clipping and batches; no logging, metrics file or
 checkpoints), at N clips with memory-mapped features as the feature cache serves them.
 
-    .venv/bin/python benchmarks/train_loop.py --clips 10000 --steps 300
+    .venv/bin/python -m benchmarks.train_loop --clips 10000 --steps 300
 """
 
 from __future__ import annotations

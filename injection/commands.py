@@ -12,6 +12,8 @@ import numpy as np
 import torch
 
 from annotator.core.errors import ConfigError
+from annotator.core.layout import InjectionFolder
+from annotator.core.schema import MODALITY_FIELDS
 from injection.config import EvalConfig, TrainConfig
 from injection.training.data import Corpus, build_corpus, load_rows
 from injection.training.features import FeatureCache, Share, embed_texts, va_features
@@ -45,9 +47,9 @@ def prepare(config: TrainConfig, log=print, share: Share = Share()) -> Prepared:
     corpus = build_corpus(rows, run, config.seed, config.eval_fraction)
     encoder = load_encoder(config.encoder, config.factory, config.trust_remote_code)
     text_encoder = TransformersTextEncoder(config.text_encoder, device=device)
-    cache = config.out / "cache"
+    cache = InjectionFolder(config.out).cache
     text_cache = FeatureCache(cache, "text", share.rank)
-    sources = {"sampled": SAMPLED_SOURCES, "fields": ("face", "body", "voice")}.get(
+    sources = {"sampled": SAMPLED_SOURCES, "fields": MODALITY_FIELDS}.get(
         config.text, (config.text,))
     texts = {s: embed_texts(text_cache, text_encoder, corpus.texts[s], share)
              for s in sorted(set(sources) | {"description"})}  # same order on every rank
@@ -137,11 +139,11 @@ def train(config: TrainConfig, log=print) -> dict:
         return {"rank": rank}
     _fold_back(prep.encoder, original, config)
     target = export(prep.encoder, result["projector"], meta(prep), prep.features.label_text,
-                    config.out / "encoder", tuned=config.mode != "heads")
+                    InjectionFolder(config.out).encoder, tuned=config.mode != "heads")
     last = result["history"][-1] if result["history"] else {}
     summary = {"steps": config.steps, "resumed_from": result["start"],
                "train_clips": len(training), "final": last, "exported": str(target)}
-    (config.out / "train.json").write_text(json.dumps(summary, indent=2))
+    InjectionFolder(config.out).train_json.write_text(json.dumps(summary, indent=2))
     return summary
 
 
@@ -166,7 +168,7 @@ def _progress(config: TrainConfig):
 
 
 def recorded_config(out: Path) -> TrainConfig:
-    pointer = Path(out) / "checkpoints" / "last"
+    pointer = InjectionFolder(out).last
     if not pointer.is_file():
         raise ConfigError(f"{pointer} not found: run `vaemo-inject train --out {out}` "
                           "first")
@@ -200,7 +202,7 @@ def _restore(out: Path, log):
     if config.mode != "heads":
         tune_encoder(prep.encoder, config)  # the same trainable layout (LoRA adapters) as trained
         tuned = Tuned(prep.encoder, projector)
-    load_checkpoint(Path(out) / "checkpoints", projector, tuned=tuned)
+    load_checkpoint(InjectionFolder(out), projector, tuned=tuned)
     _fold_back(prep.encoder, original, config)
     return config, prep, projector.eval(), tuned
 
@@ -238,7 +240,7 @@ def evaluate(eval_config: EvalConfig, log=print) -> dict:
         title = f"{eval_config.manifest.name}: " + (
             f"mean of {len(sets)} folds" if len(sets) > 1 else sets[0][0])
         log(table(shown, title))
-    (Path(out) / "eval.json").write_text(json.dumps(result, indent=2))
+    InjectionFolder(out).eval_json.write_text(json.dumps(result, indent=2))
     return result
 
 
@@ -257,7 +259,7 @@ def _protocol_features(eval_config: EvalConfig, config: TrainConfig, prep: Prepa
         config.encoder, config.factory, config.trust_remote_code)
     media = list(zip(rows["path"], rows["audio_path"]))
     log(f"protocol: {len(media)} labelled clips from {eval_config.manifest}")
-    features = va_features(FeatureCache(config.out / "cache", "va"), original, media,
+    features = va_features(FeatureCache(InjectionFolder(config.out).cache, "va"), original, media,
                            [media_sha256(p, a) for p, a in media],
                            **extract_args(config, device, log))
     return rows, labels, sets, features
@@ -280,4 +282,4 @@ def export_checkpoint(out: Path, log=print) -> Path:
 
     config, prep, projector, tuned = _restore(out, log)
     return export(prep.encoder, projector, meta(prep), prep.features.label_text,
-                  Path(out) / "encoder", tuned=tuned is not None)
+                  InjectionFolder(out).encoder, tuned=tuned is not None)

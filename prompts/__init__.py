@@ -16,6 +16,9 @@ error instead of an empty string):
               'think' (the first turn: reason in free text, no JSON yet) and 'answer' (the
               follow-up turn after the thought: write the JSON, without a reasoning field).
               A template that never reads `phase` supports one-pass only.
+  fields      the answer's fields as a sentence names them, from the template's schema
+              (annotator/core/schema.py `field_list`): 'face, body, ..., and summary'
+              (`reasoning` is not among them: one-pass templates name it first themselves)
 The label from the manifest is in `clip.label`; shipped templates never show it, so the
 annotation is not told the answer.
 """
@@ -35,10 +38,11 @@ from jinja2 import StrictUndefined, TemplateError, meta
 from jinja2.sandbox import SandboxedEnvironment, SecurityError, safe_range
 
 from annotator.core.errors import PromptError
+from annotator.core.schema import field_list
 
 _HEADER = re.compile(
     r"\{#-?\s*vaemo-template\s+name=(\S+)\s+version=(\S+)(?:\s+schema=(\S+))?\s*-?#\}")
-CONTEXT_KEYS = ("clip", "media", "modalities", "labels", "cues", "examples", "phase")
+CONTEXT_KEYS = ("clip", "media", "modalities", "labels", "cues", "examples", "phase", "fields")
 PHASES = ("one-pass", "think", "answer")
 
 
@@ -136,6 +140,7 @@ def require_two_phase(template: Template) -> None:
 
 
 def render(template: Template, context: dict) -> str:
+    context = {"fields": field_list(template.schema), **context}
     missing = [k for k in CONTEXT_KEYS if k not in context]
     if missing:
         raise PromptError(f"render context lacks {missing}")

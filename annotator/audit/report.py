@@ -20,6 +20,7 @@ from jinja2 import Environment
 from markupsafe import Markup, escape
 
 from annotator.core.files import write_text
+from annotator.core.schema import TEXT_FIELDS
 from annotator.audit.rules import Rule
 
 
@@ -42,7 +43,8 @@ def write(path: Path, metrics: dict, con: duckdb.DuckDBPyConnection, rules: list
     source = resources.files(__package__).joinpath("report.html.j2").read_text()
     html = Environment(autoescape=True).from_string(source).render(
         metrics=metrics, plots=plots, rules=rules, shown=len(rows),
-        rows_json=Markup(_script_json(rows)))
+        rows_json=Markup(_script_json(rows)),
+        shown_fields=Markup(_script_json(["primary_emotion", *TEXT_FIELDS])))
     write_text(path, html)
 
 

@@ -15,7 +15,11 @@ plain floats/ints so that they fit a Parquet struct and a Jinja template.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
+
+from annotator.core.media import SAMPLE_RATE
 
 CUES_VERSION = "3"
 """Part of every cache key: 2 = Praat pitch and face detection on downscaled frames; 3 = faces
@@ -30,7 +34,55 @@ FULL_SEARCH_EVERY = 4  # frames 0, 4, ...: a whole-frame search, which finds fac
 TRACK_SIZE = 1.3  # a followed face is looked for at 1/1.3-1.3x its size in the last frame
 
 
-def audio_cues(wave: np.ndarray, sample_rate: int = 16_000) -> dict:
+@dataclass(frozen=True)
+class Cue:
+    """One measured cue: its name in the `cues` struct, the prompt and the audit's rules."""
+
+    name: str
+    type: str
+    """"float", "int" or "frames" (a list of frame indices)."""
+    typical: float | int | list
+    """A plausible value for a talking head (synthetic runs are written from these)."""
+    silent: float | int | None = None
+    """Its value for a clip whose audio is too short to measure (audio cues only)."""
+
+
+AUDIO = (
+    Cue("duration_s", "float", 3.0),
+    Cue("active_fraction", "float", 0.8, 0.0),
+    Cue("voiced_fraction", "float", 0.6, 0.0),
+    Cue("loudness_db", "float", -20.0),
+    Cue("loudness_range_db", "float", 18.0),
+    Cue("f0_median_hz", "float", 170.0),
+    Cue("f0_range_semitones", "float", 6.0),
+    Cue("onset_rate_per_s", "float", 3.5, 0.0),
+    Cue("pause_count", "int", 1, 0),
+    Cue("pause_total_s", "float", 0.4, 0.0),
+)
+"""The voice cues (`cues.audio.*`), in the order `audio_cues` measures them."""
+VIDEO = (
+    Cue("num_frames", "int", 8),
+    Cue("face_frames_fraction", "float", 1.0),
+    Cue("frames_without_face", "frames", []),
+    Cue("max_faces", "int", 1),
+    Cue("face_area_fraction", "float", 0.12),
+    Cue("face_centre_x", "float", 0.5),
+    Cue("face_centre_y", "float", 0.4),
+    Cue("motion_energy", "float", 0.02),
+    Cue("brightness", "float", 0.5),
+)
+"""The face and video cues (`cues.video.*`), in the order `video_cues` measures them."""
+STREAMS = {"audio": AUDIO, "video": VIDEO}
+
+
+def typical(**overrides) -> dict:
+    """A whole `cues` value of typical numbers, `overrides` as {"audio": {...}, ...}."""
+    return {"version": CUES_VERSION,
+            **{stream: {**{c.name: c.typical for c in cues}, **overrides.get(stream, {})}
+               for stream, cues in STREAMS.items()}}
+
+
+def audio_cues(wave: np.ndarray, sample_rate: int = SAMPLE_RATE) -> dict:
     """Duration, speech activity, loudness, F0 (Praat), onset rate and pauses."""
     import librosa
 
@@ -109,9 +161,7 @@ def praat_f0(wave: np.ndarray, sample_rate: int, frames: int) -> np.ndarray:
 
 
 def _empty_audio() -> dict:
-    return {"active_fraction": 0.0, "voiced_fraction": 0.0, "loudness_db": None,
-            "loudness_range_db": None, "f0_median_hz": None, "f0_range_semitones": None,
-            "onset_rate_per_s": 0.0, "pause_count": 0, "pause_total_s": 0.0}
+    return {c.name: c.silent for c in AUDIO if c.name != "duration_s"}
 
 
 def _pauses(active: np.ndarray, sample_rate: int) -> list[float]:
@@ -225,16 +275,10 @@ def arrow_type():
     """The Parquet struct of the `cues` column (null members when a stream is absent)."""
     import pyarrow as pa
 
-    f64, i32 = pa.float64(), pa.int32()
-    audio = pa.struct([("duration_s", f64), ("active_fraction", f64), ("voiced_fraction", f64),
-                       ("loudness_db", f64), ("loudness_range_db", f64), ("f0_median_hz", f64),
-                       ("f0_range_semitones", f64), ("onset_rate_per_s", f64),
-                       ("pause_count", i32), ("pause_total_s", f64)])
-    video = pa.struct([("num_frames", i32), ("face_frames_fraction", f64),
-                       ("frames_without_face", pa.list_(i32)), ("max_faces", i32),
-                       ("face_area_fraction", f64), ("face_centre_x", f64),
-                       ("face_centre_y", f64), ("motion_energy", f64), ("brightness", f64)])
-    return pa.struct([("version", pa.string()), ("audio", audio), ("video", video)])
+    types = {"float": pa.float64(), "int": pa.int32(), "frames": pa.list_(pa.int32())}
+    return pa.struct([("version", pa.string()), *(
+        (stream, pa.struct([(c.name, types[c.type]) for c in cues]))
+        for stream, cues in STREAMS.items())])
 
 
 def measure(frames: np.ndarray | None, audio: np.ndarray | None) -> dict:

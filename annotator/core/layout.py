@@ -1,4 +1,7 @@
-"""Where things live on disk: the names of a run folder's files, spelled once.
+"""Where things live on disk: the names of a run folder's and of an injection folder's files,
+spelled once.
+
+A run folder (`vaemo-annotate run --out OUT`, `RunFolder`):
 
     OUT/descriptions/*.parquet   the rows (store.py)
     OUT/subset.parquet           the selected clips and their strata
@@ -9,6 +12,15 @@
     OUT/audit/index.html         the audit's report
     OUT/quarantine/              files found unreadable in descriptions/, each with its reason
     OUT/.lock                    held by the one process writing the folder
+
+An injection folder (`vaemo-inject train --out OUT`, `InjectionFolder`):
+
+    OUT/checkpoints/step-NNNNNN/ projector, trained encoder blocks, optimizer state, config
+    OUT/checkpoints/last         the name of the newest complete checkpoint
+    OUT/metrics.jsonl            one line per logged step (losses, rates)
+    OUT/cache/                   features and text embeddings, by media hash and encoder id
+    OUT/encoder/                 the injected encoder, in the format it came in
+    OUT/train.json, eval.json    the training summary; the evaluation before and after
 """
 
 from __future__ import annotations
@@ -76,3 +88,46 @@ class RunFolder:
     @property
     def lock(self) -> Path:
         return self.root / ".lock"
+
+
+@dataclass(frozen=True)
+class InjectionFolder:
+    """The files of one `vaemo-inject train` output folder."""
+
+    root: Path
+
+    def __post_init__(self):
+        object.__setattr__(self, "root", Path(self.root))
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def last(self) -> Path:
+        """Holds the name of the newest complete checkpoint folder."""
+        return self.checkpoints / "last"
+
+    def checkpoint(self, step: int) -> Path:
+        return self.checkpoints / f"step-{step:06d}"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.jsonl"
+
+    @property
+    def cache(self) -> Path:
+        return self.root / "cache"
+
+    @property
+    def encoder(self) -> Path:
+        """The exported (injected) encoder."""
+        return self.root / "encoder"
+
+    @property
+    def train_json(self) -> Path:
+        return self.root / "train.json"
+
+    @property
+    def eval_json(self) -> Path:
+        return self.root / "eval.json"

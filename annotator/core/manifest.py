@@ -16,8 +16,8 @@ import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from annotator.core.errors import ManifestError
+from annotator.core.rows import KNOWN_COLUMNS
 
-KNOWN_COLUMNS = ("clip_id", "path", "audio_path", "label", "speaker", "split", "dataset")
 
 
 

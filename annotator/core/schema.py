@@ -12,13 +12,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 SCHEMA_VERSION = "2"  # 2: intensity, evidence; coarse variant
 
-Text = Annotated[str, Field(max_length=240)]
+
+class _OwnText:
+    """Marks a field as part of the description's own text (`TEXT_FIELDS`); pydantic keeps
+    it as metadata and leaves it out of the JSON schema."""
+
+
+Text = Annotated[str, Field(max_length=240), _OwnText()]
 Unit = Annotated[float, Field(ge=0.0, le=1.0, multiple_of=0.01)]
 
 
@@ -110,8 +116,35 @@ def answer_model(model: type[BaseModel]) -> type[BaseModel]:
     return create_model(f"{model.__name__}Answer", __config__=model.model_config, **fields)
 
 
-TEXT_FIELDS = ("face", "body", "voice", "cross_modal", "summary")
-"""The fields that make a description's own text (what the audit reads and injection embeds)."""
+TEXT_FIELDS = tuple(name for name, info in AffectiveDescription.model_fields.items()
+                    if any(isinstance(m, _OwnText) for m in info.metadata))
+"""The fields that make a description's own text (what the audit reads and injection embeds):
+the `Text` fields, in the schema's order."""
+MODALITY_FIELDS = tuple(name for name in TEXT_FIELDS
+                        if name in get_args(Evidence.model_fields["source"].annotation))
+"""The text fields that describe one modality each (face, body, voice): the evidence sources
+that are also fields."""
+
+
+def field_list(kind: str = "full") -> str:
+    """The answer's fields (all but `reasoning`) as a prompt names them, with ranges and the
+    shape of list items: 'face, body, ..., valence (-1 to 1), ... and summary'."""
+    def described(name: str, info) -> str:
+        bounds = {type(m).__name__: v for m in info.metadata
+                  for v in (getattr(m, "ge", None), getattr(m, "le", None)) if v is not None}
+        if "Ge" in bounds and "Le" in bounds:
+            return f"{name} ({bounds['Ge']:g} to {bounds['Le']:g})"
+        item = get_args(info.annotation)[0] if get_args(info.annotation) else None
+        if isinstance(item, type) and issubclass(item, BaseModel):
+            what, where, rests = item.model_fields  # e.g. claim, source, detail
+            choices = list(get_args(item.model_fields[where].annotation))
+            limit = next(m.max_length for m in info.metadata if hasattr(m, "max_length"))
+            return (f"{name} (up to {limit} {what}s, each with its {where}: "
+                    f"{', '.join(choices[:-1])} or {choices[-1]}, and the {rests} it rests on)")
+        return name
+    names = [described(n, info) for n, info in SCHEMAS[kind].model_fields.items()
+             if n != "reasoning"]
+    return ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else names[0]
 
 
 def description_text(description: dict) -> str:

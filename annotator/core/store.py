@@ -19,83 +19,16 @@ import socket
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, get_args, get_origin
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from pydantic import BaseModel
 
-from annotator.core import cues
 from annotator.core.files import write_parquet
 from annotator.core.errors import ConfigError
 from annotator.core.layout import RunFolder
-from annotator.core.schema import AffectiveDescription
+from annotator.core.rows import ROW_SCHEMA
 
-SAMPLE_FIELDS = ("primary_emotion", "valence", "arousal", "confidence", "summary")
-"""What `run --samples N` keeps of each extra description (the `samples` column)."""
-
-
-def _arrow(annotation) -> pa.DataType:
-    """Arrow type of a pydantic field annotation (str, float, int, Literal, list, model)."""
-    origin, args = get_origin(annotation), get_args(annotation)
-    if origin is Annotated:
-        return _arrow(args[0])
-    if origin is list:
-        return pa.list_(_arrow(args[0]))
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return pa.struct([(n, _arrow(f.annotation)) for n, f in annotation.model_fields.items()])
-    return {float: pa.float64(), int: pa.int64(), bool: pa.bool_()}.get(annotation, pa.string())
-
-
-def description_type() -> pa.DataType:
-    """Arrow struct of the full schema's fields (reasoning has its own column); a coarse row
-    fills the fields it has and leaves the rest null."""
-    fields = AffectiveDescription.model_fields
-    return pa.struct([(n, _arrow(f.annotation)) for n, f in fields.items() if n != "reasoning"])
-
-
-ROW_SCHEMA = pa.schema([
-    ("clip_id", pa.string()),
-    ("status", pa.string()),
-    ("error_kind", pa.string()),
-    ("error", pa.string()),
-    ("description", description_type()),
-    ("reasoning", pa.string()),
-    ("raw_output", pa.string()),
-    ("samples", pa.list_(pa.struct([description_type().field(n) for n in SAMPLE_FIELDS]))),
-    ("label", pa.string()),
-    ("speaker", pa.string()),
-    ("split", pa.string()),
-    ("dataset", pa.string()),
-    ("path", pa.string()),
-    ("audio_path", pa.string()),
-    ("has_video", pa.bool_()),
-    ("has_audio", pa.bool_()),
-    ("media_note", pa.string()),
-    ("num_frames", pa.int32()),
-    ("fps", pa.float64()),
-    ("duration_s", pa.float64()),
-    ("media_sha256", pa.string()),
-    ("cues", cues.arrow_type()),
-    ("model", pa.string()),
-    ("model_revision", pa.string()),
-    ("engine", pa.string()),
-    ("template", pa.string()),
-    ("template_sha256", pa.string()),
-    ("prompt_sha256", pa.string()),
-    ("schema_version", pa.string()),
-    ("generation_mode", pa.string()),
-    ("sampling", pa.string()),
-    ("cache_key", pa.string()),
-    ("num_input_tokens", pa.int32()),
-    ("num_output_tokens", pa.int32()),
-    ("finish_reason", pa.string()),
-    ("latency_s", pa.float64()),
-    ("attempts", pa.int32()),
-    ("run_id", pa.string()),
-    ("created_at", pa.timestamp("us", tz="UTC")),
-])
 
 
 SHARD_ROWS = 50_000

@@ -29,12 +29,12 @@ from annotator.engines.factory import create_engine
 from annotator.engines.contract import EngineOptions, Generation, Request
 from annotator.core.files import write_text
 from annotator.core.schema import answer_model, description_model, parse_description
-from annotator.settings import ErrorKind
+from annotator.core.rows import ErrorKind
 from annotator.stages import StageSpec
 from annotator.stages.context import RunContext
 from annotator.stages.prepare import ray_node
 from annotator.stages.rows import Attempt, Judged, build_row
-from annotator.core.store import ROW_SCHEMA, SAMPLE_FIELDS
+from annotator.core.rows import ROW_SCHEMA, SAMPLE_FIELDS
 
 STAGE = StageSpec(
     name="generate",

@@ -19,16 +19,14 @@ import pyarrow as pa
 from annotator.core.cues import CUES_VERSION
 from annotator.core.errors import MediaError, PromptError
 from annotator.core.media import media_sha256, probe
-from annotator.settings import ErrorKind
+from annotator.core.rows import MANIFEST, ErrorKind
 from annotator.stages import StageSpec
 from annotator.stages.context import RunContext
 from annotator.stages.prompt import render_prompt
 
 
 PLAN_SCHEMA = pa.schema([
-    ("clip_id", pa.string()), ("path", pa.string()), ("audio_path", pa.string()),
-    ("label", pa.string()), ("speaker", pa.string()), ("split", pa.string()),
-    ("dataset", pa.string()), ("stratum", pa.string()),
+    *MANIFEST, ("stratum", pa.string()),
     ("has_video", pa.bool_()), ("has_audio", pa.bool_()), ("duration_s", pa.float64()),
     ("media_note", pa.string()), ("media_sha256", pa.string()),
     ("context_json", pa.string()),
@@ -37,8 +35,7 @@ PLAN_SCHEMA = pa.schema([
 ])
 
 STAGE = StageSpec(
-    name="plan", reads=("clip_id", "path", "audio_path", "label", "speaker", "split",
-                        "dataset", "stratum"),
+    name="plan", reads=(*MANIFEST.names, "stratum"),
     writes=tuple(PLAN_SCHEMA.names),
     # probing and hashing wait on storage, rendering holds the GIL: a core per task, and
     # threads inside it overlap the reads

@@ -17,7 +17,7 @@ import pyarrow as pa
 from annotator.core import cues
 from annotator.core.errors import MediaError, PromptError
 from annotator.core.media import MediaInfo, decode
-from annotator.settings import ErrorKind
+from annotator.core.rows import ErrorKind
 from annotator.stages import StageSpec
 from annotator.stages.context import RunContext
 from annotator.stages.prompt import render_prompt

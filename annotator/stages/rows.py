@@ -1,4 +1,4 @@
-"""Rows: one output row (store.ROW_SCHEMA) per clip, from its plan and what the engine made.
+"""Rows: one output row (core.rows.ROW_SCHEMA) per clip, from its plan and what the engine made.
 
 Used by the engine stage for the clips it ran, and by the driver for clips that failed before
 reaching an engine (missing media, a template error).
@@ -10,11 +10,11 @@ from datetime import UTC, datetime
 
 import pyarrow as pa
 
-from annotator.engines.contract import Generation
+from annotator.core.rows import KNOWN_COLUMNS, ROW_SCHEMA, ErrorKind, RowStatus, make_row
 from annotator.core.schema import SCHEMA_VERSION
-from annotator.settings import ErrorKind, GenerationMode, RowStatus
+from annotator.engines.contract import Generation
+from annotator.settings import GenerationMode
 from annotator.stages.context import RunContext
-from annotator.core.store import ROW_SCHEMA
 
 GENERATION_LABELS = {GenerationMode.ONE_PASS: "one-pass, reasoning field first",
                      GenerationMode.TWO_PHASE: "two-phase, free chain of thought then JSON"}
@@ -47,30 +47,26 @@ def build_row(row: dict, attempt: Attempt | None, judged: Judged | None, latency
     kind, error, parsed = judged if judged else (row["error_kind"], row["error"], None)
     description = dict(parsed) if parsed else None
     reasoning = description.pop("reasoning") if description else None
-    return {
-        "clip_id": row["clip_id"],
-        "status": (RowStatus.OK if kind is None else RowStatus.FAILED).value,
-        "error_kind": ErrorKind(kind).value if kind else None, "error": error,
-        "description": description, "reasoning": reasoning,
-        "raw_output": attempt.text if attempt else None, "samples": row.get("samples"),
-        "label": row["label"], "speaker": row["speaker"], "split": row["split"],
-        "dataset": row["dataset"], "path": row["path"],
-        "audio_path": row.get("audio_path"), "has_video": row["has_video"],
-        "has_audio": row["has_audio"], "media_note": row["media_note"],
-        "num_frames": row["frames_shape"][0] if row.get("frames_shape") else 0,
-        "fps": row.get("fps"), "duration_s": row["duration_s"],
-        "media_sha256": row["media_sha256"], "cues": row.get("cues"), "model": ctx.spec.name,
-        "model_revision": ctx.spec.revision, "engine": ctx.engine,
-        "template": ctx.template.tag, "template_sha256": ctx.template.sha256,
-        "prompt_sha256": row["prompt_sha256"], "schema_version": SCHEMA_VERSION,
-        "generation_mode": GENERATION_LABELS[ctx.mode], "sampling": ctx.sampling.to_json(),
-        "cache_key": row["cache_key"],
-        "num_input_tokens": len(attempt.answer.prompt_token_ids) if attempt else 0,
-        "num_output_tokens": attempt.output_tokens if attempt else 0,
-        "finish_reason": attempt.answer.finish_reason if attempt else None,
-        "latency_s": latency, "attempts": max(attempts, 1),
-        "run_id": ctx.run_id, "created_at": datetime.now(UTC),
-    }
+    return make_row(
+        **{name: row.get(name) for name in KNOWN_COLUMNS},  # the manifest's, as planned
+        status=(RowStatus.OK if kind is None else RowStatus.FAILED).value,
+        error_kind=ErrorKind(kind).value if kind else None, error=error,
+        description=description, reasoning=reasoning,
+        raw_output=attempt.text if attempt else None, samples=row.get("samples"),
+        has_video=row["has_video"], has_audio=row["has_audio"], media_note=row["media_note"],
+        num_frames=row["frames_shape"][0] if row.get("frames_shape") else 0,
+        fps=row.get("fps"), duration_s=row["duration_s"],
+        media_sha256=row["media_sha256"], cues=row.get("cues"), model=ctx.spec.name,
+        model_revision=ctx.spec.revision, engine=ctx.engine,
+        template=ctx.template.tag, template_sha256=ctx.template.sha256,
+        prompt_sha256=row["prompt_sha256"], schema_version=SCHEMA_VERSION,
+        generation_mode=GENERATION_LABELS[ctx.mode], sampling=ctx.sampling.to_json(),
+        cache_key=row["cache_key"],
+        num_input_tokens=len(attempt.answer.prompt_token_ids) if attempt else 0,
+        num_output_tokens=attempt.output_tokens if attempt else 0,
+        finish_reason=attempt.answer.finish_reason if attempt else None,
+        latency_s=latency, attempts=max(attempts, 1),
+        run_id=ctx.run_id, created_at=datetime.now(UTC))
 
 
 def failed_rows(plan: pa.Table, ctx: RunContext, kind: ErrorKind | None = None,

@@ -13,12 +13,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from annotator.core.layout import RunFolder
-from annotator.core.schema import description_text
-from annotator.settings import RowStatus
+from annotator.core.schema import MODALITY_FIELDS, TEXT_FIELDS, description_text
+from annotator.core.rows import RowStatus
 from annotator.core.subset import stable_rank
 from annotator.core.errors import DataError
-
-FIELDS = ("face", "body", "voice")
 
 
 @dataclass
@@ -76,11 +74,11 @@ def load_rows(source: Path, exclude_flagged: bool = True) -> tuple[pa.Table, dic
 def build_corpus(rows: pa.Table, run: dict, seed: int, eval_fraction: float) -> Corpus:
     description = rows["description"].combine_chunks()
     field = {name: [t or "" for t in description.field(name).to_pylist()]
-             for name in (*FIELDS, "cross_modal", "summary")}
+             for name in TEXT_FIELDS}
     full = [description_text(d) for d in description.to_pylist()]
     reasoning = [t or s for t, s in zip(rows["reasoning"].to_pylist(), field["summary"])]
     texts = {"description": full, "summary": field["summary"], "reasoning": reasoning,
-             **{name: field[name] for name in FIELDS}}
+             **{name: field[name] for name in MODALITY_FIELDS}}
     raw_labels = rows["label"].to_pylist()
     names = run.get("labels") or sorted({x for x in raw_labels if x})
     mapped = map_labels(raw_labels, names)

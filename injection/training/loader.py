@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from annotator.core.media import SAMPLE_RATE
 from injection.encoders.preprocess import clip_tensors
 
 Media = tuple[str, str | None]
@@ -51,7 +52,7 @@ class ClipDataset(Dataset):
 
     def __init__(self, media: list[Media], encoder, max_seconds: float | None = None):
         self.media, self.inputs, self.preprocess = media, encoder.inputs, encoder.preprocess
-        self.max_samples = int(max_seconds * 16_000) if max_seconds else None
+        self.max_samples = int(max_seconds * SAMPLE_RATE) if max_seconds else None
 
     def __len__(self) -> int:
         return len(self.media)

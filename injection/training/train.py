@@ -23,6 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from annotator.core.files import replacing, write_text
+from annotator.core.layout import InjectionFolder
 from annotator.core.errors import ConfigError
 from injection.config import TrainConfig
 from injection.training.finetune import Tuned, anchor_loss, apply_lora, unfreeze_last_blocks
@@ -281,10 +282,10 @@ def fit(features: Features, config: TrainConfig, out: Path, log=None, encoder=No
     (tuned or projector).to(device)  # before the optimizer, so its state follows the params
     optimizer = _optimizer(projector, config, encoder_params)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config))
-    checkpoints = out / "checkpoints"
+    folder = InjectionFolder(out)
     start = 0
     if config.resume:
-        start = load_checkpoint(checkpoints, projector, optimizer, scheduler, tuned)
+        start = load_checkpoint(folder, projector, optimizer, scheduler, tuned)
     if tuned is not None:  # each step's clips, decoded by the workers while earlier steps train
         steps_media = iter(clip_loader(
             ClipDataset(media, encoder, config.clip_seconds),
@@ -297,7 +298,7 @@ def fit(features: Features, config: TrainConfig, out: Path, log=None, encoder=No
             # accumulation's cached pass, and encoder parts a branch never runs (Whisper's
             # decoder under LoRA), leave parameters without a gradient in a step
             find_unused_parameters=config.accumulate > 1 or config.mode != "heads")
-    metrics_path = out / "metrics.jsonl"
+    metrics_path = folder.metrics
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         _truncate_log(metrics_path, start)
@@ -332,7 +333,7 @@ def fit(features: Features, config: TrainConfig, out: Path, log=None, encoder=No
             if log is not None:
                 log(record)
             if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
-                save_checkpoint(checkpoints, step + 1, projector, optimizer, scheduler, config,
+                save_checkpoint(folder, step + 1, projector, optimizer, scheduler, config,
                                 tuned)
     if writer is not None:
         writer.close()
@@ -348,16 +349,16 @@ def _shard(rows: np.ndarray, rank: int, world: int) -> np.ndarray:
     return np.array_split(rows, world)[rank]
 
 
-def save_checkpoint(folder: Path, step: int, projector: Projector, optimizer, scheduler,
+def save_checkpoint(folder: InjectionFolder, step: int, projector: Projector, optimizer, scheduler,
                     config: TrainConfig, tuned: Tuned | None = None) -> Path:
     """step-NNNNNN/: projector.safetensors, encoder_blocks.safetensors (blocks mode: the
     trained encoder weights), state.pt (optimizer, scheduler, RNG: tensors and numbers only,
     loadable with weights_only=True), config.json; then `last` points to it."""
-    target = folder / f"step-{step:06d}"
+    target = folder.checkpoint(step)
     with replacing(target) as tmp:
         tmp.mkdir(parents=True)
         _save_state(tmp, step, projector, optimizer, scheduler, config, tuned)
-    write_text(folder / "last", target.name)
+    write_text(folder.last, target.name)
     return target
 
 
@@ -373,20 +374,20 @@ def _save_state(tmp: Path, step: int, projector: Projector, optimizer, scheduler
     (tmp / "config.json").write_text(config.model_dump_json(indent=2))
 
 
-def load_checkpoint(folder: Path, projector: Projector, optimizer=None, scheduler=None,
-                    tuned: Tuned | None = None) -> int:
-    pointer = folder / "last"
+def load_checkpoint(folder: InjectionFolder, projector: Projector, optimizer=None,
+                    scheduler=None, tuned: Tuned | None = None) -> int:
+    pointer = folder.last
     if not pointer.is_file():
         raise ConfigError(f"--resume, but {pointer} does not exist: nothing to resume "
                           "(start without --resume)")
-    target = folder / pointer.read_text().strip()
+    target = folder.checkpoints / pointer.read_text().strip()
     try:
         heads = load_file(target / "projector.safetensors")
         blocks = {k.removeprefix("encoder."): v for k, v in
                   load_file(target / "encoder_blocks.safetensors").items()} if tuned else {}
         state = torch.load(target / "state.pt", weights_only=True)
     except Exception as err:  # noqa: BLE001 - safetensors/torch raise many types on damage
-        others = sorted((p.name for p in folder.glob("step-*")
+        others = sorted((p.name for p in folder.checkpoints.glob("step-*")
                          if p != target and p.name[5:].isdigit()), key=lambda n: int(n[5:]))
         offer = (f"; an earlier checkpoint is there: write `{others[-1]}` into {pointer} to "
                  "resume from it") if others else ""

@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 
 from annotator.cli import app
 from annotator.core.schema import answer_model, description_model
-from annotator.settings import ErrorKind
+from annotator.core.rows import ErrorKind
 from annotator.core.store import Store
 from annotator.core.emotions import label_sets
 

@@ -107,7 +107,7 @@ def test_a_crash_between_commit_and_cleanup_shows_the_newer_row_once(finished, t
 
     from annotator.core.files import write_parquet
 
-    from annotator.core.store import ROW_SCHEMA
+    from annotator.core.rows import ROW_SCHEMA
 
     write_parquet(pa.Table.from_pylist(newer, schema=ROW_SCHEMA),
                          out / "descriptions" / "part-crash-00000000.parquet")

@@ -52,7 +52,7 @@ def test_evidence_sources_are_constrained():
 
 
 def test_parquet_struct_follows_the_schema():
-    from annotator.core.store import description_type
+    from annotator.core.rows import description_type
 
     names = [f.name for f in description_type()]
     assert names == [n for n in AffectiveDescription.model_fields if n != "reasoning"]

@@ -6,7 +6,7 @@ import dataclasses
 from annotator.config import RunConfig
 from annotator.pipeline import resolve
 from annotator.stages import generate, plan, prepare
-from annotator.core.store import ROW_SCHEMA
+from annotator.core.rows import ROW_SCHEMA
 from tests.conftest import write_manifest
 
 

@@ -7,7 +7,8 @@ from datetime import UTC, datetime
 import pyarrow as pa
 
 from annotator.core import store as store_module
-from annotator.core.store import ROW_SCHEMA, Store
+from annotator.core.store import Store
+from annotator.core.rows import ROW_SCHEMA
 
 
 def batch(start: int, n: int) -> pa.Table:

@@ -15,9 +15,13 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from annotator.core import cues as cue_spec
 from annotator.core.files import write_json
 
-from annotator.core.store import ROW_SCHEMA, Store
+from annotator.core.store import Store
+
+from annotator.core.rows import ROW_SCHEMA, make_row
+from annotator.core.schema import SCHEMA_VERSION
 
 LABELS = ["anger", "disgust", "fear", "happy", "neutral", "sad"]
 # emotion: valence, arousal, loudness dB range
@@ -83,37 +87,33 @@ def _description(rng: np.random.Generator, emotion: str, cues: dict) -> dict:
 
 
 def _cues(rng: np.random.Generator, emotion: str) -> dict:
+    """Typical cues (annotator/core/cues.py) with the emotion's loudness, a voice's F0 and
+    most frames holding a face."""
     low, high = PROFILE[emotion][2]
-    return {"version": "1", "audio": {
-        "duration_s": 3.0, "active_fraction": 0.8, "voiced_fraction": 0.6,
-        "loudness_db": round(float(rng.uniform(low, high)), 1), "loudness_range_db": 18.0,
-        "f0_median_hz": round(float(rng.uniform(110, 230)), 1), "f0_range_semitones": 6.0,
-        "onset_rate_per_s": 3.5, "pause_count": 1, "pause_total_s": 0.4},
-        "video": {"num_frames": 8, "face_frames_fraction": round(float(rng.uniform(0.75, 1)), 3),
-                  "frames_without_face": [], "max_faces": 1, "face_area_fraction": 0.12,
-                  "face_centre_x": 0.5, "face_centre_y": 0.4, "motion_energy": 0.02,
-                  "brightness": 0.5}}
+    return cue_spec.typical(
+        audio={"loudness_db": round(float(rng.uniform(low, high)), 1),
+               "f0_median_hz": round(float(rng.uniform(110, 230)), 1)},
+        video={"face_frames_fraction": round(float(rng.uniform(0.75, 1)), 3)})
 
 
 def _row(clip_id: str, label: str, description: dict | None, cues: dict, path: str) -> dict:
     ok = description is not None
-    return {
-        "clip_id": clip_id, "status": "ok" if ok else "failed",
-        "error_kind": None if ok else "truncated",
-        "error": None if ok else "hit the output budget (2048 tokens)",
-        "description": description, "reasoning": "Step by step: the cues and the face." if ok
-        else None, "raw_output": json.dumps(description) if ok else '{"face": "calm and',
-        "label": label, "speaker": "s1", "split": "train", "dataset": "synthetic", "path": path,
-        "has_video": True, "has_audio": cues["audio"] is not None, "media_note": "",
-        "num_frames": 8, "fps": 4.0, "duration_s": 3.0, "media_sha256": clip_id, "cues": cues,
-        "model": "synthetic", "model_revision": "0", "engine": "none",
-        "template": "describe_av@4", "template_sha256": "0", "prompt_sha256": "0",
-        "schema_version": "2", "generation_mode": "one-pass, reasoning field first",
-        "sampling": "{}", "cache_key": clip_id, "num_input_tokens": 500,
-        "num_output_tokens": 300 if ok else 2048, "finish_reason": "stop" if ok else "length",
-        "latency_s": 1.0, "attempts": 1, "run_id": "synthetic",
-        "created_at": datetime.now(UTC),
-    }
+    return make_row(
+        clip_id=clip_id, status="ok" if ok else "failed",
+        error_kind=None if ok else "truncated",
+        error=None if ok else "hit the output budget (2048 tokens)",
+        description=description, samples=None,
+        reasoning="Step by step: the cues and the face." if ok else None,
+        raw_output=json.dumps(description) if ok else '{"face": "calm and',
+        label=label, speaker="s1", split="train", dataset="synthetic", path=path,
+        audio_path=None, has_video=True, has_audio=cues["audio"] is not None, media_note="",
+        num_frames=8, fps=4.0, duration_s=3.0, media_sha256=clip_id, cues=cues,
+        model="synthetic", model_revision="0", engine="none",
+        template="describe_av@4", template_sha256="0", prompt_sha256="0",
+        schema_version=SCHEMA_VERSION, generation_mode="one-pass, reasoning field first",
+        sampling="{}", cache_key=clip_id, num_input_tokens=500,
+        num_output_tokens=300 if ok else 2048, finish_reason="stop" if ok else "length",
+        latency_s=1.0, attempts=1, run_id="synthetic", created_at=datetime.now(UTC))
 
 
 def write_synthetic_run(out: str | Path, n: int, seed: int = 0, planted: bool = True,

@@ -106,14 +106,15 @@ def test_torchrun_two_gloo_ranks_through_the_cli_match_one_process(mode, cli_cor
 
 def test_a_damaged_checkpoint_names_itself_and_offers_the_earlier_one(tmp_path):
     from annotator.core.errors import ConfigError
+    from annotator.core.layout import InjectionFolder
     from injection.training.model import Projector
     from injection.training.train import load_checkpoint
 
-    folder = tmp_path / "checkpoints"
+    folder = InjectionFolder(tmp_path)
     for step in (100, 200):
-        (folder / f"step-{step:06d}").mkdir(parents=True)
-    (folder / "step-000200" / "projector.safetensors").write_bytes(b"\x00" * 10)  # truncated
-    (folder / "last").write_text("step-000200")
+        folder.checkpoint(step).mkdir(parents=True)
+    (folder.checkpoint(200) / "projector.safetensors").write_bytes(b"\x00" * 10)  # truncated
+    folder.last.write_text("step-000200")
     projector = Projector({"clip": 8}, text_dim=8, dim=8, hidden=0)
     with pytest.raises(ConfigError, match="step-000200 is damaged.*`step-000100`"):
         load_checkpoint(folder, projector)

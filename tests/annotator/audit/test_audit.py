@@ -141,7 +141,7 @@ def test_self_consistency_over_samples(tmp_path):
 
     from annotator.core.files import write_parquet
 
-    from annotator.core.store import ROW_SCHEMA
+    from annotator.core.rows import ROW_SCHEMA
 
     write_parquet(pa.Table.from_pylist(table, schema=ROW_SCHEMA), Store(out).files()[0])
     metrics = audit(AuditConfig(out=out))

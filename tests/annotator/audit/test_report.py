@@ -32,7 +32,7 @@ def report(tmp_path_factory, clips):
     table[2]["audio_path"] = str(clips["tone_220"])  # a dataset with separate audio files
     import pyarrow as pa
 
-    from annotator.core.store import ROW_SCHEMA
+    from annotator.core.rows import ROW_SCHEMA
 
     write_parquet(pa.Table.from_pylist(table, schema=ROW_SCHEMA), part)
     metrics = audit(AuditConfig(out=out))
