@@ -7,13 +7,13 @@ from pathlib import Path
 import typer
 from pydantic import ValidationError
 
-from annotator.audit import AuditConfig
-from annotator.config import RunConfig
+from annotator.config import AuditConfig, RunConfig
 from annotator.core.errors import VaemoError
-from annotator.core.typed_cli import command_from, console, fail
+from annotator.core.typed_cli import add_version_option, command_from, console, fail
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Annotate audio-visual clips with affective descriptions.")
+add_version_option(app)
 
 RUN_EXAMPLES = """
 Examples (run from the repository after `make demo` built data/demo):

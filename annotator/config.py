@@ -88,3 +88,23 @@ class RunConfig(BaseModel):
         if self.labels:
             return [x.strip() for x in self.labels.split(",") if x.strip()]
         return sorted(set(manifest_labels)) or None
+
+
+class AuditConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    out: Path
+    """A run's output folder (it holds descriptions/ and run.json)."""
+    report: Path | None = None
+    """Where to write the HTML report (default OUT/audit/index.html)."""
+    clean: Path | None = None
+    """Also write the clean set here: the ok rows no excluding flag hit, ready for injection."""
+    rules: Path | None = None
+    """A rules file (TOML) to use instead of the shipped annotator/audit/rules.toml."""
+    manifest: Path | None = None
+    """Take dataset labels from this manifest (default: the run's, if it still exists)."""
+    near_duplicate: float = Field(0.8, gt=0.0, le=1.0)
+    """Estimated Jaccard similarity of word 3-shingles above which two descriptions are
+    near-duplicates (1.0: exact duplicates only)."""
+    report_rows: int = Field(5000, ge=1)
+    """Most rows listed in the report's table: every flagged row first, then the others."""

@@ -29,7 +29,8 @@ def verify(out: Path) -> dict:
               "unreadable": dict(store.unreadable), "quarantined": store.quarantined(),
               "temp_files": temps, "stale": None, "missing": None}
     if folder.run_json.is_file():
-        from annotator.pipeline import plan_clips, resolve
+        from annotator.pipeline import plan_clips
+        from annotator.resolve import resolve
 
         config = RunConfig(**json.loads(folder.run_json.read_text())["config"])
         plan = plan_clips(resolve(config))

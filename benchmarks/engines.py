@@ -36,8 +36,9 @@ def main() -> None:
     from annotator.demo import build_demo_corpus
     from tests.builders.tiny_models import build_tiny_omni
     from annotator.engines.factory import create_engine
-    from annotator.pipeline import engine_options, plan_clips, resolve, run
-    from annotator.stages.generate import _request
+    from annotator.pipeline import plan_clips, run
+    from annotator.resolve import resolve
+    from annotator.stages.generate import request_for
     from annotator.stages.prepare import prepare_batch
 
     work = Path(tempfile.mkdtemp(prefix="vaemo-bench-"))
@@ -51,8 +52,8 @@ def main() -> None:
     plan = plan_clips(resolved)
     spec = resolved.spec
     decoded = prepare_batch(plan, ctx=resolved.ctx)
-    requests = [_request(r) for r in decoded.to_pylist()]
-    options = engine_options(resolved, "cpu")
+    requests = [request_for(r) for r in decoded.to_pylist()]
+    options = resolved.ctx.options
     results = {"model": spec.name, "clips": len(requests), "max_tokens": args.max_tokens}
     for kind, subset in (("vllm", requests), ("transformers", requests[:args.hf_clips])):
         t0 = time.perf_counter()

@@ -105,7 +105,7 @@ def cli(*args: str, env=None) -> subprocess.CompletedProcess:
 def check_modes(media, folder: Path, device: torch.device) -> dict:
     from tests.builders.synthetic_runs import write_synthetic_run
     from tests.builders.tiny_encoders import build_tiny_architecture, build_tiny_text_encoder
-    from injection.commands import _restore
+    from injection.commands import restore
     from injection.training.export import load_injected
     from injection.training.loader import extract
 
@@ -122,7 +122,7 @@ def check_modes(media, folder: Path, device: torch.device) -> dict:
         cli("-m", "injection.cli", "eval", str(out))
         cli("-m", "injection.cli", "export", str(out))
         exported, _, _ = load_injected(InjectionFolder(out).encoder)
-        _, prep, _, _ = _restore(out, lambda *_: None)
+        _, prep, _, _ = restore(out, lambda *_: None)
         # on the device (and in the precision) the trainer's features were extracted with
         again = extract(exported, prep.corpus.media, device=device, workers=0)
         seen = np.concatenate([np.asarray(v) for v in prep.features.va.values()], 1) \

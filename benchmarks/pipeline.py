@@ -51,7 +51,8 @@ def write_corpus(folder: Path, count: int) -> Path:
 def prepared(config):
     """The run's resolved settings and its prepared clips (media, cues, final prompts), as
     the pipeline's prepare stage makes them: the raw engine's input."""
-    from annotator.pipeline import plan_clips, resolve
+    from annotator.pipeline import plan_clips
+    from annotator.resolve import resolve
     from annotator.stages.prepare import prepare_batch
 
     resolved = resolve(config, "cpu")
@@ -67,22 +68,21 @@ def raw_engine(resolved, rows: list[dict], way: str) -> dict:
     thread of its own while the engine steps (the pipeline's engine does this)."""
     from annotator.chat import THOUGHT_SLOT
     from annotator.engines.factory import create_engine
-    from annotator.engines.vllm_engine import _to_generation
-    from annotator.pipeline import engine_options
-    from annotator.stages.generate import _request
+    from annotator.engines.vllm_engine import to_generation
+    from annotator.stages.generate import request_for
 
     started = time.perf_counter()
-    engine = create_engine("vllm", resolved.spec, engine_options(resolved, "cpu"))
+    engine = create_engine("vllm", resolved.spec, resolved.ctx.options)
     startup = time.perf_counter() - started
 
     def vllm_generate(requests):
-        outputs = engine.llm.generate([engine._inputs(r) for r in requests],
-                                      [engine._sampling(r) for r in requests], use_tqdm=False)
-        return [_to_generation(o) for o in outputs]
+        outputs = engine.llm.generate([engine.inputs(r) for r in requests],
+                                      [engine.sampling_params(r) for r in requests], use_tqdm=False)
+        return [to_generation(o) for o in outputs]
 
     generate = vllm_generate if way == "vllm" else engine.generate
     started = time.perf_counter()
-    requests = [_request(r) for r in rows]
+    requests = [request_for(r) for r in rows]
     if resolved.ctx.two_phase:
         for request in requests:
             request.guided, request.max_tokens = False, resolved.ctx.sampling.think_tokens

@@ -31,7 +31,8 @@ def main() -> None:
     from annotator.config import RunConfig
     from annotator.demo import build_demo_corpus
     from tests.builders.tiny_models import build_tiny_omni
-    from annotator.pipeline import plan_clips, resolve
+    from annotator.pipeline import plan_clips
+    from annotator.resolve import resolve
 
     model = args.model or str(build_tiny_omni(work / "tiny-omni"))
     demo = build_demo_corpus(work / "demo")
@@ -73,7 +74,7 @@ def cached_rerun(resolved, plan, config, model: str) -> float:
     import subprocess
     import sys
 
-    from annotator.pipeline import known_hits, write_plan_index
+    from annotator.resume import known_hits, write_plan_index
     from annotator.core.rows import ErrorKind
     from annotator.stages.rows import failed_rows
     from annotator.core.store import Store

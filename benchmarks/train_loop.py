@@ -36,12 +36,12 @@ def bare_loop(features, config, steps: int) -> float:
     """steps/s of the same math without the trainer around it."""
     import torch
 
-    from injection.training.train import (_optimizer, _schedule, batch_rows, losses, new_projector,
-                                          weighted_total)
+    from injection.training.train import (batch_rows, losses, lr_schedule, make_optimizer,
+                                          new_projector, weighted_total)
 
     projector = new_projector(features, config)
-    optimizer = _optimizer(projector, config)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config))
+    optimizer = make_optimizer(projector, config)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(config))
     label_text = torch.from_numpy(features.label_text)
     started = time.perf_counter()
     for step in range(steps):

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import typer
 
-from annotator.core.typed_cli import command_from, console
+from annotator.core.typed_cli import add_version_option, command_from, console
 from injection.config import EvalConfig, FolderConfig, TrainConfig
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Inject affective descriptions into a VA encoder (VAEmo stage 2).")
+add_version_option(app)
 
 TRAIN_EXAMPLES = """
 Examples:

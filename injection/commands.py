@@ -18,8 +18,8 @@ from injection.config import EvalConfig, TrainConfig
 from injection.training.data import Corpus, build_corpus, load_rows
 from injection.training.features import FeatureCache, Share, embed_texts, va_features
 from injection.training.finetune import Tuned, interpolate, merge_lora
-from injection.training.train import (SAMPLED_SOURCES, Features, fit, load_checkpoint,
-                                      new_projector, tune_encoder)
+from injection.training.checkpoint import load_checkpoint
+from injection.training.train import SAMPLED_SOURCES, Features, fit, new_projector, tune_encoder
 
 
 @dataclass
@@ -191,7 +191,7 @@ def _fold_back(encoder, original: dict | None, config: TrainConfig) -> None:
         interpolate(encoder, original, config.interpolate)
 
 
-def _restore(out: Path, log):
+def restore(out: Path, log):
     """(config, prepared data, trained projector, the tuned encoder module or None), from
     the last checkpoint, the encoder folded back as at export."""
     config = recorded_config(out)
@@ -215,7 +215,7 @@ def evaluate(eval_config: EvalConfig, log=print) -> dict:
     from injection.training.loader import pick_device
 
     out = eval_config.out
-    config, prep, projector, tuned = _restore(out, log)
+    config, prep, projector, tuned = restore(out, log)
     device = pick_device()
     protocol = _protocol_features(eval_config, config, prep, device, log) \
         if eval_config.manifest else None
@@ -254,7 +254,7 @@ def _protocol_features(eval_config: EvalConfig, config: TrainConfig, prep: Prepa
 
     rows, labels = read_protocol(eval_config, prep.corpus.label_names)
     sets = protocol_sets(rows, eval_config)
-    # after _restore a blocks/lora encoder holds its tuned weights: "before" needs the original
+    # after restore a blocks/lora encoder holds its tuned weights: "before" needs the original
     original = prep.encoder if config.mode == "heads" else load_encoder(
         config.encoder, config.factory, config.trust_remote_code)
     media = list(zip(rows["path"], rows["audio_path"]))
@@ -280,6 +280,6 @@ def export_checkpoint(out: Path, log=print) -> Path:
     own format; returns where."""
     from injection.training.export import export
 
-    config, prep, projector, tuned = _restore(out, log)
+    config, prep, projector, tuned = restore(out, log)
     return export(prep.encoder, projector, meta(prep), prep.features.label_text,
                   InjectionFolder(out).encoder, tuned=tuned is not None)

@@ -19,7 +19,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import BaseModel, ConfigDict, Field
+from annotator.config import AuditConfig
 
 from annotator.audit import agreement, redundancy, rules
 from annotator.core.errors import ConfigError
@@ -27,26 +27,6 @@ from annotator.core.schema import description_text_sql
 from annotator.core.layout import RunFolder
 from annotator.core.files import write_json, write_parquet
 from annotator.core.store import Store
-
-
-class AuditConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
-
-    out: Path
-    """A run's output folder (it holds descriptions/ and run.json)."""
-    report: Path | None = None
-    """Where to write the HTML report (default OUT/audit/index.html)."""
-    clean: Path | None = None
-    """Also write the clean set here: the ok rows no excluding flag hit, ready for injection."""
-    rules: Path | None = None
-    """A rules file (TOML) to use instead of the shipped annotator/audit/rules.toml."""
-    manifest: Path | None = None
-    """Take dataset labels from this manifest (default: the run's, if it still exists)."""
-    near_duplicate: float = Field(0.8, gt=0.0, le=1.0)
-    """Estimated Jaccard similarity of word 3-shingles above which two descriptions are
-    near-duplicates (1.0: exact duplicates only)."""
-    report_rows: int = Field(5000, ge=1)
-    """Most rows listed in the report's table: every flagged row first, then the others."""
 
 
 def audit(config: AuditConfig) -> dict:

@@ -10,6 +10,7 @@ digits until it runs out of tokens).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from typing import Annotated, Literal, get_args
@@ -106,6 +107,16 @@ def description_model(labels: list[str] | None, kind: str = "full") -> type[Base
         fields["secondary_emotions"] = (list[label], Field(
             max_length=2, description=base.model_fields["secondary_emotions"].description))
     return create_model(base.__name__, __base__=base, **fields)
+
+
+@functools.lru_cache(maxsize=16)
+def enforced_model(labels: tuple[str, ...] | None, kind: str, two_phase: bool
+                   ) -> type[BaseModel]:
+    """The model an engine's answer is held to: the run's schema, without its reasoning in
+    two-phase generation (the free thought before it is the reasoning). One decision, made
+    for the JSON schema the engine enforces and for the check of what comes back."""
+    model = description_model(list(labels) if labels else None, kind)
+    return answer_model(model) if two_phase else model
 
 
 def answer_model(model: type[BaseModel]) -> type[BaseModel]:

@@ -28,6 +28,26 @@ from annotator.core.errors import ConfigError, VaemoError
 console = Console(stderr=True, soft_wrap=True)
 
 
+def add_version_option(app: typer.Typer) -> None:
+    """`--version` on `app`: prints the installed package's version and exits."""
+
+    def show(value: bool) -> None:
+        if value:
+            from importlib.metadata import PackageNotFoundError, version
+
+            try:
+                found = version("vaemo")
+            except PackageNotFoundError:
+                found = "unknown (not installed)"
+            typer.echo(f"vaemo {found}")
+            raise typer.Exit()
+
+    @app.callback()
+    def main(_version: bool = typer.Option(False, "--version", is_eager=True, callback=show,
+                                           help="Print the version and exit.")) -> None:
+        """Commands of the vaemo pipeline."""
+
+
 def _option_type(annotation):
     """typer has no Literal; pydantic validates the value anyway."""
     origin, args = get_origin(annotation), get_args(annotation)

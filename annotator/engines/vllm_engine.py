@@ -88,7 +88,7 @@ class VLLMEngine:
         # the sampler compiles its logprob path (torch.compile) the first time a request asks
         # for logprobs: pay for it here, not in the first batch (2 s on this CPU)
         self.llm.generate([{"prompt_token_ids": [0]}],
-                          self._sampling(temperature=0.0, max_tokens=1), use_tqdm=False)
+                          self.sampling_params(temperature=0.0, max_tokens=1), use_tqdm=False)
         self.startup_s = time.perf_counter() - started
         self.tokenizer = self.llm.get_tokenizer()
         self.core = self.llm.llm_engine  # the step API: requests join while others decode
@@ -99,7 +99,9 @@ class VLLMEngine:
         self.rendering = 0  # submitted, not yet taken from `rendered`
         self.unfinished = 0  # in the engine
 
-    def _sampling(self, request: Request | None = None, **overrides):
+    def sampling_params(self, request: Request | None = None, **overrides):
+        """vLLM's SamplingParams for `request`: the run's sampling, its budget and the
+        enforced schema (guidance backend)."""
         from vllm import SamplingParams
         from vllm.sampling_params import StructuredOutputsParams
 
@@ -114,7 +116,8 @@ class VLLMEngine:
         params.update(overrides)
         return SamplingParams(**params)
 
-    def _inputs(self, request: Request, prompt=None) -> dict:
+    def inputs(self, request: Request, prompt=None) -> dict:
+        """vLLM's prompt input for `request`: the text (or a parsed prompt) and its media."""
         data, kwargs = media_inputs(self.spec, request.frames, request.fps, request.audio,
                                     self.options.media.min_pixels, self.options.media.max_pixels)
         item: dict = {"prompt": request.prompt} if prompt is None else dict(prompt)
@@ -146,10 +149,10 @@ class VLLMEngine:
         from vllm.renderers.inputs.preprocess import parse_model_prompt
 
         try:  # what `LLM.generate` does to a prompt before adding it
-            prompt = parse_model_prompt(self.llm.model_config, self._inputs(request))
+            prompt = parse_model_prompt(self.llm.model_config, self.inputs(request))
             renderer = self.llm.renderer
             (rendered,) = renderer.render_cmpl([prompt], renderer.default_cmpl_tok_params)
-            self.rendered.put((key, rendered, self._sampling(request)))
+            self.rendered.put((key, rendered, self.sampling_params(request)))
         except Exception as err:  # noqa: BLE001 - reported as this request's failure
             self.rendered.put((key, err, None))
 
@@ -173,7 +176,7 @@ class VLLMEngine:
         if self.unfinished:
             for output in self.core.step():
                 if output.finished:
-                    finished.append((output.request_id, _to_generation(output)))
+                    finished.append((output.request_id, to_generation(output)))
                     self.unfinished -= 1
         return finished
 
@@ -184,8 +187,8 @@ class VLLMEngine:
         """Teacher-forced logprobs, by prompt_logprobs over prompt + continuation."""
         ids = self.tokenizer(request.prompt, add_special_tokens=False).input_ids
         prompt = {"prompt_token_ids": ids + list(continuation)}
-        params = self._sampling(max_tokens=1, prompt_logprobs=0)
-        out = self.llm.generate([self._inputs(request, prompt)], params, use_tqdm=False)[0]
+        params = self.sampling_params(max_tokens=1, prompt_logprobs=0)
+        out = self.llm.generate([self.inputs(request, prompt)], params, use_tqdm=False)[0]
         tail = out.prompt_logprobs[-len(continuation):]
         return [entry[tok].logprob for entry, tok in zip(tail, continuation)]
 
@@ -203,7 +206,7 @@ def engine_arguments(options: EngineOptions) -> dict:
     return arguments
 
 
-def _to_generation(output) -> Generation:
+def to_generation(output) -> Generation:
     completion = output.outputs[0]
     logprobs = [step[tok].logprob for step, tok in zip(completion.logprobs or [],
                                                         completion.token_ids)]

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from annotator.chat import ChatFrames, chat_frames
+from annotator.engines.contract import EngineOptions
 from annotator.models import ModelSpec
 from annotator.settings import (EngineSettings, GenerationMode, MediaSettings,
                                 SamplingSettings)
@@ -20,17 +21,31 @@ class RunContext:
     spec: ModelSpec
     template: Template
     labels: list[str] | None
-    media: MediaSettings
-    sampling: SamplingSettings
-    """With `generation` resolved for the template ('auto' never reaches a stage)."""
-    compute: EngineSettings
-    device: str
-    """Where the engine runs ('auto' decided: cpu or gpu)."""
+    options: EngineOptions
+    """The settings the engine is built from, held once: sampling (with `generation`
+    resolved for the template: 'auto' never reaches a stage), media, compute, the device
+    ('auto' decided: cpu or gpu) and the JSON schema it enforces."""
     schema_sha256: str
     retries: int
     chat: ChatFrames | None = None
     """The model's chat template as frames (`with_chat`: the driver's, handed to Ray tasks so
     they never load the tokenizer); None: made where a prompt is first rendered."""
+
+    @property
+    def media(self) -> MediaSettings:
+        return self.options.media
+
+    @property
+    def sampling(self) -> SamplingSettings:
+        return self.options.sampling
+
+    @property
+    def compute(self) -> EngineSettings:
+        return self.options.compute
+
+    @property
+    def device(self) -> str:
+        return self.options.device
 
     @property
     def engine(self) -> str:

@@ -26,30 +26,22 @@ import pyarrow as pa
 
 from annotator.chat import THOUGHT_SLOT
 from annotator.engines.factory import create_engine
-from annotator.engines.contract import EngineOptions, Generation, Request
+from annotator.engines.contract import Generation, Request
 from annotator.core.files import write_text
-from annotator.core.schema import answer_model, description_model, parse_description
-from annotator.core.rows import ErrorKind
+from annotator.core.schema import enforced_model, parse_description
 from annotator.stages import StageSpec
 from annotator.stages.context import RunContext
 from annotator.stages.prepare import ray_node
 from annotator.stages.rows import Attempt, Judged, build_row
-from annotator.core.rows import ROW_SCHEMA, SAMPLE_FIELDS
+from annotator.core.rows import KNOWN_COLUMNS, ROW_SCHEMA, SAMPLE_FIELDS, ErrorKind
 
-STAGE = StageSpec(
-    name="generate",
-    reads=("clip_id", "frames", "frames_shape", "fps", "audio", "prompt", "answer_prompt",
-           "error_kind", "error", "cues", "prompt_sha256", "cache_key", "media_sha256",
-           "label", "speaker", "split", "dataset", "path", "audio_path", "has_video", "has_audio",
-           "media_note", "duration_s", "prepared_on"),
-    writes=tuple(ROW_SCHEMA.names))
-"""One actor per engine; the driver sets its resources and batch size from EngineSettings."""
 
 MAX_BUDGET_GROWTH = 4
 """A truncated answer is retried with twice its budget, up to this multiple of --max-tokens."""
 
 
-def _request(row: dict) -> Request:
+def request_for(row: dict) -> Request:
+    """The engine request for a prepared clip (its first turn)."""
     frames = None
     if row["frames"] is not None:
         frames = np.frombuffer(row["frames"], np.uint8).reshape(row["frames_shape"])
@@ -156,7 +148,7 @@ class Scheduler:
     def _submit(self, clip: Clip, sample: int | None, thought: Generation | None = None
                 ) -> None:
         """The clip's next request: a thought (two-phase, first turn) or an answer."""
-        request = _request(clip.row)
+        request = request_for(clip.row)
         if self.ctx.two_phase and thought is None:
             request.guided, request.max_tokens = False, self.ctx.sampling.think_tokens
         else:
@@ -220,23 +212,22 @@ class EngineWorker:
     once (Ray calls it from as many threads), a pump thread alone submits to the engine and
     steps it (the vLLM engine renders what is submitted on a thread of its own)."""
 
-    def __init__(self, ctx: RunContext, options: EngineOptions, torch_threads: int | None = None,
+    def __init__(self, ctx: RunContext, torch_threads: int | None = None,
                  stats_dir: str | None = None):
         started = time.time()
         if torch_threads:
             import torch
 
             torch.set_num_threads(torch_threads)
-        self.engine = create_engine(ctx.engine, ctx.spec, options)
+        self.engine = create_engine(ctx.engine, ctx.spec, ctx.options)
         self.timing = {"started_at": started, "ready_at": time.time(),
                        "startup_s": time.time() - started, "wait_first_s": 0.0,
                        "busy_s": 0.0, "idle_s": 0.0, "steps": 0, "node": ray_node(),
                        "prepared_on": []}
         self.stats = Path(stats_dir) / f"engine-{os.getpid()}.json" if stats_dir else None
         self.ctx = ctx
-        model = description_model(ctx.labels, ctx.template.schema)
-        if ctx.two_phase:  # options.schema is the answer's too
-            model = answer_model(model)
+        model = enforced_model(tuple(ctx.labels) if ctx.labels else None, ctx.template.schema,
+                               ctx.two_phase)  # the model ctx.options.schema was made from
         self.scheduler = Scheduler(self.engine, ctx, model)
         self.inbox: queue.Queue[Batch] = queue.Queue()
         self.broken: BaseException | None = None
@@ -291,3 +282,12 @@ class EngineWorker:
             job = self.inbox.get()
             job.error = self.broken
             job.done.set()
+
+
+STAGE = StageSpec(
+    fn=EngineWorker, name="generate",
+    reads=(*KNOWN_COLUMNS, "frames", "frames_shape", "fps", "audio", "prompt",
+           "answer_prompt", "error_kind", "error", "cues", "prompt_sha256", "cache_key",
+           "media_sha256", "has_video", "has_audio", "media_note", "duration_s", "prepared_on"),
+    writes=tuple(ROW_SCHEMA.names))
+"""One actor per engine; the driver sets its resources and batch size from EngineSettings."""

@@ -34,14 +34,6 @@ PLAN_SCHEMA = pa.schema([
     ("error_kind", pa.string()), ("error", pa.string()),
 ])
 
-STAGE = StageSpec(
-    name="plan", reads=(*MANIFEST.names, "stratum"),
-    writes=tuple(PLAN_SCHEMA.names),
-    # probing and hashing wait on storage, rendering holds the GIL: a core per task, and
-    # threads inside it overlap the reads
-    ray={"batch_size": 256, "num_cpus": 1})
-"""Runs before any engine starts (the dry run reports it): in the driver, or in Ray tasks."""
-
 
 def _sha(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
@@ -141,3 +133,12 @@ def fingerprint(row: dict, digest: str) -> str | None:
                 return None
             parts.append(f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}:{st.st_dev}")
     return _sha("\0".join(parts))
+
+
+STAGE = StageSpec(
+    fn=plan_batch, name="plan", reads=(*MANIFEST.names, "stratum"),
+    writes=tuple(PLAN_SCHEMA.names),
+    # probing and hashing wait on storage, rendering holds the GIL: a core per task, and
+    # threads inside it overlap the reads
+    ray={"batch_size": 256, "num_cpus": 1})
+"""Runs before any engine starts (the dry run reports it): in the driver, or in Ray tasks."""

@@ -29,15 +29,6 @@ OUTPUT_TYPES = {
     "error": pa.string(), "prepared_on": pa.string(),
 }
 
-STAGE = StageSpec(
-    name="prepare",
-    reads=("path", "audio_path", "has_video", "has_audio", "duration_s", "context_json",
-           "prompt_sha256", "error_kind", "error"),
-    writes=tuple(OUTPUT_TYPES),
-    # decoding and cues are light: half a CPU, which also keeps Ray from fusing this stage
-    # into the engine actor, so clips are prepared by tasks while the engine generates
-    ray={"batch_size": 4, "num_cpus": 0.5})
-
 
 def prepare_batch(batch: pa.Table, *, ctx: RunContext) -> pa.Table:
     """The planned clips of `batch` with their media, cues and final prompts added; in a
@@ -116,3 +107,13 @@ def ray_node() -> str:
     import ray
 
     return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
+
+
+STAGE = StageSpec(
+    fn=prepare_batch, name="prepare",
+    reads=("path", "audio_path", "has_video", "has_audio", "duration_s", "context_json",
+           "prompt_sha256", "error_kind", "error"),
+    writes=tuple(OUTPUT_TYPES),
+    # decoding and cues are light: half a CPU, which also keeps Ray from fusing this stage
+    # into the engine actor, so clips are prepared by tasks while the engine generates
+    ray={"batch_size": 4, "num_cpus": 0.5})

@@ -20,12 +20,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 
-from annotator.core.files import replacing, write_text
 from annotator.core.layout import InjectionFolder
 from annotator.core.errors import ConfigError
 from injection.config import TrainConfig
+from injection.training.checkpoint import load_checkpoint, save_checkpoint
 from injection.training.finetune import Tuned, anchor_loss, apply_lora, unfreeze_last_blocks
 from injection.training.loader import ClipDataset, clip_loader, pick_device
 from injection.training.loader import autocast as mixed_precision
@@ -225,7 +224,7 @@ def tune_encoder(encoder, config: TrainConfig) -> list[torch.nn.Parameter]:
     return unfreeze_last_blocks(encoder, config.train_blocks)
 
 
-def _schedule(config: TrainConfig):
+def lr_schedule(config: TrainConfig):
     def factor(step: int) -> float:
         if step < config.warmup:
             return (step + 1) / config.warmup
@@ -235,7 +234,7 @@ def _schedule(config: TrainConfig):
     return factor
 
 
-def _optimizer(projector: Projector, config: TrainConfig, encoder_params=()
+def make_optimizer(projector: Projector, config: TrainConfig, encoder_params=()
                ) -> torch.optim.AdamW:
     decay = [p for n, p in projector.named_parameters() if p.ndim > 1]
     rest = [p for n, p in projector.named_parameters() if p.ndim <= 1]
@@ -280,8 +279,8 @@ def fit(features: Features, config: TrainConfig, out: Path, log=None, encoder=No
         return mixed_precision(device, config.precision)
 
     (tuned or projector).to(device)  # before the optimizer, so its state follows the params
-    optimizer = _optimizer(projector, config, encoder_params)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config))
+    optimizer = make_optimizer(projector, config, encoder_params)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(config))
     folder = InjectionFolder(out)
     start = 0
     if config.resume:
@@ -347,65 +346,6 @@ def _shard(rows: np.ndarray, rank: int, world: int) -> np.ndarray:
     """This rank's part of a global batch (rank order: the gathered losses see the batch
     as one process would)."""
     return np.array_split(rows, world)[rank]
-
-
-def save_checkpoint(folder: InjectionFolder, step: int, projector: Projector, optimizer, scheduler,
-                    config: TrainConfig, tuned: Tuned | None = None) -> Path:
-    """step-NNNNNN/: projector.safetensors, encoder_blocks.safetensors (blocks mode: the
-    trained encoder weights), state.pt (optimizer, scheduler, RNG: tensors and numbers only,
-    loadable with weights_only=True), config.json; then `last` points to it."""
-    target = folder.checkpoint(step)
-    with replacing(target) as tmp:
-        tmp.mkdir(parents=True)
-        _save_state(tmp, step, projector, optimizer, scheduler, config, tuned)
-    write_text(folder.last, target.name)
-    return target
-
-
-def _save_state(tmp: Path, step: int, projector: Projector, optimizer, scheduler,
-                config: TrainConfig, tuned: Tuned | None) -> None:
-    save_file({k: v.detach().cpu().contiguous() for k, v in projector.state_dict().items()},
-              tmp / "projector.safetensors")
-    if tuned is not None:
-        save_file(tuned.trainable_state(), tmp / "encoder_blocks.safetensors")
-    torch.save({"step": step, "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state()},
-               tmp / "state.pt")
-    (tmp / "config.json").write_text(config.model_dump_json(indent=2))
-
-
-def load_checkpoint(folder: InjectionFolder, projector: Projector, optimizer=None,
-                    scheduler=None, tuned: Tuned | None = None) -> int:
-    pointer = folder.last
-    if not pointer.is_file():
-        raise ConfigError(f"--resume, but {pointer} does not exist: nothing to resume "
-                          "(start without --resume)")
-    target = folder.checkpoints / pointer.read_text().strip()
-    try:
-        heads = load_file(target / "projector.safetensors")
-        blocks = {k.removeprefix("encoder."): v for k, v in
-                  load_file(target / "encoder_blocks.safetensors").items()} if tuned else {}
-        state = torch.load(target / "state.pt", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - safetensors/torch raise many types on damage
-        others = sorted((p.name for p in folder.checkpoints.glob("step-*")
-                         if p != target and p.name[5:].isdigit()), key=lambda n: int(n[5:]))
-        offer = (f"; an earlier checkpoint is there: write `{others[-1]}` into {pointer} to "
-                 "resume from it") if others else ""
-        raise ConfigError(f"checkpoint {target} is damaged ({type(err).__name__}: "
-                          f"{str(err).splitlines()[0] if str(err) else ''}){offer}") from err
-    projector.load_state_dict(heads)
-    if tuned is not None:
-        missing = set(blocks) - set(dict(tuned.encoder_module.named_parameters()))
-        if missing:
-            raise ConfigError(f"checkpoint {target} trained other encoder weights "
-                              f"({sorted(missing)[:3]}...): resume with the same --train-blocks")
-        tuned.encoder_module.load_state_dict(blocks, strict=False)
-    if optimizer is not None:
-        optimizer.load_state_dict(state["optimizer"])
-    if scheduler is not None:
-        scheduler.load_state_dict(state["scheduler"])
-    torch.set_rng_state(state["torch_rng"])
-    return int(state["step"])
 
 
 def _truncate_log(path: Path, step: int) -> None:

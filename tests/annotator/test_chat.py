@@ -14,7 +14,7 @@ from annotator.chat import (THOUGHT_SLOT, build_prompt, chat_frames, load_tokeni
 from annotator.config import RunConfig
 from annotator.core.errors import PromptError
 from annotator.models import describe_model
-from annotator.pipeline import resolve
+from annotator.resolve import resolve
 from annotator.stages import plan, prepare
 from annotator.stages.context import with_chat
 from tests.conftest import write_manifest

@@ -44,7 +44,9 @@ def test_help_shows_examples_and_every_field():
 @pytest.mark.slow
 def test_help_examples_run(tmp_path, monkeypatch, clips):
     """Each example runs as written (engine-free: with --dry-run added) from a folder
-    holding the demo corpus; the cluster one fails at once with a clear message."""
+    holding the demo corpus. The cluster one joins whatever cluster `auto` finds on this
+    machine: with none it fails at once with one line naming `ray start --head`; with one
+    (someone else's `ray start`) it plans there, or says in one line what is missing."""
     demo = tmp_path / "data" / "demo"
     demo.mkdir(parents=True)
     for name in ("real_astronaut", "real_grace_hopper"):
@@ -57,13 +59,13 @@ def test_help_examples_run(tmp_path, monkeypatch, clips):
     recorded.write_text(json.dumps({"run_id": "r", "config": {
         "manifest": "data/demo/manifest.csv", "out": "runs/demo", "sampling": {"seed": 0}}}))
     for args in help_examples():
-        if "--ray-address" in args:
-            result = runner.invoke(app, args)
-            assert result.exit_code != 0
-            assert "ray start --head" in result.output or "GPU" in result.output
-            continue
         result = runner.invoke(app, args + ([] if "--dry-run" in args else ["--dry-run"]),
                                env=WIDE)
+        if "--ray-address" in args:
+            assert result.exit_code == 0 or (
+                result.exit_code == 1 and re.search(r"ray start --head|CPU|GPU", result.output)
+                and len(result.output.strip().splitlines()) == 1), result.output
+            continue
         assert result.exit_code == 0, result.output
         assert "SmolLM2-135M-Instruct" in result.output  # the shipped CPU default
         assert "describe_text@3" in result.output

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from annotator.core import cues
 from annotator.core.cues import audio_cues, video_cues
 from annotator.demo import moving_portrait, portraits, read_wav, speech_files
 from annotator.core.media import SAMPLE_RATE, decode
@@ -88,3 +89,25 @@ def test_a_face_that_leaves_is_not_followed_into_empty_frames():
     frames[3:] = 128  # the face is gone from frame 3 on, between two full searches
     cues = video_cues(frames)
     assert cues["frames_without_face"] == [3, 4, 5, 6, 7]
+
+
+def test_cue_names_are_declared_once_and_everything_follows_them():
+    """What the measurements return, the Parquet type, the synthetic runs' cues and the
+    audit's rules all use the declaration in cues.py (a cue added or renamed in one place
+    only fails here)."""
+    import re
+    from pathlib import Path
+
+    import pyarrow as pa
+
+    from annotator.core.rows import ROW_SCHEMA
+
+    measured = cues.measure(np.zeros((2, 64, 64, 3), np.uint8), tone(220, 1.0))
+    for stream, declared in cues.STREAMS.items():
+        assert list(measured[stream]) == [c.name for c in declared], stream
+    assert list(cues.audio_cues(np.zeros(10, np.float32))) == [c.name for c in cues.AUDIO]
+    assert pa.array([cues.typical(), measured], cues.arrow_type()).to_pylist()[1] == measured
+    assert ROW_SCHEMA.field("cues").type == cues.arrow_type()
+    rules = (Path(cues.__file__).parents[1] / "audit" / "rules.toml").read_text()
+    named = set(re.findall(r"cues\.(audio|video)\.(\w+)", rules))
+    assert named and all(n in {c.name for c in cues.STREAMS[s]} for s, n in named), named

@@ -139,8 +139,9 @@ def test_same_tokens_as_vllms_own_generate(vllm_engine, spec, clips):
     for r in reqs:
         r.max_tokens = 24
     ours = vllm_engine.generate(reqs)
-    theirs = vllm_engine.llm.generate([vllm_engine._inputs(r) for r in reqs],
-                                      [vllm_engine._sampling(r) for r in reqs], use_tqdm=False)
+    theirs = vllm_engine.llm.generate([vllm_engine.inputs(r) for r in reqs],
+                                      [vllm_engine.sampling_params(r) for r in reqs],
+                                      use_tqdm=False)
     for gen, out in zip(ours, theirs):
         assert gen.prompt_token_ids == list(out.prompt_token_ids)
         assert gen.token_ids == list(out.outputs[0].token_ids)

@@ -3,6 +3,7 @@ real plan/prepare/generate/rows stages and store; only the model is fake. Typed 
 retries, two-phase with samples, `--config run.json`, and kill -9 then resume."""
 
 import json
+import subprocess
 import sys
 
 import pytest
@@ -102,6 +103,17 @@ def test_two_phase_samples_and_a_rerun_from_run_json(corpus, tiny_omni, tmp_path
     assert rerun["counts"]["cached"] == rerun["counts"]["selected"] == len(table)
     assert {f.name: f.stat().st_mtime_ns for f in Store(tmp_path).files()} == files
     assert rerun["config"] == recorded["config"]
+    # as typed, in a fresh process: a fully cached re-run loads neither torch (nor vLLM,
+    # transformers) nor the audit package, which it never uses
+    probe = ("import json, sys\nfrom annotator.cli import app\n"
+             f"app(['run', '--config', {str(tmp_path / 'run.json')!r}], standalone_mode=False)\n"
+             "heavy = ('torch', 'vllm', 'transformers', 'annotator.audit', 'duckdb')\n"
+             "print(json.dumps(sorted(m for m in sys.modules if m.startswith(heavy))))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == []
+    assert "cached" in done.stderr
 
 
 def test_kill_9_mid_run_then_resume_gives_one_row_per_clip(tmp_path, clips, tiny_omni):

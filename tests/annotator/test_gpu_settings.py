@@ -6,7 +6,7 @@ import pytest
 from annotator.engines.contract import EngineOptions
 from annotator.engines.vllm_engine import engine_arguments
 from annotator.core.errors import ConfigError
-from annotator.pipeline import engine_pool, engine_resources
+from annotator.cluster import engine_pool, engine_resources
 from annotator.settings import EngineSettings, SamplingSettings
 
 
@@ -70,10 +70,15 @@ def test_engines_take_the_free_gpus_and_busy_ones_are_said_not_waited_for():
         engine_pool(EngineSettings(tensor_parallel_size=2), 8, free_gpus=1)
     with pytest.raises(ConfigError, match="every CPU of the Ray cluster is taken"):
         engine_pool(EngineSettings(), 0, free_cpus=0.5)
+    # one free CPU holds the engine but no task to prepare its clips: refused, not a hang
+    with pytest.raises(ConfigError, match="1 free CPU.*need 1.5"):
+        engine_pool(EngineSettings(), 0, free_cpus=1.0, prepare_cpus=0.5)
+    assert engine_pool(EngineSettings(), 8, free_gpus=8, free_cpus=2.5,
+                       prepare_cpus=0.5) == ("gpu", 8)
 
 
 def test_refused_credentials_are_not_reported_as_a_missing_cluster():
-    from annotator.pipeline import join_failure
+    from annotator.cluster import join_failure
 
     said = join_failure("10.0.0.1:6379", ConnectionError("Unauthenticated: invalid token"))
     assert "refused this client's credentials" in said and "RAY_AUTH_MODE=token" in said

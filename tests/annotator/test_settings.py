@@ -8,7 +8,7 @@ import pytest
 
 from annotator.config import RunConfig
 from annotator.engines.contract import EngineOptions
-from annotator.pipeline import engine_options, resolve
+from annotator.resolve import resolve
 from annotator.settings import EngineSettings, MediaSettings, SamplingSettings
 from annotator.stages.context import RunContext
 from annotator.stages.plan import plan_table
@@ -54,7 +54,7 @@ def manifest(tmp_path_factory, clips):
 def planned(config: RunConfig) -> tuple[str, EngineOptions, RunContext]:
     resolved = resolve(config, "cpu")
     plan = plan_table(resolved.chosen, resolved.ctx)
-    return plan["cache_key"][0].as_py(), engine_options(resolved, "cpu"), resolved.ctx
+    return plan["cache_key"][0].as_py(), resolved.ctx.options, resolved.ctx
 
 
 @pytest.mark.parametrize("field", sorted(CHANGED))

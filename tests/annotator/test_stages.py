@@ -3,8 +3,10 @@ the stages really produce matches them."""
 
 import dataclasses
 
+import pytest
+
 from annotator.config import RunConfig
-from annotator.pipeline import resolve
+from annotator.resolve import resolve
 from annotator.stages import generate, plan, prepare
 from annotator.core.rows import ROW_SCHEMA
 from tests.conftest import write_manifest
@@ -99,9 +101,20 @@ def test_nodes_plan_without_the_model_and_a_failed_plan_task_names_the_fix(
     def broken_plan(batch, *, ctx):  # sent to the task by value
         raise OSError("libavformat.so: cannot open shared object file")
 
-    monkeypatch.setattr(plan, "plan_batch", broken_plan)
+    monkeypatch.setattr(plan, "STAGE", dataclasses.replace(plan.STAGE, fn=broken_plan))
     with pytest.raises(ConfigError, match="every node needs the vaemo package and the media"):
         pipeline.plan_clips(resolved)
+
+
+def test_chained_stages_must_find_their_inputs():
+    """The driver's chain refuses a stage whose inputs no earlier stage writes, before any
+    work (a stage wired out of order would otherwise fail as a KeyError inside Ray)."""
+    from annotator.stages import chain
+
+    start = list(plan.PLAN_SCHEMA.names)
+    assert chain(start, prepare.STAGE, generate.STAGE) == (prepare.STAGE, generate.STAGE)
+    with pytest.raises(RuntimeError, match="'generate' reads .*'frames'"):
+        chain(start, generate.STAGE, prepare.STAGE)
 
 
 def test_ray_prepares_at_idle_priority_and_leaves_its_task_thread_alone(tmp_path, clips,
@@ -114,14 +127,14 @@ def test_ray_prepares_at_idle_priority_and_leaves_its_task_thread_alone(tmp_path
 
     import ray
 
-    from annotator import pipeline
+    from annotator.cluster import ray_init
 
     manifest = write_manifest(tmp_path / "m.csv", [
         {"path": str(clips["tone_220"]), "label": "sad"}])
     config = RunConfig(manifest=manifest, out=tmp_path, model=str(tiny_omni))
     resolved = resolve(config, "cpu")
     planned = plan.plan_table(resolved.chosen, resolved.ctx)
-    pipeline._ray_init(config)
+    ray_init(config.compute.ray_address)
 
     @ray.remote
     def prepare_in_a_task(table):
@@ -156,3 +169,20 @@ def test_where_idle_priority_is_refused_clips_are_still_prepared(monkeypatch):
     fresh = prepare.idle_thread.__wrapped__()  # not the process's cached thread
     assert fresh.submit(os.sched_getscheduler, 0).result() == os.SCHED_OTHER
     fresh.shutdown()
+
+
+def test_every_row_writer_builds_exactly_the_row_schema(tmp_path, monkeypatch):
+    """Rows are made through make_row: a column added to ROW_SCHEMA and forgotten by a writer
+    (the engine stage's build_row, the synthetic runs) fails instead of going missing."""
+    import pyarrow as pa
+
+    from annotator.core import rows
+    from tests.builders.synthetic_runs import write_synthetic_run
+
+    with pytest.raises(ValueError, match=r"missing \['label'\], unknown \['labl'\]"):
+        rows.make_row(**{("labl" if n == "label" else n): None for n in ROW_SCHEMA.names})
+    write_synthetic_run(tmp_path / "ok", 3)  # builds through make_row
+    grown = ROW_SCHEMA.append(pa.field("mood", pa.string()))
+    monkeypatch.setattr(rows, "ROW_SCHEMA", grown)
+    with pytest.raises(ValueError, match=r"missing \['mood'\]"):
+        write_synthetic_run(tmp_path / "grown", 3)

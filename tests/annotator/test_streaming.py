@@ -8,9 +8,10 @@ import pytest
 
 from annotator.config import RunConfig
 from annotator.engines.factory import create_engine
-from annotator.pipeline import engine_options, plan_clips, resolve
+from annotator.pipeline import plan_clips
+from annotator.resolve import resolve
 from annotator.core.schema import answer_model, description_model
-from annotator.stages.generate import Batch, EngineWorker, Scheduler, _request
+from annotator.stages.generate import Batch, EngineWorker, Scheduler, request_for
 from annotator.stages.prepare import prepare_batch
 from tests.conftest import write_manifest
 
@@ -57,7 +58,7 @@ def test_no_clip_or_batch_waits_for_a_slow_one(tmp_path, clips, tiny_omni):
     resolved, rows = prepared(tmp_path, clips, tiny_omni, engine="fake",
                               generation="two-phase")
     ctx = resolved.ctx
-    engine = Stepwise(create_engine("fake", ctx.spec, engine_options(resolved, "cpu")),
+    engine = Stepwise(create_engine("fake", ctx.spec, ctx.options),
                       {"real_astronaut": 20})
     scheduler = Scheduler(engine, ctx, answer_model(description_model(ctx.labels,
                                                                       ctx.template.schema)))
@@ -88,9 +89,9 @@ def test_streamed_vllm_rows_equal_batch_generation(tmp_path, clips, tiny_omni):
     `generate` on the same requests all at once (one-pass, so each row is one request)."""
     resolved, rows = prepared(tmp_path, clips, tiny_omni, generation="one-pass",
                               max_tokens=48, retries=0, dtype="float32")
-    worker = EngineWorker(resolved.ctx, engine_options(resolved, "cpu"), torch_threads=1)
+    worker = EngineWorker(resolved.ctx, torch_threads=1)
     names = list(rows)
-    expected = worker.engine.generate([_request(rows[n]) for n in names])
+    expected = worker.engine.generate([request_for(rows[n]) for n in names])
     halves = [names[:2], names[2:]]
     tables: dict[int, pa.Table] = {}
 

@@ -108,7 +108,7 @@ ROUND_TRIPS = [("videomae", "lora"), ("clip_vision", "blocks"), ("ast", "heads")
 def test_inject_eval_export_reload_with_its_own_class(name, mode, clips, tmp_path):
     from transformers import AutoModel
 
-    from injection.commands import _restore
+    from injection.commands import restore
     from injection.training.export import load_injected
 
     paths = [str(clips[n]) for n in MIXED]
@@ -130,7 +130,7 @@ def test_inject_eval_export_reload_with_its_own_class(name, mode, clips, tmp_pat
         if branch in exported.branches:
             part = name.split("+")[0 if branch == "video" else -1]
             assert type(AutoModel.from_pretrained(target)).__name__ == CLASSES[part]
-    _, prep, _, _ = _restore(out, lambda *_: None)  # the trainer's encoder and caches
+    _, prep, _, _ = restore(out, lambda *_: None)  # the trainer's encoder and caches
     media = prep.corpus.media
     again = extract(exported, media, workers=0)
     if mode == "heads":  # what the trainer saw: the cached features of the original
@@ -149,7 +149,7 @@ def test_custom_encoders_train_eval_export_and_reload(route, clips, tmp_path):
     after training once: LoRA merging assumed a transformers encoder)."""
     from safetensors.torch import save_file
 
-    from injection.commands import _restore
+    from injection.commands import restore
     from injection.training.export import load_injected
     from tests.injection.factories import tiny
 
@@ -174,6 +174,6 @@ def test_custom_encoders_train_eval_export_and_reload(route, clips, tmp_path):
         assert result.exit_code == 0, result.output
     exported, projector, meta = load_injected(out / "encoder")
     assert meta["format"] == {"factory": "factory", "pt2": "export"}[route]
-    _, prep, _, _ = _restore(out, lambda *_: None)
+    _, prep, _, _ = restore(out, lambda *_: None)
     np.testing.assert_allclose(extract(exported, prep.corpus.media, workers=0),
                                np.asarray(prep.features.va["clip"]), atol=1e-5)

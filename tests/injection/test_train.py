@@ -108,7 +108,7 @@ def test_a_damaged_checkpoint_names_itself_and_offers_the_earlier_one(tmp_path):
     from annotator.core.errors import ConfigError
     from annotator.core.layout import InjectionFolder
     from injection.training.model import Projector
-    from injection.training.train import load_checkpoint
+    from injection.training.checkpoint import load_checkpoint
 
     folder = InjectionFolder(tmp_path)
     for step in (100, 200):

