@@ -69,19 +69,20 @@ def cluster_device(compute: EngineSettings) -> tuple[str, int]:
 
 
 def engine_pool(compute: EngineSettings, gpus: int, free_gpus: int | None = None,
-                free_cpus: float = 1.0, prepare_cpus: float = 0.0) -> tuple[str, int]:
+                free_cpus: float = 1.0, prepare_cpus: float = 0.0,
+                total_cpus: float | None = None) -> tuple[str, int]:
     """(device, engine actors) for a cluster with `gpus` GPUs of which `free_gpus` are free:
-    one engine per --tensor-parallel-size free GPUs, or one on CPU; the free CPUs must hold
-    the engines' share and `prepare_cpus` (one prepare task) beside it, or the run would
-    wait forever for a task slot. Resources that are not free are refused at once with a
-    message, never waited for."""
+    one engine per --tensor-parallel-size free GPUs, or one on CPU. Resources that are not
+    free are refused at once with a message, never waited for; so is a cluster whose
+    `total_cpus` cannot hold the engines and one task preparing clips (`prepare_cpus`)
+    beside them: its run would wait forever for a slot."""
     device, actors = _pool(compute, gpus, gpus if free_gpus is None else free_gpus, free_cpus)
     need = actors * engine_resources(compute, device)["num_cpus"] + prepare_cpus
-    if prepare_cpus and free_cpus < need:
+    if total_cpus is not None and total_cpus < need:
         raise ConfigError(
-            f"the Ray cluster has {free_cpus:g} free CPU(s); {actors} engine(s) on {device} "
-            f"and one task preparing clips need {need:g}: wait for the other jobs, or add a "
-            "node")
+            f"the Ray cluster has {total_cpus:g} CPU(s) in all; {actors} engine(s) on "
+            f"{device} and one task preparing clips need {need:g}: add a node, or start "
+            "the cluster with more --num-cpus")
     return device, actors
 
 

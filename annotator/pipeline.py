@@ -144,7 +144,8 @@ def engines_now(resolved: Resolved) -> int:
     total, free = ray.cluster_resources(), ray.available_resources()
     compute = resolved.config.compute.model_copy(update={"device": resolved.device})
     return engine_pool(compute, int(total.get("GPU", 0)), int(free.get("GPU", 0)),
-                       float(free.get("CPU", 0)), prepare_stage.STAGE.ray["num_cpus"])[1]
+                       float(free.get("CPU", 0)), prepare_stage.STAGE.ray["num_cpus"],
+                       float(total.get("CPU", 0)))[1]
 
 
 def plan_on_ray(config: RunConfig, clips: int) -> bool:

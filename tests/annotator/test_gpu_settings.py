@@ -70,11 +70,14 @@ def test_engines_take_the_free_gpus_and_busy_ones_are_said_not_waited_for():
         engine_pool(EngineSettings(tensor_parallel_size=2), 8, free_gpus=1)
     with pytest.raises(ConfigError, match="every CPU of the Ray cluster is taken"):
         engine_pool(EngineSettings(), 0, free_cpus=0.5)
-    # one free CPU holds the engine but no task to prepare its clips: refused, not a hang
-    with pytest.raises(ConfigError, match="1 free CPU.*need 1.5"):
-        engine_pool(EngineSettings(), 0, free_cpus=1.0, prepare_cpus=0.5)
-    assert engine_pool(EngineSettings(), 8, free_gpus=8, free_cpus=2.5,
-                       prepare_cpus=0.5) == ("gpu", 8)
+    # a cluster of one CPU holds the engine but never a task to prepare its clips: refused,
+    # not a run that waits forever
+    with pytest.raises(ConfigError, match="1 CPU.*in all.*need 1.5"):
+        engine_pool(EngineSettings(), 0, free_cpus=1.0, prepare_cpus=0.5, total_cpus=1)
+    assert engine_pool(EngineSettings(), 0, free_cpus=1.0, prepare_cpus=0.5,
+                       total_cpus=2) == ("cpu", 1)
+    assert engine_pool(EngineSettings(), 8, free_gpus=8, free_cpus=2.5, prepare_cpus=0.5,
+                       total_cpus=2.5) == ("gpu", 8)
 
 
 def test_refused_credentials_are_not_reported_as_a_missing_cluster():
