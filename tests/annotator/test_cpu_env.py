@@ -1,8 +1,10 @@
 import subprocess
 import sys
 
+import pytest
 
 
+@pytest.mark.slow  # imports the real vLLM, which the fast tier leaves out
 def test_cpu_environment_imports_vllm_torchvision_and_omni_processing():
     probe = subprocess.run([sys.executable, "-m", "annotator.cpu_env", "check"],
                            capture_output=True, text=True, check=False)
