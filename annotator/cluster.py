@@ -60,13 +60,16 @@ def join_failure(address: str, err: Exception) -> str:
             "`ray start --head`, or leave --ray-address out to run locally")
 
 
-def cluster_device(compute: EngineSettings) -> tuple[str, int]:
-    """(device, engine actors) from what the joined Ray cluster has free now."""
+def cluster_device(compute: EngineSettings, prepare_cpus: float = 0.0) -> tuple[str, int]:
+    """(device, engine actors) from what the joined Ray cluster has free now (`engine_pool`;
+    with `prepare_cpus`, also refused when its CPUs could never hold the engines and a
+    prepare task)."""
     import ray
 
     total, free = ray.cluster_resources(), ray.available_resources()
     return engine_pool(compute, int(total.get("GPU", 0)), int(free.get("GPU", 0)),
-                       float(free.get("CPU", 0)))
+                       float(free.get("CPU", 0)), prepare_cpus,
+                       float(total.get("CPU", 0)) if prepare_cpus else None)
 
 
 def engine_pool(compute: EngineSettings, gpus: int, free_gpus: int | None = None,

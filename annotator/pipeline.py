@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 from rich.console import Console
 
 from annotator import card, progress
-from annotator.cluster import (cluster_device, engine_pool, engine_resources, quiet_ray_data,
+from annotator.cluster import (cluster_device, engine_resources, quiet_ray_data,
                                ray_init, root_cause)
 from annotator.config import RunConfig
 from annotator.core.errors import ConfigError
@@ -139,13 +139,8 @@ def _run(config: RunConfig, console: Console, store: Store, only: set[str] | Non
 def engines_now(resolved: Resolved) -> int:
     """Engine actors the Ray cluster can hold now on the run's device (decided once, in
     resolve: the cache keys were made for it); never waits for a resource."""
-    import ray
-
-    total, free = ray.cluster_resources(), ray.available_resources()
     compute = resolved.config.compute.model_copy(update={"device": resolved.device})
-    return engine_pool(compute, int(total.get("GPU", 0)), int(free.get("GPU", 0)),
-                       float(free.get("CPU", 0)), prepare_stage.STAGE.ray["num_cpus"],
-                       float(total.get("CPU", 0)))[1]
+    return cluster_device(compute, prepare_stage.STAGE.ray["num_cpus"])[1]
 
 
 def plan_on_ray(config: RunConfig, clips: int) -> bool:

@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from annotator.demo import moving_portrait, portraits, read_wav, speech_files, write_clip
+from annotator.demo import (moving_portrait, portraits, read_wav, speech_files, write_clip,
+                            write_manifest_csv)
 from annotator.core.media import SAMPLE_RATE
 
 
@@ -72,14 +73,8 @@ def clips(tmp_path_factory) -> dict[str, Path]:
     return made
 
 
-def write_manifest(path: Path, rows: list[dict]) -> Path:
-    import csv
-
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
+write_manifest = write_manifest_csv
+"""A CSV manifest of `rows` (the demo corpus's own writer)."""
 
 
 def kill_after_rows(cmd: list[str], out: Path, rows: int = 2, timeout: float = 300) -> None:
