@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import json
 import re
 import threading
 from dataclasses import dataclass
@@ -24,9 +25,10 @@ THOUGHT_SLOT = "\x00vaemo-thought\x00"
 """Stands in an answer prompt for the chain of thought, which exists only after phase one."""
 
 
-def build_prompt(tokenizer, spec: ModelSpec, user_text: str, has_video: bool,
-                 has_audio: bool, followup: str | None = None) -> str:
-    """The chat-formatted prompt, with the model's media placeholders where they belong.
+def chat_messages(spec: ModelSpec, user_text: str, has_video: bool, has_audio: bool,
+                  followup: str | None = None) -> list[dict]:
+    """The conversation, with the model's media placeholders (`{"type": "video"}` or
+    `{"type": "audio"}` parts) where they belong in the user turn.
 
     With `followup`, the conversation goes on: the model's own turn (THOUGHT_SLOT, replaced
     by its chain of thought later) and then `followup` as the next user turn."""
@@ -43,18 +45,36 @@ def build_prompt(tokenizer, spec: ModelSpec, user_text: str, has_video: bool,
             messages += [{"role": "assistant",
                           "content": [{"type": "text", "text": THOUGHT_SLOT}]},
                          {"role": "user", "content": [{"type": "text", "text": followup}]}]
-    else:
-        messages = [{"role": "system", "content": SYSTEM_PROMPT},
-                    {"role": "user", "content": user_text}]
-        if followup is not None:
-            messages += [{"role": "assistant", "content": THOUGHT_SLOT},
-                         {"role": "user", "content": followup}]
+        return messages
+    messages = [{"role": "system", "content": SYSTEM_PROMPT},
+                {"role": "user", "content": user_text}]
+    if followup is not None:
+        messages += [{"role": "assistant", "content": THOUGHT_SLOT},
+                     {"role": "user", "content": followup}]
+    return messages
+
+
+def build_prompt(tokenizer, spec: ModelSpec, user_text: str, has_video: bool,
+                 has_audio: bool, followup: str | None = None) -> str:
+    """The chat-formatted prompt (`chat_messages` through the model's chat template)."""
+    messages = chat_messages(spec, user_text, has_video, has_audio, followup)
     prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     if followup is not None and prompt.count(THOUGHT_SLOT) != 1:
         raise PromptError(f"the chat template of {spec.name} does not keep the model's own turn "
                          "verbatim, so two-phase generation cannot run on it; use "
                          "--generation one-pass")
     return prompt
+
+
+def with_thought(spec: ModelSpec, answer_prompt: str, thought: str) -> str:
+    """The answer prompt with the model's chain of thought in its own turn (JSON-escaped in a
+    served model's messages)."""
+    return answer_prompt.replace(THOUGHT_SLOT, _escaped(thought) if spec.served else thought)
+
+
+def _escaped(text: str) -> str:
+    """`text` as it stands inside a JSON string."""
+    return json.dumps(text, ensure_ascii=False)[1:-1]
 
 
 def media_inputs(spec: ModelSpec, frames: np.ndarray | None, fps: float | None,
@@ -104,11 +124,16 @@ class ChatFrames:
 
     frames: dict[tuple[str, bool], str]
     errors: dict[tuple[str, bool], str]
+    messages_json: bool = False
+    """The frames are a served model's messages as JSON (texts go in JSON-escaped)."""
 
     def fill(self, shape: str, user_text: str, followup: str | None = None) -> str:
         key = (shape, followup is not None)
         if key in self.errors:
             raise PromptError(self.errors[key])
+        if self.messages_json:
+            user_text = _escaped(user_text)
+            followup = None if followup is None else _escaped(followup)
         return _fill(self.frames[key], user_text, followup)
 
 
@@ -142,6 +167,8 @@ def chat_frames(spec: ModelSpec) -> ChatFrames:
 
 @functools.lru_cache(maxsize=2)
 def _chat_frames(spec: ModelSpec) -> ChatFrames:
+    if spec.served:
+        return _message_frames(spec)
     tokenizer = load_tokenizer(spec.path)
     shapes = ("video", "audio", "text") if spec.family == "omni" else ("text",)
     frames, errors = {}, {}
@@ -163,3 +190,18 @@ def _chat_frames(spec: ModelSpec) -> ChatFrames:
                 "write each message's content as it is), so vaemo cannot put its prompts in "
                 "it; use a model whose chat template does")
     return ChatFrames(frames, errors)
+
+
+def _message_frames(spec: ModelSpec) -> ChatFrames:
+    """A served model's frames: its conversation as JSON, the chat template being the
+    server's. The slots stay raw (a JSON-escaped NUL never occurs in a filled text)."""
+    shapes = ("video", "audio", "text") if spec.family == "omni" else ("text",)
+    frames = {}
+    for shape, followup in itertools.product(shapes, (False, True)):
+        messages = chat_messages(spec, USER_SLOT, shape == "video", shape == "audio",
+                                 FOLLOWUP_SLOT if followup else None)
+        frame = json.dumps(messages, ensure_ascii=False)
+        for slot in (USER_SLOT, FOLLOWUP_SLOT, THOUGHT_SLOT):
+            frame = frame.replace(_escaped(slot), slot)
+        frames[shape, followup] = frame
+    return ChatFrames(frames, {}, messages_json=True)

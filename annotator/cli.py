@@ -27,6 +27,9 @@ Examples (run from the repository after `make demo` built data/demo):
   vaemo-annotate run --manifest data/demo/manifest.csv --out runs/gpu --ray-address auto
 
   vaemo-annotate run --config runs/demo/run.json --dry-run
+
+  vaemo-annotate run --manifest data/demo/manifest.csv --out runs/served --engine openai \
+--endpoint http://localhost:8000/v1 --model Qwen/Qwen2.5-Omni-7B --send-media vllm
 """
 
 

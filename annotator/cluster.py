@@ -14,6 +14,7 @@ import re
 import warnings
 
 from annotator.core.errors import ConfigError
+from annotator.engines import ENGINES
 from annotator.settings import EngineSettings
 
 _joined: list[str | None] = []
@@ -114,7 +115,9 @@ def _pool(compute: EngineSettings, gpus: int, free_gpus: int, free_cpus: float
 def engine_resources(compute: EngineSettings, device: str) -> dict:
     """What one engine actor asks Ray for. On GPUs: its GPUs and no CPU beyond a share (vLLM's
     own tensor-parallel workers take theirs), so prepare tasks keep the node's CPUs; on CPU:
-    one core, the engine's thread."""
+    one core, the engine's thread; a served model's engine only waits on the network."""
+    if ENGINES[compute.engine].served:
+        return {"num_cpus": 0.25}
     if device == "gpu":
         return {"num_gpus": compute.tensor_parallel_size, "num_cpus": 0.25}
     return {"num_cpus": 1}

@@ -13,7 +13,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from annotator.settings import EngineSettings, MediaSettings, SamplingSettings
+from annotator.engines import ENGINES
+from annotator.settings import (EndpointSettings, EngineSettings, MediaSettings,
+                                SamplingSettings)
 from annotator.core.subset import parse_subset
 
 
@@ -31,10 +33,11 @@ class RunConfig(BaseModel):
     """How many clips: a count (2500, 10k), a fraction (0.1) or 'all'; stratified by label
     and speaker, deterministic for a seed, stable when the manifest grows."""
     model: str | None = None
-    """Model folder or hub id. Default: SmolLM2-135M-Instruct (shipped, CPU) without a GPU,
-    Qwen/Qwen2.5-Omni-7B with one."""
+    """Model folder or hub id (with --endpoint: the served model's name). Default:
+    SmolLM2-135M-Instruct (shipped, CPU) without a GPU, Qwen/Qwen2.5-Omni-7B with one."""
     model_revision: str | None = None
-    """Hub revision of --model (local folders are identified by a content hash)."""
+    """Hub revision of --model (local folders are identified by a content hash); for a
+    served model, the version you vouch for (it is in the cache key; nothing can hash it)."""
     template: str = "auto"
     """Prompt template: a shipped name, a path to a .j2 file, or 'auto' (describe_av for
     video/audio models, describe_text for text-only models)."""
@@ -54,6 +57,8 @@ class RunConfig(BaseModel):
     """How the engine decodes text."""
     compute: EngineSettings = EngineSettings()
     """Which engine runs where."""
+    remote: EndpointSettings = EndpointSettings()
+    """How a served model is reached (--engine openai)."""
 
     @field_validator("subset")
     @classmethod
@@ -69,7 +74,7 @@ class RunConfig(BaseModel):
             return data
         data = dict(data)
         for part, model in (("media", MediaSettings), ("sampling", SamplingSettings),
-                            ("compute", EngineSettings)):
+                            ("compute", EngineSettings), ("remote", EndpointSettings)):
             flat = {k: data.pop(k) for k in list(data) if k in model.model_fields}
             if flat:
                 nested = data.get(part) or {}
@@ -77,6 +82,17 @@ class RunConfig(BaseModel):
                     nested = nested.model_dump()
                 data[part] = {**nested, **flat}
         return data
+
+    @model_validator(mode="after")
+    def _endpoint_engine(self) -> RunConfig:
+        served, endpoint = ENGINES[self.compute.engine].served, self.remote.endpoint
+        if served and not endpoint:
+            raise ValueError(f"--engine {self.compute.engine} needs --endpoint URL (e.g. "
+                             "http://localhost:8000/v1) and --model, the served model's name")
+        if endpoint and not served:
+            names = ", ".join(n for n, e in ENGINES.items() if e.served)
+            raise ValueError(f"--endpoint is read by --engine {names} only")
+        return self
 
     def label_set(self, manifest_labels: list[str]) -> list[str] | None:
         if self.labels == "open":

@@ -36,6 +36,9 @@ class ModelSpec:
     """'omni' (video + audio) or 'text'."""
     modalities: tuple[str, ...]
     """What the model accepts besides text: ('video', 'audio') or ()."""
+    served: bool = False
+    """Served elsewhere (an endpoint engine): `path` is the endpoint, its chat template
+    lives on the server, and the prompt is the conversation's messages as JSON."""
 
 
 def _read_config(path: Path) -> dict:
@@ -79,6 +82,21 @@ def describe_model(path_or_id: str, revision: str | None = None) -> ModelSpec:
         return ModelSpec(str(path) if path.exists() else path_or_id, name, rev, "omni",
                          ("video", "audio"))
     return ModelSpec(str(path) if path.exists() else path_or_id, name, rev, "text", ())
+
+
+UNPINNED = "unpinned"
+"""The revision of a served model the user did not pin: a remote model cannot be hashed."""
+
+
+def describe_served(endpoint: str, name: str | None, revision: str | None,
+                    with_media: bool) -> ModelSpec:
+    """A model behind an endpoint, identified by its served name and the revision the user
+    gives (nothing here can hash it); `with_media`: it is sent frames and audio."""
+    if not name:
+        raise ConfigError(f"a served model needs --model NAME, the name {endpoint} serves it "
+                          f"under (GET {endpoint}/models lists them)")
+    return ModelSpec(endpoint, name, revision or UNPINNED, "omni" if with_media else "text",
+                     ("video", "audio") if with_media else (), served=True)
 
 
 def default_model(device: str) -> str:

@@ -81,7 +81,9 @@ def run(config: RunConfig, console: Console | None = None, only: set[str] | None
 def _run(config: RunConfig, console: Console, store: Store, only: set[str] | None,
          quarantined: dict | None = None) -> dict:
     started = time.perf_counter()
-    if config.compute.ray_address:  # a cluster: what it has decides the device
+    if ENGINES[config.compute.engine].served:  # the model runs on the server, not here
+        device = "cpu"
+    elif config.compute.ray_address:  # a cluster: what it has decides the device
         ray_init(config.compute.ray_address)
         device = cluster_device(config.compute)[0]
     else:  # local: decide without starting Ray, so a fully cached re-run never starts it
@@ -235,19 +237,26 @@ def _generate(resolved: Resolved, to_engine: pa.Table, actors: int, store: Store
             if not committed_any:
                 raise ConfigError(
                     f"the {resolved.ctx.engine} engine failed before its first row ({last}); "
-                    f"nothing stored was changed. Check --model {resolved.spec.path} (and "
-                    "--device, --dtype), then run again") from err
+                    f"nothing stored was changed. {_check(resolved)}, then run again"
+                    ) from err
         if not len(remaining):
             return
     if not committed_any:
         raise ConfigError(f"the {resolved.ctx.engine} engine produced no row in "
                           f"{ENGINE_RESTARTS + 1} tries ({last}); nothing stored was changed. "
-                          f"Check --model {resolved.spec.path}, then run again")
+                          f"{_check(resolved)}, then run again")
     message = (f"the engine died on this clip {ENGINE_RESTARTS + 1} times ({last}); "
                "`vaemo-annotate retry-failed OUT --kind engine` runs it again")
     store.commit(failed_rows(remaining, resolved.ctx, ErrorKind.ENGINE, message),
                  resolved.ctx.run_id, meta)
     tracker.add(failed=len(remaining))
+
+
+def _check(resolved: Resolved) -> str:
+    """What to check when an engine never produced a row."""
+    if resolved.spec.served:
+        return f"Check --endpoint {resolved.spec.path} and --model {resolved.spec.name}"
+    return f"Check --model {resolved.spec.path} (and --device, --dtype)"
 
 
 def prepare_block(batch_size: int, most: int) -> int:
@@ -288,8 +297,10 @@ def _engine_stream(resolved: Resolved, plan: pa.Table, actors: int, isolate: boo
         # retries those clips a bounded number of times, one per batch
         max_restarts=-1, max_task_retries=0,
         fn_constructor_kwargs=dict(
-            torch_threads=1 if device == "cpu" and not ENGINES[ctx.engine].model_free
-            else None, stats_dir=str(RunFolder(resolved.config.out).engine_stats)))
+            torch_threads=1 if device == "cpu" and ENGINES[ctx.engine].runs_model else None,
+            stats_dir=str(RunFolder(resolved.config.out).engine_stats),
+            # in memory only: the engine's node may not have the driver's environment
+            api_key=resolved.config.remote.api_key() if resolved.spec.served else ""))
     yield from ds.iter_batches(batch_format="pyarrow", batch_size=None)
 
 

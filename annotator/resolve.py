@@ -22,7 +22,8 @@ from annotator.core.manifest import load_manifest
 from annotator.core.schema import description_model, enforced_model, json_schema, schema_sha256
 from annotator.core.subset import parse_subset, select_subset
 from annotator.engines.contract import EngineOptions
-from annotator.models import ModelSpec, default_model, describe_model
+from annotator.engines import ENGINES
+from annotator.models import ModelSpec, default_model, describe_model, describe_served
 from annotator.settings import GenerationMode
 from annotator.stages.context import RunContext
 from prompts import load_template, require_two_phase
@@ -88,6 +89,15 @@ def local_device(requested: str) -> str:
     return requested if requested != "auto" else "gpu" if has_gpu else "cpu"
 
 
+def model_spec(config: RunConfig, device: str) -> ModelSpec:
+    """The model that annotates: a served one by its name (an endpoint engine), else a
+    local folder or hub id."""
+    if ENGINES[config.compute.engine].served:
+        return describe_served(config.remote.endpoint, config.model, config.model_revision,
+                               config.remote.send_media != "text")
+    return describe_model(config.model or default_model(device), config.model_revision)
+
+
 def resolve(config: RunConfig, device: str | None = None) -> Resolved:
     """Read the manifest, pick the subset, and fix the device, model, template, labels,
     generation mode and schema: what every stage of the run is handed."""
@@ -99,7 +109,7 @@ def resolve(config: RunConfig, device: str | None = None) -> Resolved:
     if isinstance(wanted, int) and wanted > len(manifest):
         notes.append(f"--subset {config.subset} asks for {wanted} clips, but "
                      f"{config.manifest} has {len(manifest)}: all {len(manifest)} are selected")
-    spec = describe_model(config.model or default_model(device), config.model_revision)
+    spec = model_spec(config, device)
     template = load_template(config.template if config.template != "auto" else
                              "describe_av" if spec.modalities else "describe_text")
     if config.sampling.generation == "two-phase":
@@ -110,7 +120,8 @@ def resolve(config: RunConfig, device: str | None = None) -> Resolved:
     enforced = enforced_model(tuple(labels) if labels else None, template.schema,
                               sampling.mode is GenerationMode.TWO_PHASE)
     options = EngineOptions(schema=json_schema(enforced), sampling=sampling,
-                            media=config.media, compute=config.compute, device=device)
+                            media=config.media, compute=config.compute, device=device,
+                            remote=config.remote)
     ctx = RunContext(
         run_id=new_run_id(), spec=spec, template=template, labels=labels, options=options,
         schema_sha256=schema_sha256(description_model(labels, template.schema)),

@@ -3,6 +3,7 @@
 - `MediaSettings`: how a clip is decoded and handed to the model's processor.
 - `SamplingSettings`: how the engine decodes text (and the run's seed).
 - `EngineSettings`: which engine runs where, with what resources.
+- `EndpointSettings`: how a served model is reached (the endpoint engines).
 
 `RunConfig` (annotator/config.py) holds one of each and passes them on as they are: the plan,
 the Ray stages, the engine and `run.json` all read the same objects, and the cache key is
@@ -14,6 +15,7 @@ contains is in its model's key; one that only changes speed or resources is list
 from __future__ import annotations
 
 import json
+import os
 from enum import StrEnum
 from typing import ClassVar, Literal
 
@@ -193,6 +195,85 @@ class EngineSettings(BaseModel):
         assert not fields, f"EngineSettings fields without a place in the key: {fields}"
         key = f"{self.engine}:{self.resolved_dtype(device)}"
         return f"{key}:{self.faults}" if self.faults else key
+
+
+class EndpointSettings(BaseModel):
+    """How a served model is reached: an OpenAI-compatible `/v1/chat/completions` (`vllm
+    serve`, SGLang, Ollama, a provider). Only the endpoint engines read these."""
+
+    model_config = _CONFIG
+    NOT_IN_KEY: ClassVar[frozenset[str]] = frozenset(
+        {"endpoint", "api_key_env", "max_concurrency", "requests_per_s", "connect_timeout_s",
+         "read_timeout_s", "http_retries", "price_per_mtok"})
+    """Where and how fast: the same model behind another URL gives the same rows."""
+
+    endpoint: str | None = None
+    """Base URL of an OpenAI-compatible API, e.g. http://gpu-node:8000/v1 (--model is then
+    the served model's name)."""
+    api_key_env: str | None = "OPENAI_API_KEY"
+    """Name of the environment variable that holds the API key (the key itself is never a
+    flag, and never written anywhere); unset or empty: no key is sent."""
+    send_media: Literal["text", "vllm", "parts"] = "text"
+    """What the model is sent. text: the cue-grounded text prompt, for any chat model.
+    vllm: the sampled frames as one video (vLLM's frame-list video_url) and the audio as
+    audio_url, for `vllm serve` of a Qwen2.5-Omni-class model. parts: the frames as
+    image_url parts and the audio as input_audio, for providers' vision+audio models."""
+    structured: Literal["json_schema", "none"] = "json_schema"
+    """How the JSON answer is enforced. json_schema: response_format with the run's JSON
+    schema (strict). none: only asked for in the prompt, validated here and retried."""
+    max_concurrency: int = Field(16, ge=1)
+    """Requests in flight at once (per engine worker)."""
+    requests_per_s: float | None = Field(None, gt=0)
+    """At most this many requests started per second (default: no limit)."""
+    connect_timeout_s: float = Field(10.0, gt=0)
+    """Seconds to wait for a connection."""
+    read_timeout_s: float = Field(600.0, gt=0)
+    """Seconds to wait for an answer (a long generation takes minutes on a busy server)."""
+    http_retries: int = Field(6, ge=0)
+    """Retries of a request on 429, 5xx, timeouts and dropped connections (exponential
+    backoff with jitter, honouring Retry-After) before the clip fails as `engine`."""
+    price_per_mtok: str | None = None
+    """'IN,OUT': price per million prompt and output tokens; progress and run.json then show
+    the estimated cost."""
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError(f"--endpoint {value!r}: an http:// or https:// URL, e.g. "
+                             "http://localhost:8000/v1")
+        return value.rstrip("/") if value else value
+
+    @field_validator("price_per_mtok")
+    @classmethod
+    def _price(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_price(value)
+        return value
+
+    def key(self) -> dict:
+        return self.model_dump(exclude=set(self.NOT_IN_KEY))
+
+    def api_key(self) -> str:
+        """The key from --api-key-env's variable in this process ("" when unset)."""
+        return os.environ.get(self.api_key_env, "") if self.api_key_env else ""
+
+    @property
+    def prices(self) -> tuple[float, float] | None:
+        """(prompt, output) price per million tokens, if given."""
+        return parse_price(self.price_per_mtok) if self.price_per_mtok else None
+
+
+def parse_price(spec: str) -> tuple[float, float]:
+    """'2.5,10' -> (2.5, 10.0)."""
+    try:
+        prompt, output = (float(x) for x in spec.split(","))
+    except ValueError:
+        raise ValueError(f"--price-per-mtok {spec!r}: two numbers, prompt and output price "
+                         "per million tokens, e.g. 2.5,10") from None
+    if prompt < 0 or output < 0:
+        raise ValueError(f"--price-per-mtok {spec!r}: prices are not negative")
+    return prompt, output
 
 
 FAULTS = ("invalid", "truncate", "error", "crash", "broken", "latency")

@@ -66,7 +66,7 @@ def raw_engine(resolved, rows: list[dict], way: str) -> dict:
     "vllm", vLLM's own `LLM.generate`, which renders each prompt and then steps, in one
     thread (the raw engine); "render_thread", our engine's step API, which renders on a
     thread of its own while the engine steps (the pipeline's engine does this)."""
-    from annotator.chat import THOUGHT_SLOT
+    from annotator.chat import with_thought
     from annotator.engines.factory import create_engine
     from annotator.engines.vllm_engine import to_generation
     from annotator.stages.generate import request_for
@@ -88,7 +88,8 @@ def raw_engine(resolved, rows: list[dict], way: str) -> dict:
             request.guided, request.max_tokens = False, resolved.ctx.sampling.think_tokens
         thoughts = generate(requests)
         for request, row, thought in zip(requests, rows, thoughts):
-            request.prompt = row["answer_prompt"].replace(THOUGHT_SLOT, thought.text.strip())
+            request.prompt = with_thought(resolved.spec, row["answer_prompt"],
+                                          thought.text.strip())
             request.guided, request.max_tokens = True, resolved.ctx.sampling.max_tokens
     outputs = generate(requests)
     seconds = time.perf_counter() - started

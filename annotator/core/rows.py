@@ -68,6 +68,13 @@ def description_type() -> pa.DataType:
     return pa.struct([(n, _arrow(f.annotation)) for n, f in fields.items() if n != "reasoning"])
 
 
+SENT_TYPE = pa.struct([
+    ("frames", pa.int32()), ("audio_s", pa.float64()), ("request_bytes", pa.int64()),
+    ("enforced", pa.string()), ("http_tries", pa.int32())])
+"""`sent`: what a served model was sent for the row's answer (null for in-process engines):
+frames, seconds of audio, the request body's bytes, how the JSON was enforced
+(json_schema or validated here), and the HTTP tries it took."""
+
 ROW_SCHEMA = pa.schema([
     MANIFEST.field("clip_id"),
     ("status", pa.string()),
@@ -106,6 +113,7 @@ ROW_SCHEMA = pa.schema([
     ("finish_reason", pa.string()),
     ("latency_s", pa.float64()),
     ("attempts", pa.int32()),
+    ("sent", SENT_TYPE),
     ("run_id", pa.string()),
     ("created_at", pa.timestamp("us", tz="UTC")),
 ])

@@ -1,6 +1,8 @@
 """Engines: the contract (`contract.py`), its implementations (`vllm_engine.py`,
 `transformers_engine.py`, `fake.py`) and `factory.create_engine`.
 
+`openai_engine.py` reaches a served model over HTTP instead of loading one.
+
 `ENGINES` is the one list of them: `--engine` takes its names (the settings' choices and the
 CLI's are derived from it) and the factory imports only the one chosen: vLLM and torch are
 heavy, and a machine may have one engine's dependencies and not another's. A new engine is a
@@ -20,6 +22,14 @@ class EngineEntry:
     """What it is for, one line (the `--engine` help lists them)."""
     model_free: bool = False
     """Answers without running a model: takes --faults, and never imports torch."""
+    served: bool = False
+    """Reaches a model served elsewhere (--endpoint): no model folder here, no GPU claimed,
+    never imports torch; the served model's name and --model-revision identify it."""
+
+    @property
+    def runs_model(self) -> bool:
+        """Runs a model in this process (torch threads, a device, a model folder)."""
+        return not (self.model_free or self.served)
 
 
 ENGINES: dict[str, EngineEntry] = {
@@ -29,6 +39,9 @@ ENGINES: dict[str, EngineEntry] = {
     "fake": EngineEntry("annotator.engines.fake:FakeEngine",
                         "instant, deterministic schema-valid answers with optional --faults: "
                         "tests and benchmarks", model_free=True),
+    "openai": EngineEntry("annotator.engines.openai_engine:OpenAIEngine",
+                          "a model served over an OpenAI-compatible API at --endpoint: vllm "
+                          "serve, SGLang, Ollama, a provider", served=True),
 }
 """Every engine `--engine` can name, the default first."""
 

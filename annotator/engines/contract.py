@@ -15,7 +15,8 @@ from typing import Protocol
 import numpy as np
 
 from annotator.models import ModelSpec
-from annotator.settings import EngineSettings, MediaSettings, SamplingSettings
+from annotator.engines import ENGINES
+from annotator.settings import EndpointSettings, EngineSettings, MediaSettings, SamplingSettings
 
 
 @dataclass
@@ -45,6 +46,22 @@ class Generation:
     logprobs: list[float] = field(default_factory=list)
     """Log-probability of each generated token under the raw model (before any mask)."""
     error: str = ""
+    prompt_tokens: int | None = None
+    """Prompt tokens where the engine counts them without ids (a served model's `usage`);
+    None: len(prompt_token_ids)."""
+    output_tokens: int | None = None
+    """Output tokens where the engine counts them without ids; None: len(token_ids)."""
+    sent: dict | None = None
+    """What went over the wire (served models): frames, seconds of audio, request bytes,
+    how the JSON was enforced, HTTP tries; None in-process."""
+
+    @property
+    def num_prompt_tokens(self) -> int:
+        return len(self.prompt_token_ids) if self.prompt_tokens is None else self.prompt_tokens
+
+    @property
+    def num_output_tokens(self) -> int:
+        return len(self.token_ids) if self.output_tokens is None else self.output_tokens
 
 
 class Engine(Protocol):
@@ -87,10 +104,22 @@ class EngineOptions:
     media: MediaSettings = MediaSettings()
     compute: EngineSettings = EngineSettings()
     device: str = "cpu"
+    remote: EndpointSettings = EndpointSettings()
+    """How a served model is reached (the served engines only)."""
 
     @property
     def dtype(self) -> str:
         return self.compute.resolved_dtype(self.device)
+
+    @property
+    def key(self) -> str:
+        """The engine part of the cache key: the same prompt can decode differently on another
+        engine or dtype; a served model by what it is sent and how its JSON is enforced (its
+        dtype is the server's, identified with the model by --model-revision)."""
+        if ENGINES[self.compute.engine].served:
+            sent = self.remote.key()
+            return f"{self.compute.engine}:{sent['send_media']}:{sent['structured']}"
+        return self.compute.key(self.device)
 
 
 def step_queued(queue: list[tuple[str, Request]], generate, limit: int

@@ -54,8 +54,9 @@ class RunContext:
 
     @property
     def engine_key(self) -> str:
-        """Engine and dtype: the same prompt can decode differently on another engine."""
-        return self.compute.key(self.device)
+        """Engine and dtype (or what a served model is sent): the same prompt can decode
+        differently on another engine."""
+        return self.options.key
 
     @property
     def mode(self) -> GenerationMode:

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from annotator.chat import THOUGHT_SLOT
+from annotator.chat import with_thought
 from annotator.engines.factory import create_engine
 from annotator.engines.contract import Generation, Request
 from annotator.core.files import write_text
@@ -153,8 +153,8 @@ class Scheduler:
             request.guided, request.max_tokens = False, self.ctx.sampling.think_tokens
         else:
             if thought is not None:  # the thought goes back in as the model's own turn
-                request.prompt = clip.row["answer_prompt"].replace(THOUGHT_SLOT,
-                                                                   thought.text.strip())
+                request.prompt = with_thought(self.ctx.spec, clip.row["answer_prompt"],
+                                              thought.text.strip())
             request.max_tokens = clip.budget if sample is None else self.ctx.sampling.max_tokens
         key = f"{clip.row['clip_id']}#{next(self.keys)}"
         self.inflight[key] = (clip, sample, thought)
@@ -213,13 +213,13 @@ class EngineWorker:
     steps it (the vLLM engine renders what is submitted on a thread of its own)."""
 
     def __init__(self, ctx: RunContext, torch_threads: int | None = None,
-                 stats_dir: str | None = None):
+                 stats_dir: str | None = None, api_key: str = ""):
         started = time.time()
         if torch_threads:
             import torch
 
             torch.set_num_threads(torch_threads)
-        self.engine = create_engine(ctx.engine, ctx.spec, ctx.options)
+        self.engine = create_engine(ctx.engine, ctx.spec, ctx.options, api_key)
         self.timing = {"started_at": started, "ready_at": time.time(),
                        "startup_s": time.time() - started, "wait_first_s": 0.0,
                        "busy_s": 0.0, "idle_s": 0.0, "steps": 0, "node": ray_node(),

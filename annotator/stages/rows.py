@@ -34,7 +34,8 @@ class Attempt:
 
     @property
     def output_tokens(self) -> int:
-        return len(self.answer.token_ids) + (len(self.thought.token_ids) if self.thought else 0)
+        return self.answer.num_output_tokens + (self.thought.num_output_tokens
+                                                 if self.thought else 0)
 
 
 Judged = tuple[ErrorKind | None, str | None, dict | None]
@@ -62,10 +63,11 @@ def build_row(row: dict, attempt: Attempt | None, judged: Judged | None, latency
         prompt_sha256=row["prompt_sha256"], schema_version=SCHEMA_VERSION,
         generation_mode=GENERATION_LABELS[ctx.mode], sampling=ctx.sampling.to_json(),
         cache_key=row["cache_key"],
-        num_input_tokens=len(attempt.answer.prompt_token_ids) if attempt else 0,
+        num_input_tokens=attempt.answer.num_prompt_tokens if attempt else 0,
         num_output_tokens=attempt.output_tokens if attempt else 0,
         finish_reason=attempt.answer.finish_reason if attempt else None,
         latency_s=latency, attempts=max(attempts, 1),
+        sent=attempt.answer.sent if attempt else None,
         run_id=ctx.run_id, created_at=datetime.now(UTC))
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from annotator.engines import ENGINES
 from annotator.cli import app
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,11 +35,11 @@ def test_readme_opens_with_the_two_commands_and_ci_runs_the_test_one():
 
 def test_help_shows_examples_and_every_field():
     text = runner.invoke(app, ["run", "--help"], env=WIDE).output
-    assert len(help_examples()) == 5
+    assert len(help_examples()) == 6
     for flag in ("--subset", "--template", "--ray-address", "--dry-run", "--max-tokens",
                  "--config", "--faults"):
         assert flag in text
-    assert "[vllm|transformers|fake]" in text  # choices survive rich's markup
+    assert f"[{'|'.join(ENGINES)}]" in text  # choices survive rich's markup
 
 
 @pytest.mark.slow
@@ -67,6 +68,9 @@ def test_help_examples_run(tmp_path, monkeypatch, clips):
                 and len(result.output.strip().splitlines()) == 1), result.output
             continue
         assert result.exit_code == 0, result.output
+        if "--endpoint" in args:  # planned without the server: its name, its media
+            assert "Qwen/Qwen2.5-Omni-7B" in result.output and "describe_av" in result.output
+            continue
         assert "SmolLM2-135M-Instruct" in result.output  # the shipped CPU default
         assert "describe_text@3" in result.output
 

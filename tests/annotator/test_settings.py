@@ -9,7 +9,8 @@ import pytest
 from annotator.config import RunConfig
 from annotator.engines.contract import EngineOptions
 from annotator.resolve import resolve
-from annotator.settings import EngineSettings, MediaSettings, SamplingSettings
+from annotator.settings import (EndpointSettings, EngineSettings, MediaSettings,
+                                SamplingSettings)
 from annotator.stages.context import RunContext
 from annotator.stages.plan import plan_table
 from annotator.core.typed_cli import leaf_fields
@@ -24,15 +25,24 @@ CHANGED = {  # a valid other value for every field of every settings model
     "max_model_len": 4096, "cpu_kv_cache_gib": 3, "batch_size": 4, "faults": "latency=0",
     "max_num_seqs": 8, "batches_in_flight": 2, "tensor_parallel_size": 2,
     "gpu_memory_utilization": 0.8,
+    "endpoint": "http://gpu-node:8000/v1", "api_key_env": "OTHER_KEY", "send_media": "vllm",
+    "structured": "none", "max_concurrency": 4, "requests_per_s": 2.0,
+    "connect_timeout_s": 3.0, "read_timeout_s": 60.0, "http_retries": 2,
+    "price_per_mtok": "2.5,10",
 }
 BASE = {"temperature": 0.3, "samples": 2, "engine": "fake"}  # so samples/faults may change
+SERVED = {"temperature": 0.3, "samples": 2, "engine": "openai",
+          "endpoint": "http://localhost:8000/v1"}  # the endpoint settings' base
+SETTINGS = (MediaSettings, SamplingSettings, EngineSettings, EndpointSettings)
+PARTS = {"media": MediaSettings, "sampling": SamplingSettings, "compute": EngineSettings,
+         "remote": EndpointSettings}
+"""RunConfig's field holding each settings model."""
 
 
 def test_every_setting_is_declared_in_exactly_one_class():
     names = [path[-1] for path, _ in leaf_fields(RunConfig)]
     assert len(names) == len(set(names))
-    owners = {name: [cls.__name__ for cls in (RunConfig, MediaSettings, SamplingSettings,
-                                               EngineSettings) if name in cls.model_fields]
+    owners = {name: [cls.__name__ for cls in (RunConfig, *SETTINGS) if name in cls.model_fields]
               for name in names}
     assert all(len(o) == 1 for o in owners.values()), owners
     # the stages and the engine hold the settings models themselves, never copies of fields
@@ -40,8 +50,7 @@ def test_every_setting_is_declared_in_exactly_one_class():
         # their `device` is the device decided for 'auto', not a copy of the setting
         copied = set(holder.__dataclass_fields__) & set(CHANGED) - {"device"}
         assert not copied, f"{holder.__name__} copies {copied}"
-    settings = {n for cls in (MediaSettings, SamplingSettings, EngineSettings)
-                for n in cls.model_fields}
+    settings = {n for cls in SETTINGS for n in cls.model_fields}
     assert settings == set(CHANGED)
 
 
@@ -59,19 +68,19 @@ def planned(config: RunConfig) -> tuple[str, EngineOptions, RunContext]:
 
 @pytest.mark.parametrize("field", sorted(CHANGED))
 def test_one_changed_field_moves_key_options_and_run_json(field, manifest, tiny_omni, tmp_path):
-    base = RunConfig(manifest=manifest, out=tmp_path, model=str(tiny_omni), **BASE)
+    part = next(p for p, cls in PARTS.items() if field in cls.model_fields)
+    start = SERVED if part == "remote" else BASE
+    base = RunConfig(manifest=manifest, out=tmp_path, model=str(tiny_omni), **start)
     changed = RunConfig(manifest=manifest, out=tmp_path, model=str(tiny_omni),
-                        **{**BASE, field: CHANGED[field]})
+                        **{**start, field: CHANGED[field]})
     key, options, ctx = planned(base)
     new_key, new_options, new_ctx = planned(changed)
-    part = next(p for p in ("media", "sampling", "compute")
-                if field in type(getattr(changed, p)).model_fields)
     model = getattr(changed, part)
     in_key = field not in model.NOT_IN_KEY
     assert (new_key != key) == in_key, f"{field}: in the cache key should be {in_key}"
     # the engine gets the very models of the config (sampling with 'auto' resolved)
     held = {"media": new_options.media, "compute": new_options.compute,
-            "sampling": new_options.sampling}[part]
+            "sampling": new_options.sampling, "remote": new_options.remote}[part]
     assert getattr(held, field) == CHANGED[field]
     if part == "sampling":
         assert new_ctx.sampling is new_options.sampling

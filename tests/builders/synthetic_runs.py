@@ -113,7 +113,7 @@ def _row(clip_id: str, label: str, description: dict | None, cues: dict, path: s
         schema_version=SCHEMA_VERSION, generation_mode="one-pass, reasoning field first",
         sampling="{}", cache_key=clip_id, num_input_tokens=500,
         num_output_tokens=300 if ok else 2048, finish_reason="stop" if ok else "length",
-        latency_s=1.0, attempts=1, run_id="synthetic", created_at=datetime.now(UTC))
+        latency_s=1.0, attempts=1, sent=None, run_id="synthetic", created_at=datetime.now(UTC))
 
 
 def write_synthetic_run(out: str | Path, n: int, seed: int = 0, planted: bool = True,

@@ -1,0 +1,105 @@
+"""The endpoint engine against a real local HTTP server that misbehaves on purpose (429 with
+Retry-After, 500, a hang past the read timeout, a reset connection, malformed JSON, a
+schema-violating answer, a server that stays down): real media, real Ray, real Parquet."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from annotator.cli import app
+from annotator.core.schema import description_model
+from annotator.core.store import Store
+from tests.builders.fault_server import PERSISTENT, TRANSIENT, FaultServer
+from tests.conftest import write_manifest
+
+LABELS = "anger,happy,neutral,sad"
+KEY = "sk-vaemo-test-6f1d2c9e0b7a"
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, clips):
+    """Every clip of the shared set, and four more over the tones that differ in their
+    dataset (which the text prompt shows): ten distinct prompts reach the server."""
+    rows = [{"path": str(path), "clip_id": name, "label": LABELS.split(",")[i % 4],
+             "dataset": ""} for i, (name, path) in enumerate(clips.items())]
+    rows += [{"path": str(clips["tone_220"]), "clip_id": f"d{i}", "label": "neutral",
+              "dataset": f"set{i}"} for i in range(4)]
+    return write_manifest(tmp_path_factory.mktemp("endpoint") / "m.csv", rows)
+
+
+def annotate(server, manifest, out, *args):
+    return runner.invoke(app, [
+        "run", "--manifest", str(manifest), "--out", str(out), "--engine", "openai",
+        "--endpoint", server.url, "--model", server.model, "--api-key-env", "VAEMO_TEST_KEY",
+        "--labels", LABELS, "--generation", "one-pass", "--read-timeout-s", "1",
+        "--http-retries", "2", "--retries", "1", *args])
+
+
+def test_faults_are_retried_then_typed_and_nothing_is_lost_or_leaked(
+        corpus, tmp_path, monkeypatch):
+    monkeypatch.setenv("VAEMO_TEST_KEY", KEY)
+    out = tmp_path / "out"
+    plan = (*TRANSIENT, *PERSISTENT, None, None, None)  # ten distinct prompts, one each
+    with FaultServer(plan) as server:
+        result = annotate(server, corpus, out)
+        assert result.exit_code == 0, result.output
+        assert sorted(server.dealt.values(), key=str) == sorted(plan, key=str)
+        assert server.authorization == {f"Bearer {KEY}"}
+        table = Store(out).read().to_pylist()
+        rows = {r["clip_id"]: r for r in table}
+        assert len(rows) == len(table) == 12, "one row per clip"
+        kinds = sorted(str(r["error_kind"]) for r in rows.values())
+        assert kinds == ["None"] * 8 + ["engine", "invalid_output", "media", "media"]
+        model = description_model(LABELS.split(","))
+        for row in rows.values():
+            if row["error_kind"] == "invalid_output":  # violate: every attempt, then typed
+                assert row["attempts"] == 2 and row["sent"]["enforced"] == "json_schema"
+            elif row["error_kind"] == "engine":  # down: HTTP retries, attempts, then typed
+                assert "HTTP 503" in row["error"] and "gave up after 3 tries" in row["error"]
+            elif row["status"] == "ok":  # a transient fault was retried, or none happened
+                model.model_validate({"reasoning": row["reasoning"], **row["description"]})
+                fault = server.dealt[server.answered[row["raw_output"]]]
+                assert fault in (*TRANSIENT, None)
+                sent = row["sent"]
+                assert sent["http_tries"] == (1 if fault is None else 2), fault
+                assert sent["enforced"] == "json_schema" and sent["frames"] == 0
+                assert sent["request_bytes"] > 1000
+                assert row["num_input_tokens"] == 100 and row["num_output_tokens"] > 0
+        assert KEY not in result.output
+        for path in out.rglob("*"):
+            assert not path.is_file() or KEY.encode() not in path.read_bytes(), path
+        recorded = json.loads((out / "run.json").read_text())
+        assert recorded["model"]["revision"] == "unpinned"
+
+        sent_before = sum(server.requests.values())
+        again = annotate(server, corpus, out)
+        assert again.exit_code == 0, again.output
+        assert json.loads((out / "run.json").read_text())["engine"]["started"] is False
+        assert sum(server.requests.values()) == sent_before, "a cached re-run sends nothing"
+
+
+def test_an_endpoint_that_cannot_serve_the_run_fails_at_start_and_changes_nothing(
+        corpus, tmp_path):
+    with FaultServer((None,)) as server:
+        result = runner.invoke(app, [
+            "run", "--manifest", str(corpus), "--out", str(tmp_path), "--engine", "openai",
+            "--endpoint", server.url, "--model", "no-such-model", "--labels", LABELS])
+    assert result.exit_code == 1
+    assert "does not serve 'no-such-model'" in result.output and "served-test" in result.output
+    assert "nothing stored was changed" in result.output
+    assert not Store(tmp_path).read(["clip_id"]).num_rows
+    unreachable = runner.invoke(app, [
+        "run", "--manifest", str(corpus), "--out", str(tmp_path), "--engine", "openai",
+        "--endpoint", "http://127.0.0.1:9/v1", "--model", "m", "--labels", LABELS])
+    assert unreachable.exit_code == 1 and "cannot reach" in unreachable.output
+
+
+def test_the_endpoint_settings_are_checked_before_anything_runs(corpus, tmp_path):
+    no_endpoint = runner.invoke(app, ["run", "--manifest", str(corpus), "--out",
+                                      str(tmp_path), "--engine", "openai"])
+    assert no_endpoint.exit_code != 0 and "--endpoint URL" in no_endpoint.output
+    stray = runner.invoke(app, ["run", "--manifest", str(corpus), "--out", str(tmp_path),
+                                "--engine", "fake", "--endpoint", "http://x/v1"])
+    assert stray.exit_code != 0 and "--engine openai" in stray.output
