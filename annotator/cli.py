@@ -42,6 +42,39 @@ def run(config: RunConfig) -> None:
     run_pipeline(config, console)
 
 
+@app.command("export-requests", help=(
+    "Write the selected clips' requests as an OpenAI Batch file (OUT/batch/requests.jsonl, "
+    "custom_id = clip id) for a provider's batch API or `vllm run-batch`, instead of sending "
+    "them; `import-results` stores the answers. Takes the options of `run` (one-pass).\n\n"
+    "Example: vaemo-annotate export-requests --manifest data/demo/manifest.csv --out "
+    "runs/batch --engine openai --endpoint https://api.openai.com/v1 --model gpt-4o-mini "
+    "--generation one-pass"))
+@command_from(RunConfig, required=("manifest", "out"))
+def export_requests(config: RunConfig) -> None:
+    from annotator.batch import export_requests as export
+
+    export(config, console)
+
+
+@app.command("import-results")
+def import_results(
+    out: Path = typer.Argument(..., help="The folder `export-requests` wrote."),
+    results: Path = typer.Argument(..., help="The batch job's output file (JSONL)."),
+) -> None:
+    """Store the answers of a batch job as rows: validated, typed and cache-keyed as in a
+    live run. A file that does not answer the exported requests one to one is refused with
+    the custom_ids named, and nothing is stored.
+
+    Example: vaemo-annotate import-results runs/batch batch_output.jsonl
+    """
+    from annotator.batch import import_results as load
+
+    try:
+        load(out, results, console)
+    except (VaemoError, ValidationError) as err:
+        fail(err)
+
+
 @app.command("retry-failed")
 def retry_failed(
     out: Path = typer.Argument(..., help="A run's output folder (it holds run.json)."),

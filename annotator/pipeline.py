@@ -34,7 +34,7 @@ from annotator.core.schema import SCHEMA_VERSION
 from annotator.core.store import Store
 from annotator.engines import ENGINES
 from annotator.quiet import native_stderr_filtered
-from annotator.resolve import Resolved, local_device, resolve, versions
+from annotator.resolve import Resolved, commit_meta, local_device, resolve, versions
 from annotator.resume import known_hits, split_cached, write_plan_index
 from annotator.stages import StageSpec, chain
 from annotator.stages import generate as generate_stage
@@ -108,10 +108,11 @@ def _run(config: RunConfig, console: Console, store: Store, only: set[str] | Non
 
     pq.write_table(resolved.chosen.select(["clip_id", "stratum", "label", "speaker", "path"]),
                    RunFolder(config.out).subset)
-    meta = {"run_id": ctx.run_id, "versions": versions(), "schema_version": SCHEMA_VERSION}
+    meta = commit_meta(ctx.run_id)
     early = pending.filter(pc.is_valid(pending["error_kind"]))
     to_engine = pending.filter(pc.is_null(pending["error_kind"]))
-    tracker = progress.Tracker(console, total=len(pending), cached=cached_count)
+    tracker = progress.Tracker(console, total=len(pending), cached=cached_count,
+                               prices=config.remote.prices)
     early_rows = failed_rows(early, ctx)
     engine_info: dict = {"started": False}
     if not len(to_engine) and len(early):
@@ -132,7 +133,7 @@ def _run(config: RunConfig, console: Console, store: Store, only: set[str] | Non
                       early_rows)
         engine_info["timeline"] = engine_timeline(RunFolder(config.out).engine_stats)
     engine_info["quarantined"] = quarantined or {}
-    summary = _finish(resolved, store, tracker, cached_count, started,
+    summary = write_summary(resolved, store, tracker, cached_count, started,
                       {**engine_info, **timings})
     progress.print_summary(console, summary)
     return summary
@@ -337,8 +338,10 @@ def preview(config: RunConfig, clip_id: str) -> tuple[dict, dict]:
     return planned, resolved.ctx.options.schema
 
 
-def _finish(resolved: Resolved, store: Store, tracker, cached: int, started: float,
-            engine_info: dict) -> dict:
+def write_summary(resolved: Resolved, store: Store, tracker, cached: int, started: float,
+                  engine_info: dict) -> dict:
+    """run.json (settings, versions, counts, throughput, engine timings) and the dataset card
+    for the selected clips as the store holds them now; returns the summary."""
     config, ctx = resolved.config, resolved.ctx
     rows = store.read(["clip_id", "status", "error_kind", "num_output_tokens", "label"])
     selected = set(resolved.chosen["clip_id"].to_pylist())

@@ -14,9 +14,12 @@ from rich.table import Table
 class Tracker:
     """Counts rows as they are committed and renders clips/s, output tokens/s and ETA."""
 
-    def __init__(self, console: Console, total: int, cached: int):
-        self.console, self.total, self.cached = console, total, cached
-        self.done = self.failed = self.tokens = 0
+    def __init__(self, console: Console, total: int, cached: int,
+                 prices: tuple[float, float] | None = None):
+        # prices per million prompt and output tokens (a served model): the cost so far is
+        # shown and recorded
+        self.console, self.total, self.cached, self.prices = console, total, cached, prices
+        self.done = self.failed = self.tokens = self.prompt_tokens = 0
         self.started = time.perf_counter()
         self._progress = Progress(
             TextColumn("[bold]annotate"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
@@ -31,25 +34,34 @@ class Tracker:
     def __exit__(self, *exc):
         self._progress.stop()
 
-    def add(self, failed: int = 0, ok: int = 0, tokens: int = 0) -> None:
+    def add(self, failed: int = 0, ok: int = 0, tokens: int = 0, prompt_tokens: int = 0
+            ) -> None:
         self.done += failed + ok
         self.failed += failed
         self.tokens += tokens
+        self.prompt_tokens += prompt_tokens
         r = self.rates()
+        cost = f" ${r['cost_usd']:.4f}" if self.prices else ""
         self._progress.update(self._task, completed=self.done, stats=(
             f"ok {self.done - self.failed} failed {self.failed} | "
-            f"{r['clips_per_s']:.2f} clips/s {r['output_tokens_per_s']:.0f} tok/s"))
+            f"{r['clips_per_s']:.2f} clips/s {r['output_tokens_per_s']:.0f} tok/s{cost}"))
 
     def add_rows(self, batch: pa.Table) -> None:
         status = batch["status"].to_pylist()
         self.add(failed=status.count("failed"), ok=status.count("ok"),
-                 tokens=sum(batch["num_output_tokens"].to_pylist()))
+                 tokens=sum(batch["num_output_tokens"].to_pylist()),
+                 prompt_tokens=sum(batch["num_input_tokens"].to_pylist()))
 
     def rates(self) -> dict:
         elapsed = max(time.perf_counter() - self.started, 1e-9)
-        return {"clips_per_s": round(self.done / elapsed, 3),
-                "output_tokens_per_s": round(self.tokens / elapsed, 1),
-                "output_tokens": self.tokens, "elapsed_s": round(elapsed, 2)}
+        rates = {"clips_per_s": round(self.done / elapsed, 3),
+                 "output_tokens_per_s": round(self.tokens / elapsed, 1),
+                 "output_tokens": self.tokens, "prompt_tokens": self.prompt_tokens,
+                 "elapsed_s": round(elapsed, 2)}
+        if self.prices:  # what the last answer of each clip cost (retries are not counted)
+            rates["cost_usd"] = round((self.prompt_tokens * self.prices[0]
+                                       + self.tokens * self.prices[1]) / 1e6, 6)
+        return rates
 
 
 def print_plan(console: Console, resolved, plan: pa.Table, cached: pa.Table,
@@ -89,6 +101,7 @@ def print_summary(console: Console, summary: dict) -> None:
     console.print(
         f"[bold]done[/bold] {c['rows']}/{c['selected']} clips: ok {c['ok']}, failed {c['failed']} "
         f"({kinds}); {c['cached']} cached, {c['computed_now']} computed in "
-        f"{summary['wall_s']} s ({t['clips_per_s']} clips/s, {t['output_tokens_per_s']} tok/s); "
+        f"{summary['wall_s']} s ({t['clips_per_s']} clips/s, {t['output_tokens_per_s']} tok/s"
+        f"{', about $' + format(t['cost_usd'], '.4f') if 'cost_usd' in t else ''}); "
         f"engine {'started' if summary['engine'].get('started') else 'not started'}",
         soft_wrap=True)

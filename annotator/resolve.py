@@ -19,7 +19,8 @@ import pyarrow as pa
 from annotator.config import RunConfig
 from annotator.core.errors import ConfigError
 from annotator.core.manifest import load_manifest
-from annotator.core.schema import description_model, enforced_model, json_schema, schema_sha256
+from annotator.core.schema import (SCHEMA_VERSION, description_model, enforced_model,
+                                   json_schema, schema_sha256)
 from annotator.core.subset import parse_subset, select_subset
 from annotator.engines.contract import EngineOptions
 from annotator.engines import ENGINES
@@ -61,6 +62,11 @@ def versions() -> dict[str, str]:
         except PackageNotFoundError:
             pass
     return found
+
+
+def commit_meta(run_id: str) -> dict:
+    """What each commit stamps on its files: the run, the versions, the row schema."""
+    return {"run_id": run_id, "versions": versions(), "schema_version": SCHEMA_VERSION}
 
 
 def has_cuda_gpu() -> bool:

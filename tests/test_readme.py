@@ -1,6 +1,7 @@
 """Every command the README shows is one this project has, and the walk-through runs as
 written (on the fake engine and a tiny encoder, in a folder laid out like the demo's)."""
 
+import functools
 import re
 import shlex
 import shutil
@@ -28,6 +29,16 @@ def readme_commands() -> list[str]:
     blocks = re.findall(r"```[a-z]*\n(.*?)```", README.read_text(), re.S)
     lines = [line.strip() for block in blocks[:-1] for line in block.splitlines()]  # not Layout
     return [part.strip() for line in lines if line for part in line.split("&&")]
+
+
+@functools.cache
+def vllm_arguments() -> str:
+    """The text of vLLM's engine and server argument modules (read, not imported)."""
+    import importlib.util
+
+    root = Path(importlib.util.find_spec("vllm").origin).parent
+    return "".join(p.read_text() for p in (root / "engine" / "arg_utils.py",
+                                           *root.glob("entrypoints/**/cli_args.py")))
 
 
 def benchmark_modules() -> list[str]:
@@ -68,6 +79,9 @@ def test_readme_is_short_and_every_command_is_known():
             assert re.search(rf"^{words[1]}:", makefile, re.M), command
         elif words[:3] == ["python3", "-m", "venv"]:
             pass
+        elif words[:2] == ["vllm", "serve"]:  # every flag is one this vLLM has
+            for flag in (w for w in words if w.startswith("--")):
+                assert flag[2:].replace("-", "_") in vllm_arguments(), command
         elif words[0].endswith("/pip"):
             extra = re.fullmatch(r"\.\[(\w+)\]", words[-1]).group(1)
             assert extra in extras, command

@@ -89,6 +89,22 @@ class RunFolder:
     def lock(self) -> Path:
         return self.root / ".lock"
 
+    @property
+    def batch_requests(self) -> Path:
+        """`export-requests`: the exported clips' requests, OpenAI Batch JSONL."""
+        return self.root / "batch" / "requests.jsonl"
+
+    @property
+    def batch_plan(self) -> Path:
+        """`export-requests`: the exported clips' prepared plans (no media), what
+        `import-results` builds their rows from."""
+        return self.root / "batch" / "plan.parquet"
+
+    @property
+    def batch_export(self) -> Path:
+        """`export-requests`: the run's settings and run id, as `import-results` needs them."""
+        return self.root / "batch" / "export.json"
+
 
 @dataclass(frozen=True)
 class InjectionFolder:

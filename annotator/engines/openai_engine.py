@@ -25,7 +25,7 @@ import threading
 import time
 
 from annotator.engines.contract import EngineOptions, Generation, Request
-from annotator.engines.wire import media_parts, request_media
+from annotator.engines.wire import chat_request
 from annotator.models import ModelSpec
 
 BACKOFF_S = 0.5
@@ -112,29 +112,6 @@ class OpenAIEngine:
 
     # -- requests --------------------------------------------------------------------------
 
-    def body(self, request: Request) -> tuple[dict, dict]:
-        """(the request body, what it sends) for one request."""
-        sampling, settings = self.options.sampling, self.settings
-        messages = json.loads(request.prompt)
-        parts, sent = media_parts(settings.send_media, request)
-        messages = _with_media(messages, parts)
-        body: dict = {"model": self.spec.name, "messages": messages,
-                      "max_tokens": request.max_tokens or sampling.max_tokens,
-                      "temperature": sampling.temperature, "top_p": sampling.top_p}
-        if sampling.temperature > 0:  # greedy needs no seed (and vLLM on CPU rejects one)
-            body["seed"] = sampling.seed
-        if sampling.repetition_penalty != 1.0:  # a vLLM/SGLang extension; providers lack it
-            body["repetition_penalty"] = sampling.repetition_penalty
-        body.update(request_media(settings.send_media, request, self.options.media))
-        enforced = "free text"
-        if request.guided:
-            enforced = "validated here"
-            if settings.structured == "json_schema":
-                body["response_format"] = {"type": "json_schema", "json_schema": {
-                    "name": "description", "schema": self.options.schema, "strict": True}}
-                enforced = "json_schema"
-        return body, {**sent, "enforced": enforced}
-
     async def _answer(self, key: str, request: Request) -> None:
         try:
             generation = await self._request(request)
@@ -145,7 +122,7 @@ class OpenAIEngine:
     async def _request(self, request: Request) -> Generation:
         import httpx
 
-        body, sent = self.body(request)
+        body, sent = chat_request(self.spec, self.options, request)
         content = json.dumps(body).encode()
         sent["request_bytes"] = len(content)
         retries, error = self.settings.http_retries, ""
@@ -170,7 +147,7 @@ class OpenAIEngine:
                             f"HTTP {code} from {self.spec.path}: {_snippet(response.text)}"))
                     else:
                         try:
-                            return _generation(response.json(), {**sent, "http_tries": tries})
+                            return to_generation(response.json(), {**sent, "http_tries": tries})
                         except (ValueError, KeyError, IndexError, TypeError) as err:
                             error = f"an unreadable answer ({type(err).__name__}: {err})"
                 if tries <= retries:
@@ -218,17 +195,9 @@ class OpenAIEngine:
         return text.replace(self._key, "***") if self._key else text
 
 
-def _with_media(messages: list[dict], parts: dict[str, list[dict]]) -> list[dict]:
-    """The messages with each media placeholder (`{"type": "video"}`, `{"type": "audio"}`)
-    replaced by the parts that carry it."""
-    for message in messages:
-        if isinstance(message["content"], list):
-            message["content"] = [p for part in message["content"]
-                                  for p in parts.get(part["type"], [part])]
-    return messages
-
-
-def _generation(answer: dict, sent: dict) -> Generation:
+def to_generation(answer: dict, sent: dict) -> Generation:
+    """A Generation from an OpenAI chat.completion object (a live answer or a batch line's
+    response body); raises ValueError, KeyError, IndexError or TypeError when it is not one."""
     choice = answer["choices"][0]
     text = choice["message"]["content"]
     if not isinstance(text, str):

@@ -15,16 +15,53 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import struct
 import wave
 
 import numpy as np
 
 from annotator.core.media import SAMPLE_RATE
-from annotator.engines.contract import Request
+from annotator.engines.contract import EngineOptions, Request
+from annotator.models import ModelSpec
 from annotator.settings import MediaSettings
 
 JPEG_QUALITY = 90
+
+
+def chat_request(spec: ModelSpec, options: EngineOptions, request: Request
+                 ) -> tuple[dict, dict]:
+    """(the /chat/completions body, what it sends) for one request: its messages with the
+    media in place, the run's sampling, the budget and the JSON schema it must follow."""
+    sampling, settings = options.sampling, options.remote
+    parts, sent = media_parts(settings.send_media, request)
+    body: dict = {"model": spec.name,
+                  "messages": _with_media(json.loads(request.prompt), parts),
+                  "max_tokens": request.max_tokens or sampling.max_tokens,
+                  "temperature": sampling.temperature, "top_p": sampling.top_p}
+    if sampling.temperature > 0:  # greedy needs no seed (and vLLM on CPU rejects one)
+        body["seed"] = sampling.seed
+    if sampling.repetition_penalty != 1.0:  # a vLLM/SGLang extension; providers lack it
+        body["repetition_penalty"] = sampling.repetition_penalty
+    body.update(request_media(settings.send_media, request, options.media))
+    enforced = "free text"
+    if request.guided:
+        enforced = "validated here"
+        if settings.structured == "json_schema":
+            body["response_format"] = {"type": "json_schema", "json_schema": {
+                "name": "description", "schema": options.schema, "strict": True}}
+            enforced = "json_schema"
+    return body, {**sent, "enforced": enforced}
+
+
+def _with_media(messages: list[dict], parts: dict[str, list[dict]]) -> list[dict]:
+    """The messages with each media placeholder (`{"type": "video"}`, `{"type": "audio"}`)
+    replaced by the parts that carry it."""
+    for message in messages:
+        if isinstance(message["content"], list):
+            message["content"] = [p for part in message["content"]
+                                  for p in parts.get(part["type"], [part])]
+    return messages
 
 
 def media_parts(send: str, request: Request) -> tuple[dict[str, list[dict]], dict]:

@@ -57,7 +57,8 @@ def judge(attempt: Attempt, model) -> Judged:
             return ErrorKind.ENGINE, gen.error, None
     gen = attempt.answer
     if gen.finish_reason == "length":
-        return ErrorKind.TRUNCATED, f"hit the output budget ({len(gen.token_ids)} tokens)", None
+        return (ErrorKind.TRUNCATED, f"hit the output budget ({gen.num_output_tokens} tokens)",
+                None)
     parsed, reason = parse_description(model, gen.text)
     if parsed is None:
         return ErrorKind.INVALID_OUTPUT, reason, None

@@ -103,3 +103,59 @@ def test_the_endpoint_settings_are_checked_before_anything_runs(corpus, tmp_path
     stray = runner.invoke(app, ["run", "--manifest", str(corpus), "--out", str(tmp_path),
                                 "--engine", "fake", "--endpoint", "http://x/v1"])
     assert stray.exit_code != 0 and "--engine openai" in stray.output
+
+
+def test_batch_files_round_trip_to_the_rows_of_a_live_run(corpus, tmp_path):
+    """Export, answer the file as a provider's batch job would (the same server's answers),
+    import: the rows equal a live run's; a file that does not answer the export one to one
+    is refused, its custom_ids named, and nothing is stored."""
+    live, batch = tmp_path / "live", tmp_path / "batch"
+    with FaultServer((None,)) as server:
+        assert annotate(server, corpus, live).exit_code == 0
+        exported = runner.invoke(app, [
+            "export-requests", "--manifest", str(corpus), "--out", str(batch), "--engine",
+            "openai", "--endpoint", server.url, "--model", server.model, "--labels", LABELS,
+            "--generation", "one-pass"])
+        assert exported.exit_code == 0, exported.output
+        lines = [json.loads(x) for x in (batch / "batch" / "requests.jsonl").open()]
+        assert all(x["url"] == "/v1/chat/completions" and x["method"] == "POST" for x in lines)
+        results = [{"id": f"r{i}", "custom_id": x["custom_id"], "error": None,
+                    "response": {"status_code": 200, "body": server.answer(x["body"])}}
+                   for i, x in enumerate(lines)]
+    stored_before = Store(batch).read().to_pylist()  # the media failures, typed at export
+    assert sorted(r["clip_id"] for r in stored_before) == ["corrupt", "missing"]
+
+    def write(name, items):
+        path = tmp_path / name
+        path.write_text("".join(json.dumps(x) + "\n" for x in items))
+        return str(path)
+
+    foreign = {**results[0], "custom_id": "not-exported"}
+    for bad, named in ((results[1:], "missing 1"), (results + results[:1], "duplicated 1"),
+                       (results + [foreign], "foreign 1 (not-exported)")):
+        refused = runner.invoke(app, ["import-results", str(batch), write("bad.jsonl", bad)])
+        assert refused.exit_code == 1 and named in refused.output, refused.output
+        assert Store(batch).read().to_pylist() == stored_before
+    imported = runner.invoke(app, ["import-results", str(batch), write("out.jsonl", results)])
+    assert imported.exit_code == 0, imported.output
+    got = {r["clip_id"]: r for r in Store(batch).read().to_pylist()}
+    want = {r["clip_id"]: r for r in Store(live).read().to_pylist()}
+    assert got.keys() == want.keys()
+    same = ("status", "error_kind", "description", "reasoning", "raw_output", "cache_key",
+            "prompt_sha256", "num_input_tokens", "num_output_tokens", "model", "engine")
+    for clip, row in got.items():
+        assert {k: row[k] for k in same} == {k: want[clip][k] for k in same}, clip
+        if row["sent"]:
+            assert row["sent"] == {**want[clip]["sent"], "http_tries": None}
+    again = annotate_with_server_down(corpus, batch)
+    assert again["engine"]["started"] is False and again["counts"]["cached"] == 12
+
+
+def annotate_with_server_down(manifest, out) -> dict:
+    """A live `run` over an imported folder: every row is a cache hit, nothing is sent."""
+    result = runner.invoke(app, [
+        "run", "--manifest", str(manifest), "--out", str(out), "--engine", "openai",
+        "--endpoint", "http://127.0.0.1:9/v1", "--model", "served-test", "--labels", LABELS,
+        "--generation", "one-pass"])
+    assert result.exit_code == 0, result.output
+    return json.loads((out / "run.json").read_text())
