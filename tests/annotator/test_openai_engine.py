@@ -41,7 +41,7 @@ def test_faults_are_retried_then_typed_and_nothing_is_lost_or_leaked(
         corpus, tmp_path, monkeypatch):
     monkeypatch.setenv("VAEMO_TEST_KEY", KEY)
     out = tmp_path / "out"
-    plan = (*TRANSIENT, *PERSISTENT, None, None, None)  # ten distinct prompts, one each
+    plan = (*TRANSIENT, *PERSISTENT, None, None)  # ten distinct prompts, one each
     with FaultServer(plan) as server:
         result = annotate(server, corpus, out)
         assert result.exit_code == 0, result.output
@@ -63,7 +63,10 @@ def test_faults_are_retried_then_typed_and_nothing_is_lost_or_leaked(
                 fault = server.dealt[server.answered[row["raw_output"]]]
                 assert fault in (*TRANSIENT, None)
                 sent = row["sent"]
-                assert sent["http_tries"] == (1 if fault is None else 2), fault
+                if fault == "truncate":  # a new attempt with twice the budget
+                    assert row["attempts"] == 2 and sent["http_tries"] == 1
+                else:  # the same request again
+                    assert sent["http_tries"] == (1 if fault is None else 2), fault
                 assert sent["enforced"] == "json_schema" and sent["frames"] == 0
                 assert sent["request_bytes"] > 1000
                 assert row["num_input_tokens"] == 100 and row["num_output_tokens"] > 0
@@ -78,6 +81,25 @@ def test_faults_are_retried_then_typed_and_nothing_is_lost_or_leaked(
         assert again.exit_code == 0, again.output
         assert json.loads((out / "run.json").read_text())["engine"]["started"] is False
         assert sum(server.requests.values()) == sent_before, "a cached re-run sends nothing"
+
+
+def test_two_phase_sends_the_thought_back_and_samples_come_back(corpus, tmp_path):
+    with FaultServer((None,)) as server:
+        result = annotate(server, corpus, tmp_path, "--generation", "two-phase", "--samples",
+                          "2", "--temperature", "0.5", "--subset", "3")
+        assert result.exit_code == 0, result.output
+        answers = [b for b in server.bodies if b.get("response_format")]
+    rows = [r for r in Store(tmp_path).read().to_pylist() if r["status"] == "ok"]
+    assert rows
+    for row in rows:
+        assert row["reasoning"].startswith("A short free thought")
+        assert len(row["samples"]) == 1 and row["samples"][0]["primary_emotion"]
+        turns = [b["messages"] for b in answers if any(
+            m["role"] == "assistant" and m["content"][0]["text"] == row["reasoning"]
+            if isinstance(m["content"], list) else m["content"] == row["reasoning"]
+            for m in b["messages"])]
+        assert len(turns) == 2  # the answer and its extra sample, each after the thought
+        assert turns[0][-1]["role"] == "user" and all(b["seed"] == 0 for b in answers)
 
 
 def test_an_endpoint_that_cannot_serve_the_run_fails_at_start_and_changes_nothing(

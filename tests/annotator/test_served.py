@@ -16,7 +16,10 @@ from tests.builders.served import vllm_serve
 pytestmark = pytest.mark.slow
 runner = CliRunner()
 CLIPS = ("real_astronaut", "real_grace_hopper", "tone_220")
-BUDGETS = ("--max-tokens", "384", "--think-tokens", "48", "--retries", "0")
+BUDGETS = ("--think-tokens", "48", "--retries", "0")
+MAX_TOKENS = {"one-pass": "160", "two-phase": "256"}
+"""SmolLM2's one-pass answers (reasoning first) loop until any budget ends: a short one
+still compares them token for token; two-phase answers end within 256."""
 
 
 @pytest.fixture(scope="module")
@@ -59,10 +62,11 @@ def omni_server(tmp_path_factory, tiny_omni):
 @pytest.mark.parametrize("mode", ["one-pass", "two-phase"])
 def test_served_smollm2_answers_as_the_in_process_engine(mode, manifest, tmp_path,
                                                          smollm2_server):
+    budget = ("--generation", mode, "--max-tokens", MAX_TOKENS[mode])
     local = annotate(manifest, tmp_path / "local", "--engine", "vllm", "--model",
-                     str(smollm2_folder()), "--generation", mode)
+                     str(smollm2_folder()), *budget)
     served = annotate(manifest, tmp_path / "served", "--engine", "openai", "--endpoint",
-                      smollm2_server, "--model", "smollm2", "--generation", mode)
+                      smollm2_server, "--model", "smollm2", *budget)
     for clip, row in served.items():
         # the same messages through the same chat template, greedy, float32, guidance
         assert row["raw_output"] == local[clip]["raw_output"], clip
@@ -72,7 +76,8 @@ def test_served_smollm2_answers_as_the_in_process_engine(mode, manifest, tmp_pat
         assert row["sent"] == {"frames": 0, "audio_s": 0.0, "enforced": "json_schema",
                                "http_tries": 1, "request_bytes": row["sent"]["request_bytes"]}
         assert row["model"] == "smollm2" and row["engine"] == "openai"
-    assert any(r["status"] == "ok" for r in served.values())
+    if mode == "two-phase":
+        assert any(r["status"] == "ok" for r in served.values())
 
 
 @pytest.mark.parametrize("mode", ["one-pass", "two-phase"])
@@ -84,7 +89,7 @@ def test_served_omni_gets_the_frames_and_the_audio(mode, manifest, tmp_path, tin
     to extract the audio from an encoded video file itself): the prompt differs in layout
     (and by a token or so in length), and for this tiny model the greedy answers still agree
     (checked here, as it holds on this machine)."""
-    budgets = ("--max-tokens", "48", "--think-tokens", "24")
+    budgets = ("--max-tokens", "48", "--think-tokens", "24")  # a random model: truncated
     served = annotate(manifest, tmp_path / "served", "--engine", "openai", "--endpoint",
                       omni_server, "--model", "tiny-omni", "--send-media", "vllm",
                       "--generation", mode, *budgets)

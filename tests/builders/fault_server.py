@@ -2,7 +2,8 @@
 
 Real HTTP on a free port (the standard library's threading server). Each distinct clip (told
 apart by its user text) is dealt the next fault of `plan` the first time it arrives:
-transient faults hit its first request only; `violate` (a schema-violating answer) and
+transient faults (429, 500, a hang, a reset connection, malformed JSON, an answer cut at the
+budget) hit its first request only; `violate` (a schema-violating answer) and
 `down` (503 forever) hit every request of it. Good answers follow the request's JSON schema
 (the fake engine's `instance`), so the run's validation is real.
 """
@@ -20,7 +21,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from annotator.engines.fake import instance
 
-TRANSIENT = ("429", "500", "hang", "reset", "malformed")
+TRANSIENT = ("429", "500", "hang", "reset", "malformed", "truncate")
 PERSISTENT = ("violate", "down")
 
 
@@ -34,6 +35,7 @@ class FaultServer:
         self.dealt: dict[str, str | None] = {}
         self.requests: Counter[str] = Counter()
         self.authorization: set[str] = set()
+        self.bodies: list[dict] = []
         self.answered: dict[str, str] = {}
         """Each good answer's text: the clip key it was for."""
         server = self
@@ -68,6 +70,12 @@ class FaultServer:
                     self.connection.close()
                 elif fault == "malformed":
                     self._send_raw(200, b'{"choices": [{"message": ')
+                elif fault == "truncate":  # the budget ended mid-answer
+                    answer = server.answer(body)
+                    choice = answer["choices"][0]
+                    choice["finish_reason"] = "length"
+                    choice["message"]["content"] = choice["message"]["content"][:20]
+                    self._send(200, answer)
                 elif fault == "violate":
                     answer = server.answer(body)
                     answer["choices"][0]["message"]["content"] = '{"summary": 7}'
@@ -95,6 +103,7 @@ class FaultServer:
         """The fault for this request: the clip's dealt fault where it still applies."""
         clip = _clip_of(body)
         with self.lock:
+            self.bodies.append(body)
             self.requests[clip] += 1
             if clip not in self.dealt:
                 self.dealt[clip] = self.plan[len(self.dealt) % len(self.plan)]
