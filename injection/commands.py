@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import json
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from annotator.core.errors import ConfigError
+from annotator.core.errors import ConfigError, DataError
 from annotator.core.layout import InjectionFolder
 from annotator.core.schema import MODALITY_FIELDS
 from injection.config import EvalConfig, TrainConfig
@@ -44,7 +44,9 @@ def prepare(config: TrainConfig, log=print, share: Share = Share()) -> Prepared:
     if device.type == "cpu":
         torch.set_num_threads(1)  # measured: 2 CPU threads are erratic (10-50x slower)
     rows, run = load_rows(config.descriptions, config.exclude_flagged)
-    corpus = build_corpus(rows, run, config.seed, config.eval_fraction)
+    corpus = build_corpus(rows, run, config.seed, config.eval_fraction, config.label_source,
+                          config.min_label_confidence)
+    check_label_path(corpus, config, log)
     encoder = load_encoder(config.encoder, config.factory, config.trust_remote_code)
     text_encoder = TransformersTextEncoder(config.text_encoder, device=device)
     cache = InjectionFolder(config.out).cache
@@ -63,6 +65,24 @@ def prepare(config: TrainConfig, log=print, share: Share = Share()) -> Prepared:
                      corpus.media_sha256, share, **extract_args(config, device, log))
     return Prepared(config, corpus, encoder, text_encoder,
                     Features(va, texts, corpus.labels, label_text))
+
+
+def check_label_path(corpus: Corpus, config: TrainConfig, log) -> None:
+    """Say where path 2's labels come from; refuse a label path that would have none (it
+    would silently train the description path alone)."""
+    path = corpus.label_path
+    if not config.label_weight:
+        return
+    if path["none"] == len(corpus):
+        fix = ("--label-source auto (the descriptions' primary emotions where the dataset "
+               "has no label)" if config.label_source == "dataset" else
+               f"--min-label-confidence below {config.min_label_confidence}")
+        raise DataError(f"the label path has no targets: no clip has a {config.label_source} "
+                        f"label; pass {fix}, or --label-weight 0 to train the description "
+                        "path alone")
+    log(f"label path ({config.label_source}): {path['dataset']} clips from dataset labels, "
+        f"{path['description']} from descriptions (confidence >= "
+        f"{config.min_label_confidence}), {path['none']} without")
 
 
 def extract_args(config: TrainConfig, device, log, every_s: float = 10.0) -> dict:
@@ -99,6 +119,7 @@ def meta(prep: Prepared) -> dict:
             "hidden": config.hidden, "dual_path": config.dual_path,
             "text_encoder": prep.text_encoder.id, "encoder": prep.encoder.id,
             "factory": config.factory, "label_names": prep.corpus.label_names,
+            "label_path": prep.corpus.label_path,
             "mode": config.mode, "interpolate": config.interpolate,
             "preprocess": prep.encoder.preprocess.__dict__}
 
@@ -129,7 +150,8 @@ def train(config: TrainConfig, log=print) -> dict:
     share = _distributed()
     rank = share.rank
     prep = prepare(config, log if rank == 0 else (lambda *_: None), share)
-    training = prep.features.subset(~prep.corpus.held_out)
+    # path 2 trains on --label-source's targets; evaluation keeps the dataset's labels
+    training = replace(prep.features, labels=prep.corpus.targets).subset(~prep.corpus.held_out)
     media = [m for m, held in zip(prep.corpus.media, prep.corpus.held_out) if not held]
     original = _original_weights(prep.encoder, config)
     with _progress(config) if rank == 0 else nullcontext(None) as report:

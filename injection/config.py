@@ -81,6 +81,14 @@ class TrainConfig(BaseModel):
     """Weight of path 1, clip <-> its description."""
     label_weight: float = Field(1.0, ge=0)
     """Weight of path 2, clip <-> its label text (supervised: same label, same positive)."""
+    label_source: Literal["auto", "dataset", "description"] = "auto"
+    """Where path 2 takes each clip's label: the dataset's (the manifest's `label`), the
+    description's primary emotion, or auto: the dataset's where there is one, else the
+    description's (an unlabelled corpus still gets both paths). Evaluation always uses the
+    dataset's labels."""
+    min_label_confidence: float = Field(0.5, ge=0, le=1)
+    """A description's primary emotion is a label for path 2 only when the description's own
+    confidence is at least this."""
     steps: int = Field(300, ge=1)
     """Optimizer steps."""
     batch_size: int = Field(64, ge=2)

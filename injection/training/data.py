@@ -28,10 +28,14 @@ class Corpus:
     texts: dict[str, list[str]]
     """Text per source: description, summary, reasoning, face, body, voice."""
     labels: np.ndarray
-    """Label index per clip (-1: no label)."""
+    """The dataset's label index per clip (-1: no label): evaluation's ground truth."""
     label_names: list[str]
     held_out: np.ndarray
     """True for clips kept out of training, for evaluation."""
+    targets: np.ndarray | None = None
+    """Path 2's label index per clip, from --label-source (-1: none); None: `labels`."""
+    label_path: dict | None = None
+    """Where path 2's targets come from: clips per source, kept in the checkpoint."""
 
     def __len__(self) -> int:
         return len(self.clip_ids)
@@ -71,7 +75,8 @@ def load_rows(source: Path, exclude_flagged: bool = True) -> tuple[pa.Table, dic
     return rows, run
 
 
-def build_corpus(rows: pa.Table, run: dict, seed: int, eval_fraction: float) -> Corpus:
+def build_corpus(rows: pa.Table, run: dict, seed: int, eval_fraction: float,
+                 label_source: str = "dataset", min_confidence: float = 0.0) -> Corpus:
     description = rows["description"].combine_chunks()
     field = {name: [t or "" for t in description.field(name).to_pylist()]
              for name in TEXT_FIELDS}
@@ -80,17 +85,43 @@ def build_corpus(rows: pa.Table, run: dict, seed: int, eval_fraction: float) -> 
     texts = {"description": full, "summary": field["summary"], "reasoning": reasoning,
              **{name: field[name] for name in MODALITY_FIELDS}}
     raw_labels = rows["label"].to_pylist()
-    names = run.get("labels") or sorted({x for x in raw_labels if x})
-    mapped = map_labels(raw_labels, names)
-    names = [n for n in names if n in set(mapped)] or names
+    described = described_emotions(description.to_pylist(), min_confidence)
+    full = run.get("labels") or sorted({x for x in raw_labels if x}) or (
+        sorted({x for x in described if x}) if label_source != "dataset" else [])
+    dataset, from_description = map_labels(raw_labels, full), _onto(described, full)
+    origin = [("dataset" if d and label_source != "description" else
+               "description" if e and label_source != "dataset" else "none")
+              for d, e in zip(dataset, from_description)]
+    target = [d if o == "dataset" else e if o == "description" else None
+              for o, d, e in zip(origin, dataset, from_description)]
+    used = {x for x in dataset + target if x}
+    names = [n for n in full if n in used] or full  # the label set as this corpus uses it
     lookup = {n: i for i, n in enumerate(names)}
-    labels = np.array([lookup.get(x, -1) for x in mapped], np.int64)
+    labels = np.array([lookup.get(x, -1) for x in dataset], np.int64)
+    targets = np.array([lookup.get(x, -1) for x in target], np.int64)
+    path = {"source": label_source, **{k: origin.count(k)
+                                       for k in ("dataset", "description", "none")}}
     clip_ids = rows["clip_id"].to_pylist()
     audio = rows["audio_path"].to_pylist() if "audio_path" in rows.column_names \
         else [None] * len(rows)  # rows written before the column existed
     media = list(zip(rows["path"].to_pylist(), audio))
     return Corpus(clip_ids, media, rows["media_sha256"].to_pylist(), texts, labels, names,
-                  held_out_split(clip_ids, labels, seed, eval_fraction))
+                  held_out_split(clip_ids, labels, seed, eval_fraction), targets, path)
+
+
+def described_emotions(descriptions: list[dict], min_confidence: float) -> list[str | None]:
+    """Each description's primary emotion, where its confidence reaches `min_confidence`."""
+    return [(d.get("primary_emotion") or "").strip().lower() or None
+            if (d.get("confidence") or 0.0) >= min_confidence else None for d in descriptions]
+
+
+def _onto(emotions: list[str | None], label_set: list[str]) -> list[str | None]:
+    """Emotions onto the label set through the synonyms; one that maps nowhere is no label
+    (an open-vocabulary description may name an emotion the set lacks)."""
+    from annotator.core.emotions import label_mapping
+
+    mapping = label_mapping(sorted({x for x in emotions if x}), label_set)
+    return [mapping.get(x) if x else None for x in emotions]
 
 
 def map_labels(raw: list[str | None], label_set: list[str]) -> list[str | None]:

@@ -118,12 +118,13 @@ def _row(clip_id: str, label: str, description: dict | None, cues: dict, path: s
 
 def write_synthetic_run(out: str | Path, n: int, seed: int = 0, planted: bool = True,
                         media: list[str] | None = None, agreement: float = 0.7,
-                        samples: int = 1, stable: float = 0.8) -> Path:
+                        samples: int = 1, stable: float = 0.8, labelled: bool = True) -> Path:
     """Write `n` clean rows (and the PLANTED faults) as a run in `out`; returns `out`.
 
     Dataset labels match the described emotion for a share `agreement` of clean rows. With
     `samples` > 1, each row has samples - 1 extra samples that keep its emotion with
-    probability `stable` each (as `run --samples` would store)."""
+    probability `stable` each (as `run --samples` would store). `labelled=False`: a corpus
+    without dataset labels (the descriptions still use the label set)."""
     out = Path(out)
     rng = np.random.default_rng(seed)
     media = media or [str(out / "media" / "missing.mp4")]
@@ -132,6 +133,7 @@ def write_synthetic_run(out: str | Path, n: int, seed: int = 0, planted: bool = 
     for i in range(n):
         emotion = LABELS[i % len(LABELS)]
         label = emotion if rng.random() < agreement else str(rng.choice(LABELS))
+        label = label if labelled else None
         cues = _cues(rng, emotion)
         path = media[i % len(media)]
         row = _row(f"c{i:07d}", label, _description(rng, emotion, cues), cues, path)

@@ -37,3 +37,32 @@ def test_train_help_examples_run(tmp_path, monkeypatch, clips):
     assert json.loads(last)["step"] == 100
     for command in ("eval", "export"):
         assert runner.invoke(app, [command, "inj/"]).exit_code == 0
+
+
+def test_an_unlabelled_run_trains_both_paths_from_the_descriptions(tmp_path, clips):
+    """Without dataset labels, --label-source auto takes the descriptions' primary emotions
+    (confident ones) for the label path: its loss is not zero, and the checkpoint says where
+    the labels came from. Asking for dataset labels there fails at start, naming the fix."""
+    from tests.builders.tiny_encoders import build_tiny_va_encoder
+
+    run = write_synthetic_run(tmp_path / "run", 16, planted=False, labelled=False,
+                              media=[str(clips["real_astronaut"]), str(clips["tone_440"])])
+    encoder = build_tiny_va_encoder(tmp_path / "enc")
+    common = ["train", "--descriptions", str(run), "--encoder", str(encoder), "--steps", "4",
+              "--batch-size", "8", "--warmup", "0"]
+    refused = runner.invoke(app, [*common, "--out", str(tmp_path / "a"), "--label-source",
+                                  "dataset"])
+    assert refused.exit_code == 1
+    assert "no clip has a dataset label" in refused.output
+    assert "--label-source auto" in refused.output
+    assert not (tmp_path / "a" / "metrics.jsonl").exists()
+    result = runner.invoke(app, [*common, "--out", str(tmp_path / "b")])
+    assert result.exit_code == 0, result.output
+    assert "label path (auto): 0 clips from dataset labels, " in result.output
+    history = [json.loads(x) for x in (tmp_path / "b" / "metrics.jsonl").open()]
+    assert all(r["label_loss"] > 0 for r in history if "label_loss" in r)
+    assert any("label_loss" in r for r in history)
+    exported = json.loads((tmp_path / "b" / "encoder" / "injection.json").read_text())
+    path = exported["label_path"]
+    assert path["source"] == "auto" and path["dataset"] == 0
+    assert path["description"] + path["none"] == 16 and path["description"] >= 8
