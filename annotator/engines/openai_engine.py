@@ -25,7 +25,7 @@ import threading
 import time
 
 from annotator.engines.contract import EngineOptions, Generation, Request
-from annotator.engines.wire import chat_request
+from annotator.engines.wire import chat_request, media_parts
 from annotator.models import ModelSpec
 
 BACKOFF_S = 0.5
@@ -57,6 +57,8 @@ class OpenAIEngine:
         self._results: queue.Queue[tuple[str, Generation]] = queue.Queue()
         self._outstanding = 0
         self._next_start = 0.0
+        self._media: dict[str, tuple[dict, dict]] = {}
+        self._media_lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
         threading.Thread(target=self._loop.run_forever, name="endpoint-io", daemon=True).start()
 
@@ -122,7 +124,8 @@ class OpenAIEngine:
     async def _request(self, request: Request) -> Generation:
         import httpx
 
-        body, sent = chat_request(self.spec, self.options, request)
+        # encoding frames and audio is CPU work: off the loop, which keeps the network busy
+        body, sent = await asyncio.to_thread(self._body, request)
         content = json.dumps(body).encode()
         sent["request_bytes"] = len(content)
         retries, error = self.settings.http_retries, ""
@@ -153,6 +156,19 @@ class OpenAIEngine:
                 if tries <= retries:
                     await asyncio.sleep(wait)
         return Generation(error=self._scrub(f"{error}; gave up after {tries} tries"))
+
+    def _body(self, request: Request) -> tuple[dict, dict]:
+        """The request's body; a clip's media are encoded once for all its requests (its
+        thought and answer, retries, samples), kept for the clips in flight."""
+        with self._media_lock:
+            media = self._media.pop(request.clip_id, None)
+        if media is None:
+            media = media_parts(self.settings.send_media, request)
+        with self._media_lock:
+            self._media[request.clip_id] = media  # the newest last
+            while len(self._media) > 2 * self.settings.max_concurrency:
+                self._media.pop(next(iter(self._media)))
+        return chat_request(self.spec, self.options, request, media)
 
     async def _pace(self) -> None:
         """Start at most --requests-per-s requests per second."""
