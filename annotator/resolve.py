@@ -19,6 +19,7 @@ import pyarrow as pa
 from annotator.config import RunConfig
 from annotator.core.errors import ConfigError
 from annotator.core.manifest import load_manifest
+from annotator.core.rows import KNOWN_COLUMNS
 from annotator.core.schema import (SCHEMA_VERSION, description_model, enforced_model,
                                    json_schema, schema_sha256)
 from annotator.core.subset import parse_subset, select_subset
@@ -95,6 +96,24 @@ def local_device(requested: str) -> str:
     return requested if requested != "auto" else "gpu" if has_gpu else "cpu"
 
 
+def internal_columns() -> set[str]:
+    """The column names the stages write beside the manifest's own (`StageSpec.writes`):
+    a manifest column of that name would collide with them."""
+    from annotator.stages import generate, plan, prepare
+
+    written = {c for stage in (plan.STAGE, prepare.STAGE, generate.STAGE) for c in stage.writes}
+    return written - set(KNOWN_COLUMNS)
+
+
+def refuse_internal_columns(path: Path, columns: list[str]) -> None:
+    clash = sorted(set(columns) & internal_columns())
+    if clash:
+        raise ConfigError(
+            f"{path}: the column(s) {', '.join(clash)} are names vaemo gives its own columns; "
+            f"rename them in the manifest (e.g. {clash[0]} -> manifest_{clash[0]}): every "
+            "other extra column is kept and shown to the template")
+
+
 def model_spec(config: RunConfig, device: str) -> ModelSpec:
     """The model that annotates: a served one by its name (an endpoint engine), else a
     local folder or hub id."""
@@ -109,6 +128,7 @@ def resolve(config: RunConfig, device: str | None = None) -> Resolved:
     generation mode and schema: what every stage of the run is handed."""
     device = device or local_device(config.compute.device)
     manifest = load_manifest(config.manifest)
+    refuse_internal_columns(config.manifest, manifest.column_names)
     wanted = parse_subset(config.subset)
     chosen = select_subset(manifest, wanted, config.sampling.seed)
     notes = []

@@ -159,6 +159,8 @@ def _run(manifest, tmp_path):
     ("bad.jsonl", '{"path": "a.mp4"}\n{"path": "b.mp4"}\n{"path": \n', "line 3"),
     ("no_path.csv", "file,label\na.mp4,sad\n", "no `path` column"),
     ("blank_path.csv", "path,label\na.mp4,sad\n,sad\n", "row 2: path"),
+    ("internal.csv", "path,stratum,status\na.mp4,x,y\n",
+     "the column(s) status, stratum are names vaemo gives its own columns; rename them"),
 ])
 def test_every_bad_manifest_is_one_clear_error(tmp_path, name, content, said):
     manifest = tmp_path / name
