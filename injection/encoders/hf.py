@@ -48,13 +48,32 @@ def branch_kind(config) -> str:
     for kind, types in BRANCH_KINDS.items():
         if model_type in types:
             return kind
-    known = ", ".join(f"{kind}: {sorted(types)}" for kind, types in BRANCH_KINDS.items())
     hint = (" (a full CLIP/SigLIP folder: save its vision tower, e.g. "
             "CLIPVisionModel.from_pretrained(path).save_pretrained(out))"
             if model_type in ("clip", "siglip") else "")
     raise EncoderError(f"model type {model_type!r} is not a supported encoder{hint}; "
-                       f"supported: {known}. Anything else: wrap it in a factory "
-                       "(--factory module:function) with the documented forward contract")
+                       f"{SUPPORTED}")
+
+
+SUPPORTED = ("supported: " + ", ".join(f"{kind}: {sorted(types)}"
+                                       for kind, types in BRANCH_KINDS.items())
+             + ". Anything else: wrap it in a factory (--factory module:function) with the "
+             "documented forward contract")
+
+
+def _config(folder: Path, trust_remote_code: bool):
+    """The folder's transformers config, or one line naming the file and what is wrong."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    except Exception as err:  # noqa: BLE001 - transformers raises many kinds for bad configs
+        raise EncoderError(f"{folder / 'config.json'} cannot be read as a transformers config "
+                           f"({type(err).__name__}: {_first_line(err)}); {SUPPORTED}") from err
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [""])[0][:300]
 
 
 @dataclass
@@ -154,7 +173,7 @@ class HFEncoder:
     kind = "hf"
 
     def __init__(self, path: Path, trust_remote_code: bool = False):
-        from transformers import AutoConfig, AutoModel
+        from transformers import AutoModel
 
         self.path = path
         folders = {"video": path / "video", "audio": path / "audio"}
@@ -163,13 +182,13 @@ class HFEncoder:
             if not (path / "config.json").is_file():
                 raise EncoderError(f"{path} has no config.json and no video/ or audio/ "
                                    "subfolder with one")
-            config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+            config = _config(path, trust_remote_code)
             folders = {"video" if branch_kind(config) in VISUAL else "audio": path}
         self.folders = folders
         branches, inputs = {}, []
         self.preprocess = Preprocess()
         for name, folder in folders.items():
-            config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
+            config = _config(folder, trust_remote_code)
             kind = branch_kind(config)
             if (name == "video") != (kind in VISUAL):
                 raise EncoderError(f"{folder} holds a {config.model_type} model, which is not "
@@ -178,8 +197,15 @@ class HFEncoder:
                 model = AutoModel.from_pretrained(folder, trust_remote_code=trust_remote_code,
                                                   dtype=torch.float32)
             except ValueError as err:
-                raise EncoderError(f"{folder}: {err} (custom code needs "
+                raise EncoderError(f"{folder}: {_first_line(err)} (custom code needs "
                                    "--trust-remote-code, and only for code you trust)") from err
+            except Exception as err:  # noqa: BLE001 - a damaged or hostile weights file
+                raise EncoderError(
+                    f"{folder}: its weights cannot be loaded ({type(err).__name__}: "
+                    f"{_first_line(err)}); a pytorch_model.bin is read tensors-only (one that "
+                    "needs code is refused): save the weights as model.safetensors, and check "
+                    "the file is complete"
+                ) from err
             extractor = None
             if kind in VISUAL:
                 self.preprocess = _video_preprocess(folder, model.config, kind)

@@ -178,3 +178,40 @@ def test_a_bin_only_folder_exports_its_weights_and_names_them_in_its_id(tmp_path
         next(model.parameters()).add_(1.0)
     torch.save(model.state_dict(), folder / "pytorch_model.bin")
     assert load_encoder(folder).id != encoder.id
+
+
+def _damaged(tiny_va, tmp_path, how: str):
+    """A copy of the tiny encoder's audio branch, damaged one way."""
+    import json
+    import pickle
+    import shutil
+    import struct
+
+    folder = tmp_path / how
+    shutil.copytree(tiny_va / "audio", folder)
+    weights = folder / "model.safetensors"
+    if how == "code_pickle":  # weights as a pickle whose loading would run code
+        weights.unlink()
+        (folder / "pytorch_model.bin").write_bytes(pickle.dumps(_Payload(tmp_path / "ran")))
+    elif how == "truncated":
+        weights.write_bytes(weights.read_bytes()[:100])
+    elif how == "huge_header":
+        weights.write_bytes(struct.pack("<Q", 2**40) + b"{" * 64)
+    elif how == "unknown_type":
+        config = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**config, "model_type": "no-such"}))
+    return folder
+
+
+@pytest.mark.parametrize("how", ["code_pickle", "truncated", "huge_header", "unknown_type"])
+def test_encoder_folders_that_are_not_encoders_are_one_line_each(tiny_va, tmp_path, how):
+    folder = _damaged(tiny_va, tmp_path, how)
+    with pytest.raises(EncoderError) as caught:
+        load_encoder(folder)
+    message = str(caught.value)
+    assert str(folder) in message and "\n" not in message, message
+    assert not (tmp_path / "ran").exists(), "the pickle's code ran"
+    if how == "unknown_type":
+        assert "supported: video:" in message and "--factory" in message
+    else:
+        assert "weights cannot be loaded" in message and "model.safetensors" in message
