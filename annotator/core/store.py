@@ -234,14 +234,23 @@ def _newest_per_clip(table: pa.Table) -> pa.Table:
     return table.filter(keep)
 
 
+MARKERS = ("clip_id", "status", "cache_key", "created_at")
+"""Columns every shard has, with ROW_SCHEMA's types: how the store knows its own files."""
+
+
 def _read_file(path: Path, columns: list[str]) -> pa.Table:
     """One file's `columns`; a column the file predates (e.g. `samples`) is read as nulls.
     Raises ShardError for a file that is not a readable vaemo shard."""
     try:
         schema = pq.read_schema(path)
-        if not {"clip_id", "status", "cache_key", "created_at"} <= set(schema.names):
+        if not set(MARKERS) <= set(schema.names):
             raise ShardError("not a vaemo shard (it lacks clip_id, status, cache_key or "
                              "created_at)")
+        for name in MARKERS:  # a file that only borrows the names is not one of ours
+            if schema.field(name).type != ROW_SCHEMA.field(name).type:
+                raise ShardError(f"not a vaemo shard (its {name} is "
+                                 f"{schema.field(name).type}, vaemo writes "
+                                 f"{ROW_SCHEMA.field(name).type})")
         present = set(schema.names)
         table = pq.read_table(path, columns=[c for c in columns if c in present])
     except (OSError, pa.ArrowException) as err:

@@ -5,6 +5,7 @@ runs in the slow tier below."""
 import json
 import shutil
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
@@ -75,15 +76,19 @@ def test_damaged_shards_are_named_quarantined_and_recomputed(finished, manifest,
     zero.write_bytes(b"")  # zero bytes
     (out / "descriptions" / "notes.txt").write_text("not a shard")
     (out / "descriptions" / ".part-x.parquet.abc123.tmp").write_bytes(b"half a commit")
+    mimic = out / "descriptions" / "part-mimic.parquet"  # our column names, other types
+    pq.write_table(pa.table({"clip_id": [1, 2], "status": [True, False], "cache_key": [3, 4],
+                             "created_at": ["x", "y"]}), mimic)
     audited = runner.invoke(app, ["audit", str(out)])
     assert audited.exit_code == 0, audited.output
     assert f"unreadable descriptions/{files[0].name}" in audited.output
     metrics = json.loads((out / "audit" / "metrics.json").read_text())
-    assert set(metrics["store"]["unreadable"]) == {files[0].name, zero.name}
+    assert set(metrics["store"]["unreadable"]) == {files[0].name, zero.name, mimic.name}
+    assert "its clip_id is int64" in metrics["store"]["unreadable"][mimic.name]
     checked = runner.invoke(app, ["verify", str(out)])
     assert checked.exit_code == 1 and "needs a re-run" in checked.output
     said = annotate(manifest, out, tiny_omni)
-    for name in (files[0].name, zero.name, "notes.txt"):
+    for name in (files[0].name, zero.name, "notes.txt", mimic.name):
         assert f"quarantined descriptions/{name}" in " ".join(said.split())
         assert (out / "quarantine" / name).exists()
         assert (out / "quarantine" / f"{name}.reason.txt").read_text().strip()
