@@ -12,8 +12,10 @@ from annotator.core.store import Store
 
 
 def _text(value) -> str:
-    """Model or manifest text as inert Markdown: no HTML, no code spans, no links."""
-    return html.escape(str(value)).replace("`", "&#96;").replace("[", "&#91;")
+    """Text from outside (a model's config, a template header, the manifest, a path) as
+    inert Markdown: no HTML, no code spans, no links, no emphasis."""
+    return (html.escape(str(value)).replace("`", "&#96;").replace("[", "&#91;")
+            .replace("*", "&#42;").replace("_", "&#95;"))
 
 
 def write(out: Path, summary: dict, store: Store) -> None:
@@ -25,11 +27,11 @@ def write(out: Path, summary: dict, store: Store) -> None:
     lines = [
         "# vaemo affective descriptions",
         "",
-        f"Run `{summary['run_id']}` annotated {c['rows']} of {c['selected']} selected clips "
-        f"from `{summary['config']['manifest']}` with **{summary['model']['name']}** "
-        f"(revision `{summary['model']['revision']}`, "
-        f"{summary['config']['compute']['engine']} engine, "
-        f"{summary['device']}), template `{summary['template']['name']}`.",
+        f"Run {_text(summary['run_id'])} annotated {c['rows']} of {c['selected']} selected "
+        f"clips from {_text(summary['config']['manifest'])} with "
+        f"**{_text(summary['model']['name'])}** (revision "
+        f"{_text(summary['model']['revision'])}, {summary['config']['compute']['engine']} "
+        f"engine, {summary['device']}), template {_text(summary['template']['name'])}.",
         "",
         f"- ok: {c['ok']}, failed: {c['failed']} "
         f"({', '.join(f'{k}: {v}' for k, v in c['failed_by_kind'].items()) or 'none'})",

@@ -189,3 +189,28 @@ def test_bom_csv_and_odd_parquet_types_still_read(tmp_path, clips):
     pq.write_table(pa.table({"path": [["a.mp4"]]}), tmp_path / "wrong.parquet")
     result = _run(tmp_path / "wrong.parquet", tmp_path)
     assert result.exit_code == 1 and "row 1: path" in result.output
+
+
+def test_hostile_text_from_outside_is_inert_in_the_dataset_card(tmp_path, clips, tiny_omni):
+    """A model's config names it (`_name_or_path`), the manifest names its path: neither
+    may put HTML, links, code spans or emphasis into OUT/README.md."""
+    import json
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_omni, model)
+    config = json.loads((model / "config.json").read_text())
+    hostile = "<img src=x onerror=alert(1)>`x`[link](javascript:alert(1))**bold**"
+    (model / "config.json").write_text(json.dumps({**config, "_name_or_path": hostile}))
+    folder = tmp_path / "<b>corpus"
+    folder.mkdir()
+    shutil.copy(clips["tone_220"], folder / "a.mp4")
+    (folder / "m.csv").write_text("path,label\na.mp4,sad\n")
+    result = runner.invoke(app, ["run", "--manifest", str(folder / "m.csv"), "--out",
+                                 str(tmp_path / "out"), "--model", str(model), "--engine",
+                                 "fake", "--labels", "sad,happy"])
+    assert result.exit_code == 0, result.output
+    card = (tmp_path / "out" / "README.md").read_text()
+    head = card.split("## Files")[0]
+    for raw in ("<img", "<b>", "`x`", "[link](", "**bold**"):
+        assert raw not in head, raw
+    assert "&lt;img src=x onerror=alert(1)&gt;" in head
