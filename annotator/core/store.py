@@ -15,6 +15,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 import socket
 import uuid
 from contextlib import contextmanager
@@ -25,7 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from annotator.core.files import write_parquet
-from annotator.core.errors import ConfigError
+from annotator.core.errors import ConfigError, VaemoError
 from annotator.core.layout import RunFolder
 from annotator.core.rows import ROW_SCHEMA
 
@@ -188,13 +189,25 @@ class Store:
         table = rows.cast(ROW_SCHEMA).replace_schema_metadata(
             {"vaemo": json.dumps(metadata, sort_keys=True)})
         final = self.dir / f"part-{run_id}-{uuid.uuid4().hex[:8]}.parquet"
-        write_parquet(table, final)
-        self._index = None
-        ids = set(table["clip_id"].to_pylist())
-        self._supersede(ids, keep=final.name)
+        try:
+            write_parquet(table, final)
+            self._index = None
+            ids = set(table["clip_id"].to_pylist())
+            self._supersede(ids, keep=final.name)
+        except OSError as err:  # disk full, quota, read-only: one line, rows intact
+            raise StoreError(self._unwritable(err, table.nbytes)) from err
         for clip in ids:
             self._holders[clip] = {final.name}
         return final
+
+    def _unwritable(self, err: OSError, size: int) -> str:
+        try:
+            free = f"{shutil.disk_usage(self.dir).free / 2**20:.0f} MiB free"
+        except OSError:
+            free = "free space unknown"
+        return (f"cannot write to {self.dir} ({err.strerror or err}; {free}, a batch needs "
+                f"about {max(size / 2**20, 0.1):.1f} MiB): free some space or pass another "
+                "--out; every row committed so far is intact, and a re-run finishes the rest")
 
     def _supersede(self, clip_ids: set[str], keep: str | None = None) -> None:
         """Rewrite the files holding older rows of `clip_ids` without them (the newest row of
@@ -216,6 +229,10 @@ class Store:
                 write_parquet(kept.replace_schema_metadata(table.schema.metadata), path)
             else:
                 path.unlink()
+
+
+class StoreError(VaemoError):
+    """The store cannot be written (disk full, a quota, a read-only folder)."""
 
 
 class ShardError(Exception):

@@ -230,3 +230,31 @@ def test_an_engine_dying_on_some_clips_is_restarted_and_only_those_fail(manifest
     assert all(rows[c]["error_kind"] == "engine" and "died on this clip 3 times" in rows[c]["error"]
                for c in died)
     assert "done 6/6 clips: ok 5, failed 1 (engine 1)" in " ".join(said.split())
+
+
+def test_a_full_disk_at_commit_is_one_line_and_every_committed_row_stays(
+        manifest, tiny_omni, tmp_path, monkeypatch):
+    import errno
+
+    from annotator.core import store
+
+    written = []
+    real = store.write_parquet
+
+    def fills_up(table, path):  # the disk fills after the first batch
+        if written:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        written.append(path)
+        return real(table, path)
+
+    monkeypatch.setattr(store, "write_parquet", fills_up)
+    out = tmp_path / "out"
+    said = annotate(manifest, out, tiny_omni, "--batch-size", "2", code=1)
+    errors = [x for x in said.splitlines() if x.startswith("error")]
+    assert len(errors) == 1 and "Traceback" not in said, said
+    assert "No space left on device" in said and "another --out" in said
+    monkeypatch.undo()
+    kept = Store(out).read().to_pylist()
+    assert len(kept) == 2 and all(r["status"] == "ok" for r in kept)
+    annotate(manifest, out, tiny_omni, "--batch-size", "2")  # space again: it finishes
+    one_row_per_clip(out)
