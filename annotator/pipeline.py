@@ -126,12 +126,14 @@ def _run(config: RunConfig, console: Console, store: Store, only: set[str] | Non
         engine_info = {"started": True, "device": ctx.device, "actors": actors}
         engine_started = time.perf_counter()
         shutil.rmtree(RunFolder(config.out).engine_stats, ignore_errors=True)  # a killed run's
-        with native_stderr_filtered(), tracker:
-            _generate(resolved, to_engine, actors, store, meta, tracker, engine_info,
-                      lambda: timings.setdefault(
-                          "first_batch_s", round(time.perf_counter() - engine_started, 2)),
-                      early_rows)
-        engine_info["timeline"] = engine_timeline(RunFolder(config.out).engine_stats)
+        try:
+            with native_stderr_filtered(), tracker:
+                _generate(resolved, to_engine, actors, store, meta, tracker, engine_info,
+                          lambda: timings.setdefault(
+                              "first_batch_s", round(time.perf_counter() - engine_started, 2)),
+                          early_rows)
+        finally:  # read and removed, also when the run failed: no folder is left behind
+            engine_info["timeline"] = engine_timeline(RunFolder(config.out).engine_stats)
     engine_info["quarantined"] = quarantined or {}
     summary = write_summary(resolved, store, tracker, cached_count, started,
                       {**engine_info, **timings})

@@ -168,6 +168,7 @@ def test_an_engine_that_cannot_start_fails_with_a_message_and_keeps_every_row(
     assert "engine failed before its first row" in said and "the weights cannot be loaded" \
         in said and "nothing stored was changed" in said
     assert one_row_per_clip(out) == before
+    assert not (out / ".engine-stats").exists()  # nothing of the failed run is left behind
 
 
 @pytest.mark.slow
@@ -253,6 +254,7 @@ def test_a_full_disk_at_commit_is_one_line_and_every_committed_row_stays(
     errors = [x for x in said.splitlines() if x.startswith("error")]
     assert len(errors) == 1 and "Traceback" not in said, said
     assert "No space left on device" in said and "another --out" in said
+    assert not (out / ".engine-stats").exists()  # the failed run leaves no folder behind
     monkeypatch.undo()
     kept = Store(out).read().to_pylist()
     assert len(kept) == 2 and all(r["status"] == "ok" for r in kept)
