@@ -133,8 +133,12 @@ def test_the_readme_walkthrough_runs(tmp_path, monkeypatch, clips):
                 "--steps", "4", "--batch-size", "4", "--eval-fraction", "0.25",
                 "--no-exclude-flagged"]
         result = runner.invoke(APPS[program], args)
-        if "--ray-address" in args:  # joins a cluster only where one runs: either way, a line
-            assert result.exit_code == 0 or "ray start --head" in result.output, result.output
+        if "--ray-address" in args:  # joins whatever cluster `auto` finds on this machine
+            # (none: one line naming `ray start --head`; someone else's: it plans there, or
+            # says in one line what that cluster lacks)
+            assert result.exit_code == 0 or (
+                result.exit_code == 1 and re.search(r"ray start --head|CPU|GPU", result.output)
+                and len(result.output.strip().splitlines()) == 1), result.output
         elif args[0] == "verify":
             assert result.exit_code in (0, 1) and "rows" in result.output, result.output
         else:
