@@ -124,10 +124,14 @@ def test_the_readme_walkthrough_runs(tmp_path, monkeypatch, clips):
         program, *args = shlex.split(command.replace("clips.csv", "data/demo/manifest.csv"))
         if program not in APPS:
             continue
-        if args[0] == "run":
+        if args[0] == "run" and "--endpoint" in args:
+            args += ["--dry-run"]  # a served model: planned without the server
+        elif args[0] == "run":
             args += ["--engine", "fake"]
             if "--ray-address" in args or "--labels" in args and "mafw" in args:
                 args += ["--dry-run"]  # the GPU and cluster examples: planned, not run
+        if args[0] == "import-results":  # the batch job's answers, as a provider returns them
+            _answer_batch(Path(args[1]) / "batch" / "requests.jsonl", Path(args[2]))
         if args[0] == "train":
             args = [a.replace("ENCODER", str(encoder)) for a in args] + [
                 "--steps", "4", "--batch-size", "4", "--eval-fraction", "0.25",
@@ -144,7 +148,23 @@ def test_the_readme_walkthrough_runs(tmp_path, monkeypatch, clips):
         else:
             assert result.exit_code == 0, (command, result.output)
         ran.append(args[0])
-    assert ran.count("run") == 4 and {"prompt", "verify", "retry-failed", "audit", "train",
-                                      "eval", "export"} <= set(ran)
+    assert ran.count("run") == 6 and {"prompt", "verify", "retry-failed", "audit", "train",
+                                      "eval", "export", "export-requests",
+                                      "import-results"} <= set(ran)
     assert (tmp_path / "inj" / "encoder" / "injection.json").is_file()
     assert (tmp_path / "runs" / "demo" / "clean.parquet").is_file()
+
+
+def _answer_batch(requests: Path, results: Path) -> None:
+    """A batch output file answering every exported request (schema-valid answers)."""
+    import json
+
+    from tests.builders.fault_server import FaultServer
+
+    server = FaultServer((None,))
+    lines = [json.loads(x) for x in requests.open()]
+    results.write_text("".join(json.dumps({
+        "custom_id": x["custom_id"], "error": None,
+        "response": {"status_code": 200, "body": server.answer(x["body"])}}) + "\n"
+        for x in lines))
+    server.httpd.server_close()
