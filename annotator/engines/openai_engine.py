@@ -193,7 +193,8 @@ class OpenAIEngine:
                 "--endpoint its base URL (ending in /v1)?")) from None
         if response.status_code in (401, 403):
             raise EndpointError(f"{url} refused the request (HTTP {response.status_code}); "
-                                f"put the API key in ${self.settings.api_key_env}")
+                                "put the API key in the variable --api-key-env names "
+                                f"(now: {self.settings.api_key_env or 'none'})")
         if response.status_code != 200:  # some servers do not list their models
             return
         try:
