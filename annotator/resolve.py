@@ -28,6 +28,7 @@ from annotator.engines import ENGINES
 from annotator.models import ModelSpec, default_model, describe_model, describe_served
 from annotator.settings import GenerationMode
 from annotator.stages.context import RunContext
+from annotator.stages.prompt import try_template
 from prompts import load_template, require_two_phase
 
 
@@ -152,4 +153,6 @@ def resolve(config: RunConfig, device: str | None = None) -> Resolved:
         run_id=new_run_id(), spec=spec, template=template, labels=labels, options=options,
         schema_sha256=schema_sha256(description_model(labels, template.schema)),
         retries=config.retries)
+    if len(chosen):
+        try_template(ctx, chosen.slice(0, 1).to_pylist()[0])
     return Resolved(config, ctx, chosen, notes)

@@ -28,22 +28,23 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
-import threading
-import time
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 from jinja2 import StrictUndefined, TemplateError, meta
-from jinja2.sandbox import SandboxedEnvironment, SecurityError, safe_range
+from jinja2.sandbox import SecurityError
 
 from annotator.core.errors import PromptError
 from annotator.core.schema import field_list
+from prompts.sandbox import (MAX_PROMPT_CHARS, BudgetedEnvironment, check_clock, start_clock,
+                             stop_clock)
 
 _HEADER = re.compile(
     r"\{#-?\s*vaemo-template\s+name=(\S+)\s+version=(\S+)(?:\s+schema=(\S+))?\s*-?#\}")
 CONTEXT_KEYS = ("clip", "media", "modalities", "labels", "cues", "examples", "phase", "fields")
 PHASES = ("one-pass", "think", "answer")
+SHIPPED_ORIGIN = "prompts/templates/"
 
 
 
@@ -61,6 +62,11 @@ class Template:
     @property
     def sha256(self) -> str:
         return hashlib.sha256(self.source.encode()).hexdigest()
+
+    @property
+    def shipped(self) -> bool:
+        """One of ours (prompts/templates), not a user's file."""
+        return self.origin.startswith(SHIPPED_ORIGIN)
 
     @property
     def tag(self) -> str:
@@ -83,7 +89,7 @@ def load_template(name_or_path: str) -> Template:
     elif name_or_path in shipped():
         source = resources.files(__package__).joinpath(
             "templates", f"{name_or_path}.j2").read_text()
-        origin = f"prompts/templates/{name_or_path}.j2"
+        origin = f"{SHIPPED_ORIGIN}{name_or_path}.j2"
     else:
         raise PromptError(f"no template {name_or_path!r}; shipped: {', '.join(shipped())}, "
                           "or pass a path to a .j2 file")
@@ -99,37 +105,16 @@ def load_template(name_or_path: str) -> Template:
                     two_phase=two_phase)
 
 
-MAX_RENDER_S = 2.0
-"""A prompt that takes longer to render than this is refused (a runaway loop)."""
-MAX_PROMPT_CHARS = 200_000
-"""A rendered prompt longer than this is refused (no model reads that much)."""
-
-
 @functools.lru_cache(maxsize=1)
-def _environment() -> SandboxedEnvironment:
-    env = SandboxedEnvironment(undefined=StrictUndefined, keep_trailing_newline=False,
+def _environment() -> BudgetedEnvironment:
+    return BudgetedEnvironment(undefined=StrictUndefined, keep_trailing_newline=False,
                                autoescape=False)
-    env.globals["range"] = _budgeted_range
-    return env
 
 
 @functools.lru_cache(maxsize=16)
 def _compiled(source: str):
     """A template's source compiled once per process, not once per render (two per clip)."""
     return _environment().from_string(source)
-
-
-_deadline = threading.local()
-
-
-def _budgeted_range(*args):
-    """The sandbox's range (at most 100,000 items), checking the render's deadline as it goes:
-    nested loops that print nothing cannot run away either."""
-    deadline = getattr(_deadline, "at", None)
-    for i, value in enumerate(safe_range(*args)):
-        if deadline is not None and i % 1024 == 0 and time.monotonic() > deadline:
-            raise PromptError(f"rendering took over {MAX_RENDER_S} s (a runaway loop?)")
-        yield value
 
 
 def require_two_phase(template: Template) -> None:
@@ -146,30 +131,27 @@ def render(template: Template, context: dict) -> str:
         raise PromptError(f"render context lacks {missing}")
     if context["phase"] != "one-pass":
         require_two_phase(template)
-    _deadline.at = time.monotonic() + MAX_RENDER_S
+    where = f"template {template.tag} ({template.origin})"
+    start_clock()
     try:
         parts, size = [], 0
         for chunk in _compiled(template.source).generate(**context):
             parts.append(chunk)
             size += len(chunk)
             if size > MAX_PROMPT_CHARS:
-                raise PromptError(f"template {template.tag} ({template.origin}) rendered "
-                                  f"over {MAX_PROMPT_CHARS} characters; refused")
-            if time.monotonic() > _deadline.at:
-                raise PromptError(f"template {template.tag} ({template.origin}): rendering "
-                                  f"took over {MAX_RENDER_S} s (a runaway loop?)")
+                raise PromptError(f"{where} rendered over {MAX_PROMPT_CHARS:,} characters; "
+                                  "refused")
+            check_clock()
         return "".join(parts).strip()
-    except PromptError as err:
-        if str(err).startswith("rendering took"):
-            raise PromptError(f"template {template.tag} ({template.origin}): {err}") from None
-        raise
+    except PromptError as err:  # a limit the sandbox enforced: say which template hit it
+        if str(err).startswith(where):
+            raise
+        raise PromptError(f"{where}: {err}") from None
     except SecurityError as err:
-        raise PromptError(f"template {template.tag} ({template.origin}) tried an unsafe "
-                          f"operation and was refused: {err}") from err
+        raise PromptError(f"{where} tried an unsafe operation and was refused: {err}") from err
     except TemplateError as err:
-        raise PromptError(f"template {template.tag} ({template.origin}): {err}") from err
+        raise PromptError(f"{where}: {err}") from err
     except (RecursionError, ArithmeticError, TypeError, ValueError, LookupError) as err:
-        raise PromptError(f"template {template.tag} ({template.origin}) failed to render: "
-                          f"{type(err).__name__}: {err}") from err
+        raise PromptError(f"{where} failed to render: {type(err).__name__}: {err}") from err
     finally:
-        _deadline.at = None
+        stop_clock()

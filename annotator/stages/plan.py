@@ -22,7 +22,7 @@ from annotator.core.media import media_sha256, probe
 from annotator.core.rows import MANIFEST, ErrorKind
 from annotator.stages import StageSpec
 from annotator.stages.context import RunContext
-from annotator.stages.prompt import render_prompt
+from annotator.stages.prompt import render_prompt, template_clip
 
 
 PLAN_SCHEMA = pa.schema([
@@ -84,7 +84,7 @@ def plan_clip(row: dict, ctx: RunContext) -> dict:
              "duration_s": min(info.duration_s, ctx.media.max_duration_s),
              "source_fps": info.source_fps, "width": info.width, "height": info.height,
              "num_frames": ctx.media.num_frames if use_video else 0}
-    clip = {k: v for k, v in row.items() if k not in ("path", "audio_path", "stratum")}
+    clip = template_clip(row)
     out["context_json"] = json.dumps({"clip": clip, "media": media}, sort_keys=True,
                                       default=str)
     try:

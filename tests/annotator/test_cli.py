@@ -163,3 +163,19 @@ def test_audit_help_examples_run(tmp_path, monkeypatch):
         assert result.exit_code == 0, result.output
         assert "report: runs/demo/audit/index.html" in result.output
     assert Path("runs/demo/clean.parquet").is_file()
+
+
+@pytest.mark.parametrize("payload", ["{{ 'a'|center(10**9) }}",  # the sandbox's size check
+                                     "{% set y = ['x'*1000000]*1000000 %}{{ y }}"])  # the trial's
+def test_a_template_that_would_exhaust_the_machine_is_refused_in_one_line(tmp_path, clips,
+                                                                          payload):
+    shutil.copy(clips["real_astronaut"], tmp_path / "a.mp4")
+    (tmp_path / "m.csv").write_text("path,label\na.mp4,sad\n")
+    (tmp_path / "evil.j2").write_text(payload)
+    common = ["--manifest", str(tmp_path / "m.csv"), "--template", str(tmp_path / "evil.j2")]
+    for args in (["prompt", "preview", "--clip", "a"], ["run", "--out", str(tmp_path / "o"),
+                                                        "--dry-run"]):
+        result = runner.invoke(app, args + common, env=WIDE)
+        assert result.exit_code == 1 and "refused" in result.output, result.output
+        assert len(result.output.strip().splitlines()) == 1 and "evil.j2" in result.output
+    assert not (tmp_path / "o" / "descriptions").exists()
