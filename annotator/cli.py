@@ -9,7 +9,8 @@ from pydantic import ValidationError
 
 from annotator.config import AuditConfig, RunConfig
 from annotator.core.errors import VaemoError
-from annotator.core.typed_cli import add_version_option, command_from, console, fail
+from annotator.core.interrupt import Interrupted
+from annotator.core.typed_cli import add_version_option, command_from, console, fail, stopped
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Annotate audio-visual clips with affective descriptions.")
@@ -96,6 +97,8 @@ def retry_failed(
         retry(out, kinds=kind or None, console=console, overrides=overrides)
     except (VaemoError, ValidationError) as err:
         fail(err)
+    except Interrupted as stop:
+        stopped(stop)
 
 
 AUDIT_EXAMPLES = """

@@ -14,6 +14,7 @@ import re
 import warnings
 
 from annotator.core.errors import ConfigError
+from annotator.core.interrupt import reclaim
 from annotator.engines import ENGINES
 from annotator.settings import EngineSettings
 
@@ -25,6 +26,9 @@ def ray_init(address: str | None) -> None:
     """Start Ray locally, or join the cluster at `address`; a session this process already
     has is reused only when it was made for the same address (a second run in one process,
     as in the tests, must not run on a local session when asked for a cluster)."""
+    # never a session started behind our back: a thread still reading a stream after an
+    # interrupted run's shutdown would otherwise start a new Ray (read when ray is imported)
+    os.environ.setdefault("RAY_ENABLE_AUTO_CONNECT", "0")
     import ray
 
     if ray.is_initialized():
@@ -46,6 +50,16 @@ def ray_init(address: str | None) -> None:
         # core (its wait for a CPU: 1.6 s -> 0.5 s of an 18 s run on 2 cores)
         ray.init(address="local", num_cpus=os.cpu_count(),
                  _system_config={"worker_niceness": 0}, **kwargs)
+    reclaim()  # ray.init replaced the SIGTERM handler of a writing command
+
+
+def ray_shutdown() -> None:
+    """End this process's Ray session, if it has one (an interrupted run's engines go)."""
+    import sys
+
+    if "ray" in sys.modules and sys.modules["ray"].is_initialized():
+        sys.modules["ray"].shutdown()
+    _joined.clear()
 
 
 def join_failure(address: str, err: Exception) -> str:

@@ -23,11 +23,12 @@ import pyarrow.parquet as pq
 from rich.console import Console
 
 from annotator import card, progress
-from annotator.cluster import (cluster_device, engine_resources, quiet_ray_data,
-                               ray_init, root_cause)
+from annotator.cluster import (cluster_device, engine_resources, quiet_ray_data, ray_init,
+                               ray_shutdown, root_cause)
 from annotator.config import RunConfig
 from annotator.core.errors import ConfigError
 from annotator.core.files import write_json
+from annotator.core.interrupt import Interrupted, check, interruptible, polled
 from annotator.core.layout import RunFolder
 from annotator.core.rows import ErrorKind, RowStatus
 from annotator.core.schema import SCHEMA_VERSION
@@ -69,17 +70,31 @@ def run(config: RunConfig, console: Console | None = None, only: set[str] | None
     store = Store(config.out)
     if config.dry_run:
         return _run(config, console, store, only)
-    with store.lock():
-        quarantined = store.repair()
-        for name, reason in quarantined.items():
-            console.print(f"[yellow]quarantined[/yellow] descriptions/{name}: {reason} "
-                          f"(moved to {RunFolder(config.out).quarantine}; its clips are "
-                          "recomputed)")
-        return _run(config, console, store, only, quarantined)
+    seen: dict = {}
+    with store.lock(), interruptible():
+        try:
+            quarantined = store.repair()
+            for name, reason in quarantined.items():
+                console.print(f"[yellow]quarantined[/yellow] descriptions/{name}: {reason} "
+                              f"(moved to {RunFolder(config.out).quarantine}; its clips are "
+                              "recomputed)")
+            return _run(config, console, store, only, quarantined, seen)
+        except Interrupted as stop:  # committed batches stay; the one in flight is dropped
+            ray_shutdown()
+            stop.summary = _interrupted_summary(seen.get("tracker"))
+            raise
+
+
+def _interrupted_summary(tracker) -> str:
+    if tracker is None:
+        return "interrupted before any clip reached the engine; re-run to finish"
+    kept = tracker.done + tracker.failed
+    return (f"interrupted: {kept} rows committed, {tracker.total - kept} clips left; re-run "
+            "to finish")
 
 
 def _run(config: RunConfig, console: Console, store: Store, only: set[str] | None,
-         quarantined: dict | None = None) -> dict:
+         quarantined: dict | None = None, seen: dict | None = None) -> dict:
     started = time.perf_counter()
     if ENGINES[config.compute.engine].served:  # the model runs on the server, not here
         device = "cpu"
@@ -89,6 +104,7 @@ def _run(config: RunConfig, console: Console, store: Store, only: set[str] | Non
     else:  # local: decide without starting Ray, so a fully cached re-run never starts it
         device = local_device(config.compute.device)
     resolved = resolve(config, device)
+    check()
     for note in resolved.notes:
         console.print(f"[yellow]note[/yellow] {note}")
     ctx = resolved.ctx
@@ -98,6 +114,7 @@ def _run(config: RunConfig, console: Console, store: Store, only: set[str] | Non
         resolved.chosen["clip_id"], pa.array(sorted(hits), pa.string()))))
         if hits else None)
     timings = {"plan_s": round(time.perf_counter() - started, 2), "planned": len(plan)}
+    check()
     cached, pending = split_cached(plan, store, config.force, only)
     if config.dry_run:
         progress.print_plan(console, resolved, plan, cached, pending)
@@ -113,6 +130,8 @@ def _run(config: RunConfig, console: Console, store: Store, only: set[str] | Non
     to_engine = pending.filter(pc.is_null(pending["error_kind"]))
     tracker = progress.Tracker(console, total=len(pending), cached=cached_count,
                                prices=config.remote.prices)
+    if seen is not None:
+        seen["tracker"] = tracker
     early_rows = failed_rows(early, ctx)
     engine_info: dict = {"started": False}
     if not len(to_engine) and len(early):
@@ -122,6 +141,7 @@ def _run(config: RunConfig, console: Console, store: Store, only: set[str] | Non
         ray_started = time.perf_counter()
         ray_init(config.compute.ray_address)
         timings["ray_init_s"] = round(time.perf_counter() - ray_started, 2)
+        check()
         actors = engines_now(resolved)
         engine_info = {"started": True, "device": ctx.device, "actors": actors}
         engine_started = time.perf_counter()
@@ -183,8 +203,8 @@ def _plan_on_ray(resolved: Resolved, rows: pa.Table) -> pa.Table:
         target_num_rows_per_block=stages[0].ray["batch_size"])
     ds = _map(ds, stages[0], with_chat(resolved.ctx))
     try:
-        plan = pa.concat_tables([PLAN_SCHEMA.empty_table(), *ds.iter_batches(
-            batch_format="pyarrow", batch_size=None)])
+        plan = pa.concat_tables([PLAN_SCHEMA.empty_table(), *polled(ds.iter_batches(
+            batch_format="pyarrow", batch_size=None))])
     except ray.exceptions.RayError as err:  # e.g. a node without the package or the media
         raise ConfigError(
             f"planning failed in a Ray task ({root_cause(err)}); every node needs the vaemo "
@@ -224,7 +244,9 @@ def _generate(resolved: Resolved, to_engine: pa.Table, actors: int, store: Store
     for attempt in range(ENGINE_RESTARTS + 1):
         engine_info["retry_rounds"] = attempt
         try:
-            for batch in _engine_stream(resolved, remaining, actors, isolate=attempt > 0):
+            # polled: a signal is seen within a fraction of a second, also while the engine
+            # starts or works on a batch; it stops the run between two commits
+            for batch in polled(_engine_stream(resolved, remaining, actors, attempt > 0)):
                 first_batch()
                 if not committed_any and len(early):
                     store.commit(early, resolved.ctx.run_id, meta)

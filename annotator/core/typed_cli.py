@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from annotator.core.errors import ConfigError, VaemoError
+from annotator.core.interrupt import Interrupted
 
 console = Console(stderr=True, soft_wrap=True)
 
@@ -167,12 +168,20 @@ def command_from(config_cls: type[BaseModel], required: tuple[str, ...] = (),
                 return fn(settings)
             except VaemoError as err:
                 fail(err)
+            except Interrupted as stop:
+                stopped(stop)
 
         command.__signature__ = inspect.Signature(params)
         command.__name__, command.__doc__ = fn.__name__, fn.__doc__
         return command
 
     return wrap
+
+
+def stopped(stop: Interrupted) -> None:
+    """Say in one line what an interrupted command kept; exit 128 + the signal."""
+    console.print(f"[yellow]{escape(stop.summary)}[/yellow]")
+    raise typer.Exit(stop.exit_code)
 
 
 def fail(err: Exception) -> None:

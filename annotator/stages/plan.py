@@ -18,6 +18,7 @@ import pyarrow as pa
 
 from annotator.core.cues import CUES_VERSION
 from annotator.core.errors import MediaError, PromptError
+from annotator.core.interrupt import check
 from annotator.core.media import media_sha256, probe
 from annotator.core.rows import MANIFEST, ErrorKind
 from annotator.stages import StageSpec
@@ -99,11 +100,18 @@ def plan_clip(row: dict, ctx: RunContext) -> dict:
 
 
 def plan_table(rows: pa.Table, ctx: RunContext, workers: int = 8) -> pa.Table:
-    """Plan every selected clip; hashing and probing are I/O, so threads overlap them."""
+    """Plan every selected clip; hashing and probing are I/O, so threads overlap them. A
+    signal (in the driver) stops it between two clips, the queued ones cancelled."""
     from concurrent.futures import ThreadPoolExecutor
 
-    with ThreadPoolExecutor(workers) as pool:
-        planned = list(pool.map(lambda r: plan_clip(r, ctx), rows.to_pylist()))
+    pool = ThreadPoolExecutor(workers)
+    planned = []
+    try:
+        for clip in pool.map(lambda r: plan_clip(r, ctx), rows.to_pylist()):
+            planned.append(clip)
+            check()
+    finally:
+        pool.shutdown(cancel_futures=True)
     return pa.Table.from_pylist(planned, schema=PLAN_SCHEMA)
 
 

@@ -1,0 +1,84 @@
+"""SIGINT and SIGTERM stop a run cleanly at any moment: planning, engine start, mid-batch, at
+commit (fake engine, real Ray, real Parquet, each run its own process as a user's is)."""
+
+import fcntl
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from annotator.core.store import Store
+from tests.builders.chaos import command, corpus
+
+CLIPS = 8
+
+
+def _descriptions(out: Path) -> list[Path]:
+    return sorted((out / "descriptions").glob("*")) if (out / "descriptions").is_dir() else []
+
+
+MOMENTS = {  # when to signal: the first sign of each phase a run goes through
+    "planning": lambda out: (out / ".lock").exists(),
+    "engine start": lambda out: (out / "subset.parquet").exists(),
+    "mid-batch": lambda out: any(p.suffix == ".parquet" for p in _descriptions(out)),
+    # a commit's temp file, or (if the poll misses it) the second commit just done
+    "at commit": lambda out: any(p.name.endswith(".tmp") for p in _descriptions(out))
+    or sum(p.suffix == ".parquet" for p in _descriptions(out)) >= 2,
+}
+
+
+def _signal_at(cmd: list, out: Path, moment, signum: int, twice: bool = False):
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "COLUMNS": "200"})
+    deadline = time.monotonic() + 300
+    while not moment(out) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.002)
+    proc.send_signal(signum)
+    sent = time.monotonic()
+    if twice:
+        time.sleep(0.3)
+        proc.send_signal(signum)
+    output = proc.communicate(timeout=60)[0]
+    return proc.returncode, output, time.monotonic() - sent
+
+
+def _lock_is_free(out: Path) -> bool:
+    fd = os.open(out / ".lock", os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.slow
+def test_a_signal_at_any_moment_stops_the_run_in_one_line_and_a_rerun_finishes(tmp_path,
+                                                                              tiny_omni):
+    manifest = corpus(tmp_path / "corpus", CLIPS)
+    for (name, moment), signum in zip(MOMENTS.items(), [signal.SIGINT, signal.SIGTERM] * 2):
+        out = tmp_path / name.replace(" ", "-")  # each moment from a fresh folder
+        cmd = command(manifest, out, tiny_omni, 256, latency=0.2)
+        code, output, took = _signal_at(cmd, out, moment, signum)
+        said = [x for x in output.splitlines() if x.startswith("interrupted")]
+        assert code == 128 + signum and len(said) == 1, (name, code, output[-3000:])
+        assert "re-run to finish" in said[0] and took < 15, (name, took)
+        assert "Aborted" not in output and "Traceback" not in output, (name, output[-3000:])
+        assert _lock_is_free(out), name
+        for part in Store(out).files():
+            pq.read_table(part)  # every committed file readable
+        rows = Store(out).read(["clip_id"])["clip_id"].to_pylist()
+        assert len(rows) == len(set(rows)), name
+    out = tmp_path / "twice"  # a second signal: at once
+    cmd = command(manifest, out, tiny_omni, 256, latency=0.2)
+    second = _signal_at(cmd, out, MOMENTS["engine start"], signal.SIGINT, twice=True)
+    assert second[0] == 130 and second[2] < 5 and _lock_is_free(out)
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = Store(out).read(["clip_id", "status"])
+    assert sorted(rows["clip_id"].to_pylist()) == [f"c{i:03d}" for i in range(CLIPS)]
