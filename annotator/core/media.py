@@ -16,7 +16,10 @@ from annotator.core.errors import MediaError
 from annotator.core.hashing import file_sha256
 
 SAMPLE_RATE = 16_000
-
+DEFAULT_FPS = 25.0
+"""The frame rate of a video stream that states none (raw H.264), for timing its frames."""
+MAX_FPS = 240
+"""Frames decoded per second of the covered span at most, whatever the timestamps say."""
 
 
 @dataclass(frozen=True)
@@ -144,14 +147,18 @@ def _frames(path: str, num_frames: int, covered: float, max_side: int) -> np.nda
         # one thread: a prepare task claims half a CPU, and many run side by side (FFmpeg's
         # frame threads cost more CPU per clip, about 10% here, for a shorter wall time)
         stream.thread_count = 1
+        # a stream without timestamps (raw H.264) is timed by its frame count at its rate;
+        # and no stream is decoded past MAX_FPS frames a second of what the clip covers
+        rate = float(stream.average_rate or stream.guessed_rate or DEFAULT_FPS)
+        budget = int(covered * MAX_FPS) + num_frames
         size = None
-        for frame in container.decode(stream):
-            t = float(frame.time or 0.0)
+        for n, frame in enumerate(container.decode(stream)):
+            t = float(frame.time) if frame.time is not None else n / rate
             if size is None:
                 size = _fit(frame.width, frame.height, max_side)
             while len(picked) < num_frames and t >= targets[len(picked)] - 1e-6:
                 picked.append(frame.to_ndarray(width=size[0], height=size[1], format="rgb24"))
-            if len(picked) == num_frames or t > covered:
+            if len(picked) == num_frames or t > covered or n >= budget:
                 break
     if not picked:
         raise MediaError(f"{path}: no decodable video frame")

@@ -62,3 +62,25 @@ def test_media_hash_covers_both_files(clips):
     assert video_only != media_sha256(str(clips["silent_video"]), str(clips["audio_only"]))
     with pytest.raises(MediaError):
         media_sha256(str(clips["missing"]))
+
+
+def test_a_raw_h264_stream_is_decoded_only_as_far_as_max_duration(tmp_path):
+    """No timestamps (a raw .h264): frames are timed by count at the stream's rate, so a
+    10-minute stream yields frames of its first seconds and is not decoded whole."""
+    import av
+
+    path = tmp_path / "raw.h264"
+    with av.open(str(path), "w", format="h264") as out:
+        stream = out.add_stream("libx264", rate=25)
+        stream.width = stream.height = 32
+        stream.pix_fmt = "yuv420p"
+        for i in range(25 * 600):  # frame i is grey level i // 25: its second, 0..255
+            grey = np.full((32, 32, 3), min(i // 25, 255), np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(grey, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    assert probe(str(path)).duration_s == 0  # the stream states no duration
+    media = decode(str(path), max_duration_s=2.0, num_frames=4)
+    seconds = media.frames.mean(axis=(1, 2, 3))
+    assert media.duration_s == 2.0 and np.all(seconds < 2.5), seconds
