@@ -1,13 +1,17 @@
 """The run's rows on disk: `OUT/descriptions/*.parquet` (names in annotator/core/layout.py).
 
-Rows are committed a batch at a time, each batch as its own Parquet file written under a
-hidden temporary name and renamed into place, so a kill -9 at any moment leaves only whole
-files. A recomputed clip's new row is committed first, and only then is its old row removed
-from the older file (again by atomic rewrite): a crash in between leaves both on disk, and
-readers keep the newer (by `created_at`), so a clip is never lost and never seen twice; the
-next writer compacts the pair. One writer at a time holds OUT/.lock (`Store.lock`, released
-by the OS even on kill -9). Files that cannot be read, or were not written by vaemo, are moved
-to OUT/quarantine/ with the reason beside them; their clips become pending again.
+Rows are committed a batch at a time. Every file is written under a hidden temporary name and
+renamed into place, so a kill -9 at any moment leaves only whole files, and a commit changes
+each file in one step: a recomputed clip's new row replaces its old one inside the file that
+held it, and new clips are appended to the writer's open file. So any reader, a plain glob
+such as DuckDB's `read_parquet('OUT/descriptions/*.parquet')` included, sees exactly one row
+per clip at every moment. The one exception is the merge of many small files that older
+versions left (`merge_small`, at a writer's start): a kill between writing a shard and
+removing its sources leaves those rows twice on disk; the store's own readers keep the newer
+(by `created_at`) and the next writer compacts them. One writer at a time holds OUT/.lock
+(`Store.lock`, released by the OS even on kill -9). Files that cannot be read, or were not
+written by vaemo, are moved to OUT/quarantine/ with the reason beside them; their clips become
+pending again.
 """
 
 from __future__ import annotations
@@ -35,8 +39,11 @@ from annotator.core.rows import ROW_SCHEMA
 SHARD_ROWS = 50_000
 """A writer merges small batch files into shards of up to this many rows at its start."""
 MERGE_AT = 64
-"""... once at least this many files are smaller than a shard (a 1M-row run written in
-16-row batches would otherwise be 62,500 files to open at every start)."""
+"""... once at least this many files are smaller than a shard (folders written before
+OPEN_FILE_ROWS: a 1M-row run in 16-row batch files was 62,500 files to open at every start)."""
+OPEN_FILE_ROWS = 1_000
+"""A writer appends new clips to one file (rewriting it whole, about 500 rows a commit on
+average) until it holds this many rows: a run leaves about one file per 1,000 clips."""
 
 
 class Store:
@@ -51,6 +58,7 @@ class Store:
         """Files the last read skipped: name -> why (readers never move files)."""
         self._holders: dict[str, set[str]] = {}  # clip_id -> files holding a row of it
         self._index: dict[str, dict] | None = None
+        self._open: str | None = None  # the file this writer appends new clips to
 
     def files(self) -> list[Path]:
         return sorted(self.dir.glob("*.parquet")) if self.dir.is_dir() else []
@@ -183,22 +191,53 @@ class Store:
         target.with_name(target.name + ".reason.txt").write_text(reason + "\n")
 
     def commit(self, rows: pa.Table, run_id: str, metadata: dict) -> Path:
-        """Write one batch atomically, then drop the older rows of its clips from the files
-        that held them; returns the new file."""
+        """Store one batch so that any reader, a plain glob of the folder included, sees
+        exactly one row per clip at every moment, kill -9 included: a clip's new row replaces
+        its old one inside the file that held it (one atomic rewrite per file), and new clips
+        are appended to this writer's open file (an atomic rewrite too) until it holds
+        OPEN_FILE_ROWS, then a new file is started. Returns the last file written."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        table = rows.cast(ROW_SCHEMA).replace_schema_metadata(
-            {"vaemo": json.dumps(metadata, sort_keys=True)})
-        final = self.dir / f"part-{run_id}-{uuid.uuid4().hex[:8]}.parquet"
+        table = rows.cast(ROW_SCHEMA)
+        meta = {"vaemo": json.dumps(metadata, sort_keys=True)}  # the last commit to the file
+        if self._index is None and not self._holders:
+            self.index()  # which file holds each clip's row (read once per writer)
+        ids = table["clip_id"].to_pylist()
+        doubled = {c for c in ids if len(self._holders.get(c, ())) > 1}
         try:
-            write_parquet(table, final)
-            self._index = None
-            ids = set(table["clip_id"].to_pylist())
-            self._supersede(ids, keep=final.name)
+            if doubled:  # left by an older version's crash: one copy first
+                self._supersede(doubled)
+            into: dict[str, list[int]] = {}  # file -> the batch's rows that go into it
+            fresh = [i for i, c in enumerate(ids) if not self._holders.get(c)]
+            for i, clip in enumerate(ids):
+                if self._holders.get(clip):
+                    into.setdefault(next(iter(self._holders[clip])), []).append(i)
+            if fresh:
+                into.setdefault(self._open_file(run_id, len(fresh)), []).extend(fresh)
+            for name, picks in into.items():
+                self._replace_rows(self.dir / name, table.take(picks), meta)
         except OSError as err:  # disk full, quota, read-only: one line, rows intact
             raise StoreError(self._unwritable(err, table.nbytes)) from err
-        for clip in ids:
-            self._holders[clip] = {final.name}
-        return final
+        self._index = None
+        for name, picks in into.items():
+            for i in picks:
+                self._holders[ids[i]] = {name}
+        return self.dir / name
+
+    def _open_file(self, run_id: str, adding: int) -> str:
+        """The file new clips are appended to: this writer's, while it has room."""
+        path = self.dir / self._open if self._open else None
+        if path is None or not path.exists() or (
+                pq.ParquetFile(path).metadata.num_rows + adding > OPEN_FILE_ROWS):
+            self._open = f"part-{run_id}-{uuid.uuid4().hex[:8]}.parquet"
+        return self._open
+
+    def _replace_rows(self, path: Path, rows: pa.Table, meta: dict) -> None:
+        """`path` rewritten atomically with `rows` in place of its rows of the same clips."""
+        if path.exists():
+            old = _read_file(path, ROW_SCHEMA.names).cast(ROW_SCHEMA)
+            old = old.filter(pc.invert(pc.is_in(old["clip_id"], value_set=rows["clip_id"])))
+            rows = pa.concat_tables([old, rows])
+        write_parquet(rows.replace_schema_metadata(meta), path)
 
     def _unwritable(self, err: OSError, size: int) -> str:
         try:

@@ -43,8 +43,12 @@ def one_row_per_clip(out) -> dict:
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory, manifest, tiny_omni):
+    """A finished run in three files (a file per 2-clip batch, so that damage to one file
+    leaves the others' rows)."""
     out = tmp_path_factory.mktemp("finished") / "out"
-    annotate(manifest, out, tiny_omni, "--batch-size", "2")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("annotator.core.store.OPEN_FILE_ROWS", 2)
+        annotate(manifest, out, tiny_omni, "--batch-size", "2")
     return out
 
 

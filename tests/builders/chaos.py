@@ -1,4 +1,5 @@
-"""kill -9 at random moments, then check that nothing was lost, doubled or left behind.
+"""kill -9 at random moments and right after commits, then check that nothing was lost,
+doubled or left behind, for the store's reader and for a plain DuckDB glob of the folder.
 
 A run folder first holds a finished run. Then runs with a changed setting each (another
 --max-tokens: every row is stale, so every run has all clips to redo) are started and killed
@@ -77,15 +78,37 @@ def _run(cmd: list, inline: bool = False, timeout: float = 900) -> float:
 
 
 def check(out: Path, clips: int) -> dict:
-    """Every file readable; exactly one visible row per clip; rows per max_tokens setting."""
+    """Every file readable; exactly one visible row per clip, through the store's reader and
+    through a plain DuckDB glob of the folder (`plain_*`); rows per max_tokens setting."""
+    import duckdb
+
     for f in Store(out).files():
         pq.read_table(f)  # raises on a torn file
     rows = Store(out).read(["clip_id", "sampling"]).to_pylist()
     ids = [r["clip_id"] for r in rows]
-    lost = clips - len(set(ids))
-    doubled = len(ids) - len(set(ids))
+    plain = [r[0] for r in duckdb.sql(
+        f"select clip_id from read_parquet('{out}/descriptions/*.parquet')").fetchall()]
     budgets = sorted({json.loads(r["sampling"])["max_tokens"] for r in rows})
-    return {"lost": lost, "doubled": doubled, "rows": len(rows), "budgets_seen": budgets}
+    return {"lost": clips - len(set(ids)), "doubled": len(ids) - len(set(ids)),
+            "plain_lost": clips - len(set(plain)), "plain_doubled": len(plain) - len(set(plain)),
+            "rows": len(rows), "budgets_seen": budgets}
+
+
+def _files(out: Path) -> set:
+    folder = out / "descriptions"
+    return {(p.name, p.stat().st_mtime_ns) for p in folder.glob("*.parquet")}
+
+
+def _wait_for_a_commit(out: Path, proc, longest: float) -> None:
+    """Until a file of the folder appears or is replaced (a commit just landed)."""
+    before, deadline = _files(out), time.monotonic() + longest
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            if _files(out) != before:
+                return
+        except FileNotFoundError:  # a file replaced while listed
+            return
+        time.sleep(0.001)
 
 
 def run_chaos(work: Path, model: Path, kills: int, clips: int = 24, latency: float = 0.05,
@@ -103,12 +126,18 @@ def run_chaos(work: Path, model: Path, kills: int, clips: int = 24, latency: flo
     assert check(out, clips)["lost"] == 0
     landed = []
     for k in range(kills):
-        # every killed run has all clips to redo: its own budget makes every row stale
+        # every killed run has all clips to redo: its own budget makes every row stale; every
+        # other kill lands right after a commit replaced or added a file, the rest at random
         delay = rng.uniform(0.2, window)
         proc = subprocess.Popen(command(manifest, out, model, 1025 + k, latency),
                                 start_new_session=True, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
-        time.sleep(delay)
+        started = time.monotonic()
+        if k % 2:
+            _wait_for_a_commit(out, proc, 2 * window)
+        else:
+            time.sleep(delay)
+        delay = time.monotonic() - started
         alive = proc.poll() is None
         if alive:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -116,7 +145,8 @@ def run_chaos(work: Path, model: Path, kills: int, clips: int = 24, latency: flo
         state = check(out, clips)
         landed.append({"after_s": round(delay, 2), "killed": alive, **state})
         log(f"kill {k + 1}/{kills} after {delay:.1f} s: {state}")
-        assert state["lost"] == 0 and state["doubled"] == 0, state
+        assert not (state["lost"] or state["doubled"] or state["plain_lost"]
+                    or state["plain_doubled"]), state
     finished = _run(command(manifest, out, model, 2048, latency), inline)
     final, expected = _rows(out), _rows(reference)
     assert sorted(final) == sorted(expected), "the same clips"
@@ -124,7 +154,8 @@ def run_chaos(work: Path, model: Path, kills: int, clips: int = 24, latency: flo
     temps = [p.name for p in (out / "descriptions").glob(".*")]
     on_disk = len(pq.read_table(out / "descriptions", columns=["clip_id"]))
     result = {"clips": clips, "kills": kills, "killed_mid_run": sum(x["killed"] for x in landed),
-              "lost": max(x["lost"] for x in landed), "doubled": max(x["doubled"] for x in landed),
+              **{key: max(x[key] for x in landed)
+                 for key in ("lost", "doubled", "plain_lost", "plain_doubled")},
               "rows_differing_from_uninterrupted": len(differ), "temp_files": len(temps),
               "rows_on_disk": on_disk, "uninterrupted_s": round(uninterrupted, 1),
               "final_s": round(finished, 1), "kills_log": landed}
