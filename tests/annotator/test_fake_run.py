@@ -116,6 +116,7 @@ def test_two_phase_samples_and_a_rerun_from_run_json(corpus, tiny_omni, tmp_path
     assert "cached" in done.stderr
 
 
+@pytest.mark.slow  # a process of its own with its own Ray (23 s); the chaos test kills more
 def test_kill_9_mid_run_then_resume_gives_one_row_per_clip(tmp_path, clips, tiny_omni):
     n = 10
     manifest = write_manifest(tmp_path / "m.csv", [
