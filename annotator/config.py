@@ -10,6 +10,7 @@ the two cannot disagree. A config file (`--config`, TOML, YAML or JSON, flat or 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -32,6 +33,13 @@ class RunConfig(BaseModel):
     subset: str = "all"
     """How many clips: a count (2500, 10k), a fraction (0.1) or 'all'; stratified by label
     and speaker, deterministic for a seed, stable when the manifest grows."""
+    select: Literal["stratified", "diverse"] = "stratified"
+    """How each label x speaker stratum's share is picked: 'stratified' by a hash of (seed,
+    clip id); 'diverse' to cover the --features space (one clip per k-means cell), so that
+    near-identical clips do not take the annotation budget."""
+    features: Path | None = None
+    """Per-clip feature vectors for --select diverse: Parquet with `clip_id` and `features`
+    (a list of floats), e.g. your encoder's clip embeddings."""
     model: str | None = None
     """Model folder or hub id (with --endpoint: the served model's name). Default:
     SmolLM2-135M-Instruct (shipped, CPU) without a GPU, Qwen/Qwen2.5-Omni-7B with one."""
@@ -92,6 +100,13 @@ class RunConfig(BaseModel):
         if endpoint and not served:
             names = ", ".join(n for n, e in ENGINES.items() if e.served)
             raise ValueError(f"--endpoint is read by --engine {names} only")
+        return self
+
+    @model_validator(mode="after")
+    def _diverse_needs_features(self) -> RunConfig:
+        if (self.select == "diverse") != (self.features is not None):
+            raise ValueError("--select diverse picks by --features FILE.parquet (a `clip_id` "
+                             "and a `features` vector per clip): give both, or neither")
         return self
 
     def label_set(self, manifest_labels: list[str]) -> list[str] | None:

@@ -14,9 +14,12 @@ from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from annotator.config import RunConfig
+from annotator.core.diverse import load_features
 from annotator.core.errors import ConfigError
 from annotator.core.manifest import load_manifest
 from annotator.core.rows import KNOWN_COLUMNS
@@ -124,6 +127,20 @@ def model_spec(config: RunConfig, device: str) -> ModelSpec:
     return describe_model(config.model or default_model(device), config.model_revision)
 
 
+def coverage_note(manifest: pa.Table, chosen: pa.Table, features: np.ndarray,
+                  seed: int) -> str:
+    """How well the diverse pick covers the corpus, against a random pick of its size."""
+    from annotator.core.diverse import coverage, project
+
+    x = project(features, seed)
+    picked = np.flatnonzero(pc.is_in(manifest["clip_id"], chosen["clip_id"]).to_numpy(
+        zero_copy_only=False))
+    random = np.random.default_rng(seed).choice(len(manifest), len(picked), replace=False)
+    return (f"--select diverse: mean distance from a clip to the nearest selected one "
+            f"{coverage(x, picked, seed):.3g} (a random pick of {len(picked)}: "
+            f"{coverage(x, random, seed):.3g}; lower covers the corpus better)")
+
+
 def resolve(config: RunConfig, device: str | None = None) -> Resolved:
     """Read the manifest, pick the subset, and fix the device, model, template, labels,
     generation mode and schema: what every stage of the run is handed."""
@@ -131,8 +148,11 @@ def resolve(config: RunConfig, device: str | None = None) -> Resolved:
     manifest = load_manifest(config.manifest)
     refuse_internal_columns(config.manifest, manifest.column_names)
     wanted = parse_subset(config.subset)
-    chosen = select_subset(manifest, wanted, config.sampling.seed)
-    notes = []
+    features = (load_features(config.features, manifest["clip_id"].to_pylist())
+                if config.select == "diverse" else None)
+    chosen = select_subset(manifest, wanted, config.sampling.seed, features)
+    notes = [coverage_note(manifest, chosen, features, config.sampling.seed)
+             ] if features is not None and len(chosen) < len(manifest) else []
     if isinstance(wanted, int) and wanted > len(manifest):
         notes.append(f"--subset {config.subset} asks for {wanted} clips, but "
                      f"{config.manifest} has {len(manifest)}: all {len(manifest)} are selected")

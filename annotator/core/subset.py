@@ -2,7 +2,8 @@
 
 Strata are `label` x `speaker` (whichever of the two the manifest has). Each stratum gets a
 quota in proportion to its size (largest remainder), every label keeps at least one clip, and
-inside a stratum clips are ranked by a hash of (seed, clip_id). Because the rank of a clip does
+inside a stratum clips are ranked by a hash of (seed, clip_id) (or, `--select diverse`, picked
+to cover their features: annotator/core/diverse.py). Because the rank of a clip does
 not depend on the other clips, adding clips to the manifest only adds or removes picks at the
 edge of each stratum's quota instead of reshuffling the chosen set.
 """
@@ -66,8 +67,11 @@ def _quotas(sizes: np.ndarray, target: int, labels: np.ndarray) -> np.ndarray:
     return np.minimum(quota, sizes)
 
 
-def select_subset(manifest: pa.Table, subset: float | None, seed: int) -> pa.Table:
-    """The chosen rows (manifest columns plus `stratum`), in manifest order."""
+def select_subset(manifest: pa.Table, subset: float | None, seed: int,
+                  features: np.ndarray | None = None) -> pa.Table:
+    """The chosen rows (manifest columns plus `stratum`), in manifest order. With `features`
+    (one row per manifest row), each stratum's quota covers its features
+    (annotator/core/diverse.py) instead of following the hash rank."""
     n = len(manifest)
     label = manifest["label"].to_pylist()
     speaker = manifest["speaker"].to_pylist()
@@ -83,6 +87,8 @@ def select_subset(manifest: pa.Table, subset: float | None, seed: int) -> pa.Tab
     key_labels = np.array([k.split("\x1f")[0] for k in keys], dtype=object)
     quota = _quotas(sizes, target, key_labels)
     rank = stable_rank(seed, manifest["clip_id"].to_pylist())
+    if features is not None:
+        return with_stratum.filter(pa.array(diverse_mask(features, inverse, quota, rank, seed)))
     # order clips by (stratum, hash); a clip is chosen if its position in its stratum < quota
     order = np.lexsort((rank, inverse))
     position = np.empty(n, dtype=np.int64)
@@ -90,6 +96,20 @@ def select_subset(manifest: pa.Table, subset: float | None, seed: int) -> pa.Tab
     position[order] = np.arange(n) - np.repeat(starts, sizes)
     chosen = position < quota[inverse]
     return with_stratum.filter(pa.array(chosen))
+
+
+def diverse_mask(features: np.ndarray, inverse: np.ndarray, quota: np.ndarray,
+                 rank: np.ndarray, seed: int) -> np.ndarray:
+    from annotator.core.diverse import pick, project
+
+    x = project(features, seed)
+    chosen = np.zeros(len(inverse), bool)
+    members = np.argsort(inverse, kind="stable")
+    bounds = np.cumsum(np.bincount(inverse, minlength=len(quota)))[:-1]
+    for stratum, idx in enumerate(np.split(members, bounds)):
+        if quota[stratum]:
+            chosen[pick(x, idx, int(quota[stratum]), rank)] = True
+    return chosen
 
 
 def _stratum_name(label: str | None, speaker: str | None) -> str:

@@ -179,3 +179,29 @@ def test_a_template_that_would_exhaust_the_machine_is_refused_in_one_line(tmp_pa
         assert result.exit_code == 1 and "refused" in result.output, result.output
         assert len(result.output.strip().splitlines()) == 1 and "evil.j2" in result.output
     assert not (tmp_path / "o" / "descriptions").exists()
+
+
+def test_a_diverse_subset_is_planned_with_its_coverage(tmp_path, clips, tiny_omni):
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [f"{clips['tone_220' if i % 2 else 'tone_440']},c{i},neutral" for i in range(12)]
+    (tmp_path / "m.csv").write_text("path,clip_id,label\n" + "\n".join(rows) + "\n")
+    vectors = np.random.default_rng(0).standard_normal((12, 16)).astype(np.float32)
+    pq.write_table(pa.table({"clip_id": [f"c{i}" for i in range(12)],
+                             "features": list(vectors)}), tmp_path / "f.parquet")
+    common = ["run", "--manifest", str(tmp_path / "m.csv"), "--out", str(tmp_path / "o"),
+              "--model", str(tiny_omni), "--engine", "fake", "--subset", "4", "--dry-run"]
+    planned = runner.invoke(app, common + ["--select", "diverse", "--features",
+                                           str(tmp_path / "f.parquet")], env=WIDE)
+    assert planned.exit_code == 0, planned.output
+    assert re.search(r"--select diverse: mean distance .*\(a random pick of 4", planned.output)
+    alone = runner.invoke(app, common + ["--select", "diverse"], env=WIDE)
+    assert alone.exit_code == 2 and "--features" in alone.output
+    short = pa.table({"clip_id": ["c0"], "features": [vectors[0]]})
+    pq.write_table(short, tmp_path / "short.parquet")
+    missing = runner.invoke(app, common + ["--select", "diverse", "--features",
+                                           str(tmp_path / "short.parquet")], env=WIDE)
+    assert missing.exit_code == 1 and "no vector for 11 of the manifest's clips" in \
+        " ".join(missing.output.split())

@@ -66,3 +66,53 @@ def test_no_labels_is_one_stratum_and_all_returns_everything():
     assert len(select_subset(table, 10, seed=0)) == 10
     assert set(select_subset(table, None, seed=0)["stratum"].to_pylist()) == {"all"}
     assert len(select_subset(table, 500, seed=0)) == 50
+
+
+def planted_groups(groups: int = 300, dims: int = 96, seed: int = 0):
+    """Near-duplicate groups of very different sizes (one speaker's consecutive segments):
+    a group's clips are its centre plus a little noise; no labels, no speakers."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    sizes = np.maximum(1, (400 / np.arange(1, groups + 1)).astype(int))
+    group = np.repeat(np.arange(groups), sizes)
+    centres = rng.standard_normal((groups, dims)).astype(np.float32)
+    features = centres[group] + 0.05 * rng.standard_normal((len(group), dims), np.float32)
+    table = pa.table({"clip_id": [f"c{i:05d}" for i in range(len(group))],
+                      "label": pa.nulls(len(group), pa.string()),
+                      "speaker": pa.nulls(len(group), pa.string())})
+    return table, features, group
+
+
+def test_a_diverse_pick_covers_the_planted_groups_a_stratified_one_misses():
+    """2,368 clips in 300 groups of 1 to 400, 10% (237) picked. Measured: the diverse pick
+    covers 237 groups (one clip each) and the stratified 90 (2.6x); mean distance from a clip
+    to the nearest selected one 0.87 against 2.87 (project() units). Deterministic."""
+    import numpy as np
+
+    from annotator.core.diverse import coverage, project
+
+    table, features, group = planted_groups()
+    ids = np.array(table["clip_id"].to_pylist())
+    picks = {}
+    for name, given in (("diverse", features), ("stratified", None)):
+        chosen = select_subset(table, 0.1, seed=0, features=given)
+        picks[name] = np.flatnonzero(np.isin(ids, chosen["clip_id"].to_pylist()))
+    assert len(picks["diverse"]) == len(picks["stratified"]) == round(0.1 * len(ids))
+    covered = {name: len(set(group[p])) for name, p in picks.items()}
+    x = project(features, 0)
+    distance = {name: coverage(x, p, 0) for name, p in picks.items()}
+    assert covered["diverse"] >= 1.5 * covered["stratified"], covered
+    assert distance["diverse"] < distance["stratified"], distance
+    again = select_subset(table, 0.1, seed=0, features=features)["clip_id"].to_pylist()
+    assert again == ids[picks["diverse"]].tolist()
+
+
+def test_a_diverse_pick_keeps_the_label_and_speaker_quotas():
+    import numpy as np
+
+    table = manifest({"happy": 60, "sad": 30, "angry": 10})
+    features = np.random.default_rng(1).standard_normal((len(table), 8)).astype(np.float32)
+    diverse = select_subset(table, 20, seed=0, features=features)
+    hashed = select_subset(table, 20, seed=0)
+    assert Counter(diverse["stratum"].to_pylist()) == Counter(hashed["stratum"].to_pylist())
