@@ -132,13 +132,16 @@ def coverage_note(manifest: pa.Table, chosen: pa.Table, features: np.ndarray,
     """How well the diverse pick covers the corpus, against a random pick of its size."""
     from annotator.core.diverse import coverage, project
 
-    x = project(features, seed)
+    known = ~np.isnan(features[:, 0])
+    x = project(features[known], seed)  # clips without a vector are left out of both
     picked = np.flatnonzero(pc.is_in(manifest["clip_id"], chosen["clip_id"]).to_numpy(
-        zero_copy_only=False))
-    random = np.random.default_rng(seed).choice(len(manifest), len(picked), replace=False)
+        zero_copy_only=False)[known])
+    random = np.random.default_rng(seed).choice(len(x), len(picked), replace=False)
+    unknown = f"; {(~known).sum()} clips without a vector are never picked" if (
+        ~known).any() else ""
     return (f"--select diverse: mean distance from a clip to the nearest selected one "
             f"{coverage(x, picked, seed):.3g} (a random pick of {len(picked)}: "
-            f"{coverage(x, random, seed):.3g}; lower covers the corpus better)")
+            f"{coverage(x, random, seed):.3g}; lower covers the corpus better){unknown}")
 
 
 def resolve(config: RunConfig, device: str | None = None) -> Resolved:

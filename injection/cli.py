@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from annotator.core.typed_cli import add_version_option, command_from, console
-from injection.config import EvalConfig, FolderConfig, TrainConfig
+from injection.config import EvalConfig, FeaturesConfig, FolderConfig, TrainConfig
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Inject affective descriptions into a VA encoder (VAEmo stage 2).")
@@ -33,6 +33,21 @@ def train(config: TrainConfig) -> None:
     summary = run_train(config, log=console.print)
     if "exported" in summary:  # rank 0 of a torchrun job, or the only process
         console.print(f"exported: {summary['exported']}")
+
+
+@app.command("features")
+@command_from(FeaturesConfig, required=("manifest", "encoder", "out"))
+def features(config: FeaturesConfig) -> None:
+    """Per-clip embeddings of any manifest (the encoder's branches, each L2-normalised, side
+    by side) as Parquet, e.g. for `vaemo-annotate run --select diverse --features OUT`;
+    cached by media hash and encoder id.
+
+    Example: vaemo-inject features --manifest data/demo/manifest.csv --encoder enc/ --out
+    features.parquet
+    """
+    from injection.commands import features as run_features
+
+    run_features(config, log=console.print)
 
 
 @app.command("eval")

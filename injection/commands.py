@@ -14,7 +14,7 @@ import torch
 from annotator.core.errors import ConfigError, DataError
 from annotator.core.layout import InjectionFolder
 from annotator.core.schema import MODALITY_FIELDS
-from injection.config import EvalConfig, TrainConfig
+from injection.config import EvalConfig, FeaturesConfig, TrainConfig
 from injection.training.data import Corpus, build_corpus, load_rows
 from injection.training.features import FeatureCache, Share, embed_texts, va_features
 from injection.training.finetune import Tuned, interpolate, merge_lora
@@ -305,3 +305,52 @@ def export_checkpoint(out: Path, log=print) -> Path:
     config, prep, projector, tuned = restore(out, log)
     return export(prep.encoder, projector, meta(prep), prep.features.label_text,
                   InjectionFolder(out).encoder, tuned=tuned is not None)
+
+
+def features(config: FeaturesConfig, log=print) -> dict:
+    """Per-clip embeddings of a manifest: the encoder's branches, each L2-normalised, side by
+    side, cached by media hash and encoder id (a re-run computes only new clips). A clip whose
+    media cannot be read gets no vector, and is named."""
+    import pyarrow as pa
+
+    from annotator.core.errors import MediaError
+    from annotator.core.files import write_parquet
+    from annotator.core.manifest import load_manifest
+    from annotator.core.media import media_sha256, probe
+    from injection.encoders.va import load_encoder
+    from injection.training.loader import pick_device
+
+    device = pick_device()
+    if device.type == "cpu":
+        torch.set_num_threads(1)  # measured: 2 CPU threads are erratic (10-50x slower)
+    readable, hashes, unreadable = [], [], []
+    for row in load_manifest(config.manifest).select(["clip_id", "path", "audio_path"]
+                                                      ).to_pylist():
+        try:
+            digest = media_sha256(row["path"], row["audio_path"])
+            probe(row["path"], row["audio_path"])
+        except MediaError as err:
+            unreadable.append(f"{row['clip_id']} ({err})")
+            continue
+        readable.append(row)
+        hashes.append(digest)
+    encoder = load_encoder(config.encoder, config.factory, config.trust_remote_code)
+    cache = FeatureCache(config.cache or config.out.parent / ".vaemo-features", "va")
+    log(f"features: {len(readable)} clips, encoder {encoder.id}")
+    branches = va_features(cache, encoder, [(r["path"], r["audio_path"]) for r in readable],
+                           hashes, **extract_args(config, device, log))
+    vectors = np.concatenate([b / np.linalg.norm(b, axis=1, keepdims=True).clip(1e-6)
+                              for b in branches.values()], axis=1).astype(np.float32)
+    width = vectors.shape[1]
+    write_parquet(pa.table({"clip_id": [r["clip_id"] for r in readable],
+                            "features": pa.FixedSizeListArray.from_arrays(
+                                pa.array(vectors.ravel()), width)}), config.out)
+    summary = {"clips": len(readable), "dims": width, "out": str(config.out),
+               "branches": {name: int(b.shape[1]) for name, b in branches.items()},
+               "unreadable": len(unreadable)}
+    log(f"wrote {config.out}: {len(readable)} clips x {width} "
+        f"({', '.join(f'{k} {v}' for k, v in summary['branches'].items())})")
+    if unreadable:
+        log(f"{len(unreadable)} clips have no vector (unreadable media), e.g. "
+            f"{'; '.join(unreadable[:3])}; --select diverse never picks them")
+    return summary

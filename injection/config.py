@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
 TEXT_SOURCES = ("description", "summary", "reasoning", "fields", "sampled")
 
@@ -155,3 +155,31 @@ class EvalConfig(BaseModel):
     folds: int | None = Field(None, ge=2)
     """With --manifest: a K-fold protocol from the manifest's `fold` column (CREMA-D, DFEW):
     each fold is the test set once, the others train; mean and std over folds."""
+
+
+# the encoder and extraction fields `features` shares with `train`, declared there once
+_EXTRACTION = ("encoder", "factory", "trust_remote_code", "workers", "feature_batch",
+               "precision")
+
+
+class _FeaturesOwn(BaseModel):
+    """`vaemo-inject features`: per-clip embeddings of any manifest, e.g. for
+    `vaemo-annotate run --select diverse --features`."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True,
+                              protected_namespaces=())
+
+    manifest: Path
+    """Clip manifest (as `vaemo-annotate run` reads it); every clip gets a vector."""
+    out: Path
+    """The Parquet file to write: `clip_id` and `features` (the encoder's branches, each
+    L2-normalised, side by side)."""
+    cache: Path | None = None
+    """Feature cache folder, keyed by media hash and encoder id: a re-run or a grown
+    manifest computes only the new clips (default: OUT's folder, `.vaemo-features/`)."""
+
+
+FeaturesConfig = create_model(
+    "FeaturesConfig", __base__=_FeaturesOwn, __doc__=_FeaturesOwn.__doc__,
+    **{name: (TrainConfig.model_fields[name].annotation, TrainConfig.model_fields[name])
+       for name in _EXTRACTION})

@@ -33,7 +33,8 @@ COVERAGE_SAMPLE = 20_000
 
 def load_features(path: Path, clip_ids: list[str]) -> np.ndarray:
     """The `features` of each clip in `clip_ids` (float32, one row each) from a Parquet file
-    with `clip_id` and `features` (a list of floats) columns."""
+    with `clip_id` and `features` (a list of floats) columns; a clip without one (its media
+    unreadable) gets a row of NaN and is never picked."""
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
@@ -43,22 +44,31 @@ def load_features(path: Path, clip_ids: list[str]) -> np.ndarray:
         raise ConfigError(f"--features {path}: cannot read a Parquet file with `clip_id` and "
                           f"`features` columns ({type(err).__name__}: {err})") from err
     where = pc.index_in(pc.cast(clip_ids, table["clip_id"].type), table["clip_id"])
-    missing = [c for c, i in zip(clip_ids, where.to_pylist()) if i is None]
-    if missing:
+    found = pc.is_valid(where).to_numpy(zero_copy_only=False)
+    if found.sum() < len(clip_ids) / 2:  # most clips unknown: features of another corpus
+        missing = [c for c, ok in zip(clip_ids, found) if not ok]
         raise ConfigError(f"--features {path} has no vector for {len(missing)} of the "
-                          f"manifest's clips (e.g. {', '.join(missing[:3])}); compute features "
-                          "for the whole manifest")
-    vectors = table["features"].take(where).combine_chunks()
+                          f"manifest's {len(clip_ids)} clips (e.g. {', '.join(missing[:3])});"
+                          " compute them for this manifest (`vaemo-inject features`)")
+    vectors = table["features"].take(where.filter(pc.is_valid(where))).combine_chunks()
     lengths = pc.unique(pc.list_value_length(vectors)).to_pylist()
     if len(lengths) != 1 or not lengths[0]:
         raise ConfigError(f"--features {path}: every clip needs a vector of the same length "
                           f"(found lengths {sorted(lengths, key=str)[:5]})")
-    return np.asarray(vectors.flatten(), dtype=np.float32).reshape(len(clip_ids), lengths[0])
+    out = np.full((len(clip_ids), lengths[0]), np.nan, np.float32)  # NaN: never picked
+    out[found] = np.asarray(vectors.flatten(), np.float32).reshape(-1, lengths[0])
+    return out
 
 
 def project(x: np.ndarray, seed: int) -> np.ndarray:
-    """`x` centred and projected on its top PROJECTED_DIMS principal axes (PCA on a sample)."""
+    """`x` centred and projected on its top PROJECTED_DIMS principal axes (PCA on a sample
+    of its rows without NaN; NaN rows stay NaN)."""
     x = np.ascontiguousarray(x, dtype=np.float32)
+    known = np.flatnonzero(~np.isnan(x[:, 0]))
+    if len(known) < len(x):
+        out = np.full((len(x), min(x.shape[1], PROJECTED_DIMS)), np.nan, np.float32)
+        out[known] = project(x[known], seed)
+        return out
     if x.shape[1] <= PROJECTED_DIMS:
         return x - x.mean(axis=0)
     rng = np.random.default_rng(seed)

@@ -106,8 +106,10 @@ def diverse_mask(features: np.ndarray, inverse: np.ndarray, quota: np.ndarray,
     chosen = np.zeros(len(inverse), bool)
     members = np.argsort(inverse, kind="stable")
     bounds = np.cumsum(np.bincount(inverse, minlength=len(quota)))[:-1]
+    known = ~np.isnan(x[:, 0])  # a clip without a vector is never picked
     for stratum, idx in enumerate(np.split(members, bounds)):
-        if quota[stratum]:
+        idx = idx[known[idx]]
+        if quota[stratum] and len(idx):
             chosen[pick(x, idx, int(quota[stratum]), rank)] = True
     return chosen
 

@@ -203,5 +203,5 @@ def test_a_diverse_subset_is_planned_with_its_coverage(tmp_path, clips, tiny_omn
     pq.write_table(short, tmp_path / "short.parquet")
     missing = runner.invoke(app, common + ["--select", "diverse", "--features",
                                            str(tmp_path / "short.parquet")], env=WIDE)
-    assert missing.exit_code == 1 and "no vector for 11 of the manifest's clips" in \
+    assert missing.exit_code == 1 and "no vector for 11 of the manifest's 12 clips" in \
         " ".join(missing.output.split())

@@ -66,3 +66,39 @@ def test_an_unlabelled_run_trains_both_paths_from_the_descriptions(tmp_path, cli
     path = exported["label_path"]
     assert path["source"] == "auto" and path["dataset"] == 0
     assert path["description"] + path["none"] == 16 and path["description"] >= 8
+
+
+def test_features_of_a_manifest_feed_a_diverse_subset(tmp_path, clips):
+    """`features` writes one L2-normalised vector per branch per readable clip, names the
+    unreadable ones, computes nothing twice, and `run --select diverse` plans with it."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from annotator.cli import app as annotate
+    from tests.builders.tiny_encoders import build_tiny_va_encoder
+
+    encoder = build_tiny_va_encoder(tmp_path / "enc")
+    names = ["real_astronaut", "real_grace_hopper", "tone_220", "tone_440", "corrupt"]
+    rows = [f"{clips[n]},{n},neutral" for n in names]
+    (tmp_path / "m.csv").write_text("path,clip_id,label\n" + "\n".join(rows) + "\n")
+    args = ["features", "--manifest", str(tmp_path / "m.csv"), "--encoder", str(encoder),
+            "--out", str(tmp_path / "f.parquet"), "--workers", "0"]
+    first = runner.invoke(app, args, env={"COLUMNS": "200"})
+    assert first.exit_code == 0, first.output
+    assert "1 clips have no vector" in first.output and "corrupt" in first.output
+    table = pq.read_table(tmp_path / "f.parquet")
+    assert table["clip_id"].to_pylist() == names[:4]
+    vectors = np.stack(table["features"].to_numpy(zero_copy_only=False))
+    video = int(re.search(r"video (\d+)", first.output).group(1))
+    assert np.allclose(np.linalg.norm(vectors[:, :video], axis=1), 1, atol=1e-4)
+    assert np.allclose(np.linalg.norm(vectors[:, video:], axis=1), 1, atol=1e-4)
+    cached = sorted((tmp_path / ".vaemo-features").rglob("*.npy"))
+    again = runner.invoke(app, args, env={"COLUMNS": "200"})
+    assert again.exit_code == 0 and sorted((tmp_path / ".vaemo-features").rglob("*.npy")) \
+        == cached  # every vector from the cache
+    planned = runner.invoke(annotate, [
+        "run", "--manifest", str(tmp_path / "m.csv"), "--out", str(tmp_path / "o"),
+        "--engine", "fake", "--subset", "2", "--select", "diverse", "--features",
+        str(tmp_path / "f.parquet"), "--dry-run"], env={"COLUMNS": "200"})
+    assert planned.exit_code == 0, planned.output
+    assert "1 clips without a vector are never picked" in planned.output
