@@ -81,6 +81,10 @@ class TrainConfig(BaseModel):
     """Weight of path 1, clip <-> its description."""
     label_weight: float = Field(1.0, ge=0)
     """Weight of path 2, clip <-> its label text (supervised: same label, same positive)."""
+    near_copy: float = Field(1.0, gt=0, le=1)
+    """Path 1: another clip's description whose text embedding (the text encoder's own) has
+    cosine similarity at least this with a clip's own description is not a negative for it;
+    1 (default) spares exact copies only, lower spares near copies too (docs/inject.md)."""
     label_source: Literal["auto", "dataset", "description"] = "auto"
     """Where path 2 takes each clip's label: the dataset's (the manifest's `label`), the
     description's primary emotion, or auto: the dataset's where there is one, else the

@@ -2,7 +2,8 @@
 the trainer sums them with weights and logs each (open_clip's convention).
 
 Path 1, `description_loss`: symmetric InfoNCE between a clip and its own description (CLIP's
-loss; checked against open_clip's ClipLoss in the tests).
+loss; checked against open_clip's ClipLoss in the tests); descriptions that are near copies
+of a clip's own (same label, same wording: frequent in MLLM output) are not its negatives.
 Path 2, `label_loss`: clip <-> label text as supervised contrast. Every clip is scored
 against the texts of all labels in the set; clips that share a label share the positive, so
 no clip is pushed away from its own label (no false negatives), and the text side pulls each
@@ -34,11 +35,21 @@ def gather(features: torch.Tensor) -> torch.Tensor:
     return torch.cat(all_gather(features), 0)
 
 
-def description_loss(clip: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor
+def description_loss(clip: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor,
+                     text_frozen: torch.Tensor | None = None, near_copy: float = 1.0
                      ) -> dict[str, torch.Tensor]:
-    """Symmetric InfoNCE: row i of `clip` and of `text` (L2-normalised) are a pair."""
+    """Symmetric InfoNCE: row i of `clip` and of `text` (L2-normalised) are a pair.
+
+    `text_frozen` (the text encoder's own embeddings of the same descriptions): two clips
+    whose descriptions are near copies (cosine >= `near_copy`) are not each other's
+    negatives, in either direction; without it, every other clip is a negative (CLIP)."""
     clip, text = gather(clip), gather(text)
     logits = logit_scale * clip @ text.T
+    if text_frozen is not None:
+        frozen = F.normalize(gather(text_frozen).float(), dim=-1)
+        copies = frozen @ frozen.T >= near_copy - 1e-6
+        copies.fill_diagonal_(False)  # a clip's own description stays its positive
+        logits = logits.masked_fill(copies, float("-inf"))
     target = torch.arange(len(clip), device=clip.device)
     loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
     return {"description_loss": loss}

@@ -115,9 +115,11 @@ def text_source(config: TrainConfig, step: int) -> str:
     return SAMPLED_SOURCES[int(pick)]
 
 
-def losses(out: dict, labels: torch.Tensor, config: TrainConfig) -> dict[str, torch.Tensor]:
+def losses(out: dict, labels: torch.Tensor, config: TrainConfig,
+           text_frozen: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Both paths on projected embeddings (per branch, averaged, for the per-branch path),
-    and the anchor to the original features when the encoder itself trains."""
+    and the anchor to the original features when the encoder itself trains; `text_frozen`
+    (the batch's text-encoder embeddings) spares near-copy descriptions as negatives."""
     branches = out["va"]
     if config.dual_path == "fused" or len(branches) == 1:
         stacked = torch.stack(list(branches.values())).mean(0)
@@ -126,7 +128,8 @@ def losses(out: dict, labels: torch.Tensor, config: TrainConfig) -> dict[str, to
     for clip in branches.values():
         parts = {}
         if config.description_weight:
-            parts.update(description_loss(clip, out["text"], out["scale"]))
+            parts.update(description_loss(clip, out["text"], out["scale"], text_frozen,
+                                          config.near_copy))
         if config.label_weight:
             parts.update(label_loss(clip, out["label_text"], labels, out["scale"]))
         for name, value in parts.items():
@@ -201,8 +204,9 @@ def train_step(model, features: Features, rows: np.ndarray, config: TrainConfig,
             out["va_frozen"] = _to(_frozen(features, part), device)
         return out
 
+    frozen_text = _text(features, rows, source).to(device)
     if config.accumulate == 1:
-        parts = losses(forward(rows), labels, config)
+        parts = losses(forward(rows), labels, config, frozen_text)
         weighted_total(parts, config).backward()
         return {k: v.detach() for k, v in parts.items()}
     micro = np.array_split(rows, config.accumulate)
@@ -210,7 +214,7 @@ def train_step(model, features: Features, rows: np.ndarray, config: TrainConfig,
         cached = [forward(m) for m in micro]
     for j, m in enumerate(micro):
         outs = [forward(m) if i == j else c for i, c in enumerate(cached)]
-        parts = losses(_merge(outs, j), labels, config)
+        parts = losses(_merge(outs, j), labels, config, frozen_text)
         weighted_total(parts, config).backward()
     return {k: v.detach() for k, v in parts.items()}
 

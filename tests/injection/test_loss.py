@@ -47,3 +47,29 @@ def test_clips_without_a_label_are_left_out():
     full = label_loss(clip[:2], label_text, torch.tensor([0, 2]), torch.tensor(10.0))
     partial = label_loss(clip, label_text, torch.tensor([0, 2, -1, -1]), torch.tensor(10.0))
     assert float(full["label_loss"]) == pytest.approx(float(partial["label_loss"]))
+
+
+def test_near_copy_descriptions_are_not_each_others_negatives():
+    """Clips 0 and 1 have the same description: the loss is InfoNCE with the pairs (0, 1)
+    and (1, 0) left out of both softmaxes (by hand), so the copies no longer push each
+    other's clips apart; different descriptions (cosine < near_copy) stay negatives."""
+    g = torch.Generator().manual_seed(0)
+    clip = F.normalize(torch.randn(4, 8, generator=g, dtype=torch.float64), dim=-1)
+    text = F.normalize(torch.randn(4, 8, generator=g, dtype=torch.float64), dim=-1)
+    frozen = torch.randn(4, 6, generator=g, dtype=torch.float64)
+    frozen[1] = 2 * frozen[0]  # the same description (embeddings are compared by cosine)
+    scale = torch.tensor(3.0, dtype=torch.float64)
+    got = float(description_loss(clip, text, scale, frozen, 0.95)["description_loss"])
+    logits = (scale * clip @ text.T).tolist()
+    skip = {0: {1}, 1: {0}, 2: set(), 3: set()}
+
+    def nll(row, target, left_out):
+        kept = [v for j, v in enumerate(row) if j not in left_out]
+        return -(row[target] - math.log(sum(math.exp(v) for v in kept)))
+
+    c2t = sum(nll(logits[i], i, skip[i]) for i in range(4)) / 4
+    t2c = sum(nll([logits[j][i] for j in range(4)], i, skip[i]) for i in range(4)) / 4
+    assert abs(got - (c2t + t2c) / 2) < 1e-9
+    unmasked = float(description_loss(clip, text, scale)["description_loss"])
+    assert abs(unmasked - float(description_loss(clip, text, scale, frozen, 1.0 + 1e-3)[
+        "description_loss"])) < 1e-12 and got < unmasked
