@@ -130,6 +130,9 @@ class AuditConfig(BaseModel):
     """Where to write the HTML report (default OUT/audit/index.html)."""
     clean: Path | None = None
     """Also write the clean set here: the ok rows no excluding flag hit, ready for injection."""
+    keep: Literal["uncertain", "trusted"] = "uncertain"
+    """Which rows the clean set keeps: 'uncertain' (every row no excluding flag hit) or only
+    'trusted' ones (no warning either, not truncated, consistent samples, confident)."""
     rules: Path | None = None
     """A rules file (TOML) to use instead of the shipped annotator/audit/rules.toml."""
     manifest: Path | None = None

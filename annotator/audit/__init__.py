@@ -74,7 +74,8 @@ def audit(config: AuditConfig) -> dict:
         "richness": redundancy.richness(con),
         "self_consistency": _self_consistency(con),
     }
-    clean = pc.invert(flags["excluded"])
+    metrics["trust"] = _trust(flags, metrics["agreement"])
+    clean = pc.is_in(flags["trust"], pa.array(KEPT[config.keep]))
     metrics["clean"] = {"rows": int(pc.sum(clean).as_py() or 0),
                         "excluded_ok_rows": int(pc.sum(pc.and_(
                             pc.equal(flags["status"], "ok"), flags["excluded"])).as_py() or 0)}
@@ -124,6 +125,8 @@ def _flags(con: duckdb.DuckDBPyConnection, rule_list: list[rules.Rule]) -> pa.Ta
     details = ", ".join(f"CASE WHEN h.{n} IS NOT NULL THEN {{'flag': '{n}', 'values': h.{n}}} "
                         "END" for n in names)
     any_excluding = " OR ".join(f"h.{n} IS NOT NULL" for n in excluding) or "false"
+    any_warning = " OR ".join(f"h.{r.name} IS NOT NULL" for r in rule_list
+                              if not r.exclude) or "false"
     return con.sql(f"""
         SELECT a.clip_id, a.status, a.label,
                a.description.primary_emotion AS primary_emotion,
@@ -141,6 +144,12 @@ def _flags(con: duckdb.DuckDBPyConnection, rule_list: list[rules.Rule]) -> pa.Ta
                                  'similarity': round(d.similarity, 3)}})::VARCHAR}} END],
                            lambda x: x IS NOT NULL) AS details,
                (a.status <> 'ok' OR {any_excluding} OR d.row_id IS NOT NULL) AS excluded,
+               CASE WHEN a.status <> 'ok' OR {any_excluding} OR d.row_id IS NOT NULL
+                    THEN 'excluded'
+                    WHEN {any_warning} OR a.finish_reason = 'length'
+                         OR coalesce(a.self_agreement, 1) < {TRUSTED_SELF_AGREEMENT}
+                         OR coalesce(a.description.confidence, 1) < {TRUSTED_CONFIDENCE}
+                    THEN 'uncertain' ELSE 'trusted' END AS trust,
                {{'agrees_with_label': a.primary_label = a.true_label,
                  'confidence': a.description.confidence,
                  'words': len(string_split(trim({description_text_sql('a.description')}),
@@ -154,6 +163,31 @@ def _flags(con: duckdb.DuckDBPyConnection, rule_list: list[rules.Rule]) -> pa.Ta
         LEFT JOIN audited k ON k.row_id = d."of"
         ORDER BY a.row_id
     """).to_arrow_table()
+
+
+TRUSTED_SELF_AGREEMENT = 0.8
+"""With --samples: a row whose samples agree on its emotion less often than this is uncertain."""
+TRUSTED_CONFIDENCE = 0.5
+"""A row whose description gives itself a confidence below this is uncertain."""
+KEPT = {"uncertain": ["trusted", "uncertain"], "trusted": ["trusted"]}
+"""The trust tiers the clean set keeps, by `--keep`."""
+
+
+def _trust(flags: pa.Table, agreement: dict) -> dict:
+    """Rows per trust tier, from what needs no labels (validity, grounding rules, duplicates,
+    truncation, self-consistency, the description's confidence)."""
+    counts = {tier: 0 for tier in ("trusted", "uncertain", "excluded")}
+    counts.update(zip(*np.unique(flags["trust"].to_numpy(zero_copy_only=False),
+                                 return_counts=True)))
+    summary = {tier: int(n) for tier, n in counts.items()}
+    summary["criteria"] = (
+        "excluded: failed, an excluding rule, or a duplicate; uncertain: a warning rule, a "
+        f"truncated answer, samples agreeing below {TRUSTED_SELF_AGREEMENT}, or the "
+        f"description's confidence below {TRUSTED_CONFIDENCE}; trusted: the rest")
+    if not agreement.get("n"):
+        summary["note"] = ("no dataset labels: agreement with labels cannot be measured, so "
+                           "trust rests only on the checks above")
+    return summary
 
 
 def _validity(con: duckdb.DuckDBPyConnection) -> dict:
@@ -207,13 +241,13 @@ def _self_consistency(con: duckdb.DuckDBPyConnection) -> dict:
     a confidence (accuracy against the labels of consistent vs inconsistent clips)."""
     names = ("rows", "mean_samples", "label_agreement", "valence_spread", "summary_dispersion",
              "accuracy_when_consistent", "accuracy_when_not")
-    values = con.execute("""
+    values = con.execute(f"""
         SELECT count(*), avg(len(valid_samples) + 1), avg(self_agreement), avg(valence_spread),
                avg(summary_dispersion),
-               avg((primary_label = true_label)::DOUBLE) FILTER (self_agreement >= 0.8
-                   AND true_label IS NOT NULL),
-               avg((primary_label = true_label)::DOUBLE) FILTER (self_agreement < 0.8
-                   AND true_label IS NOT NULL)
+               avg((primary_label = true_label)::DOUBLE) FILTER (
+                   self_agreement >= {TRUSTED_SELF_AGREEMENT} AND true_label IS NOT NULL),
+               avg((primary_label = true_label)::DOUBLE) FILTER (
+                   self_agreement < {TRUSTED_SELF_AGREEMENT} AND true_label IS NOT NULL)
         FROM audited WHERE status = 'ok' AND self_agreement IS NOT NULL
     """).fetchall()[0]
     out = {k: (round(float(v), 4) if v is not None else None) for k, v in zip(names, values)}

@@ -147,7 +147,8 @@ def write_synthetic_run(out: str | Path, n: int, seed: int = 0, planted: bool = 
                               for _ in range(samples - 1)]
         rows.append(row)
     if planted:
-        rows += _planted(rng, rows[0], media)
+        rows += [{**row, "label": row["label"] if labelled else None}
+                 for row in _planted(rng, rows[0], media)]
     store = Store(out)
     for start in range(0, len(rows), 50_000):
         store.commit(pa.Table.from_pylist(rows[start:start + 50_000], schema=ROW_SCHEMA),

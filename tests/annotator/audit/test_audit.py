@@ -159,3 +159,25 @@ def test_runs_without_samples_say_how_to_get_them(audited):
     _, _, metrics = audited
     assert metrics["self_consistency"]["rows"] == 0
     assert "--samples" in metrics["self_consistency"]["note"]
+
+
+def test_an_unlabelled_run_gets_a_trust_summary_and_a_trusted_clean_set(tmp_path):
+    """Without dataset labels the audit says agreement cannot be measured, and sorts every
+    row into trusted / uncertain / excluded from what needs no labels."""
+    import pyarrow.parquet as pq
+
+    out = write_synthetic_run(tmp_path / "run", 120, samples=3, stable=0.7, labelled=False)
+    loose = audit(AuditConfig(out=out, clean=tmp_path / "loose.parquet"))
+    trust = loose["trust"]
+    assert trust["trusted"] + trust["uncertain"] + trust["excluded"] == loose["rows"]
+    assert trust["trusted"] and trust["uncertain"] and trust["excluded"]
+    assert "cannot be measured" in trust["note"] and not loose["agreement"]["n"]
+    assert loose["clean"]["rows"] == trust["trusted"] + trust["uncertain"]
+    strict = audit(AuditConfig(out=out, clean=tmp_path / "strict.parquet", keep="trusted"))
+    assert strict["clean"]["rows"] == trust["trusted"]
+    kept = set(pq.read_table(tmp_path / "strict.parquet")["clip_id"].to_pylist())
+    assert len(kept) == trust["trusted"] and kept < set(
+        pq.read_table(tmp_path / "loose.parquet")["clip_id"].to_pylist())
+    flags = pq.read_table(out / "audit" / "flags.parquet").to_pylist()
+    assert {f["clip_id"] for f in flags if f["trust"] == "trusted"} == kept
+    assert "cannot be measured" in (out / "audit" / "index.html").read_text()
