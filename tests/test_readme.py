@@ -134,6 +134,8 @@ def test_the_readme_walkthrough_runs(tmp_path, monkeypatch, clips):
                 args += ["--dry-run"]  # the GPU and cluster examples: planned, not run
         if args[0] == "import-results":  # the batch job's answers, as a provider returns them
             _answer_batch(Path(args[1]) / "batch" / "requests.jsonl", Path(args[2]))
+        if args[0] == "features":
+            args = [a.replace("ENCODER", str(encoder)) for a in args] + ["--workers", "0"]
         if args[0] == "train":
             args = [a.replace("ENCODER", str(encoder)) for a in args] + [
                 "--steps", "4", "--batch-size", "4", "--eval-fraction", "0.25",
@@ -148,9 +150,9 @@ def test_the_readme_walkthrough_runs(tmp_path, monkeypatch, clips):
         else:
             assert result.exit_code == 0, (command, result.output)
         ran.append(args[0])
-    assert ran.count("run") == 6 and {"prompt", "verify", "retry-failed", "audit", "train",
-                                      "eval", "export", "export-requests",
-                                      "import-results"} <= set(ran)
+    assert ran.count("run") == 7 and ran.count("train") == 2 and {
+        "prompt", "verify", "retry-failed", "audit", "eval", "export", "export-requests",
+        "import-results", "features"} <= set(ran)
     assert (tmp_path / "inj" / "encoder" / "injection.json").is_file()
     assert (tmp_path / "runs" / "demo" / "clean.parquet").is_file()
 
