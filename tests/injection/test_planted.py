@@ -102,3 +102,30 @@ def test_the_dataset_protocol_split_is_lifted_too(minilm, tmp_path):
         assert after[fraction]["uar"] > before[fraction]["uar"] + 0.15
         assert after[fraction]["war"] > before[fraction]["war"] + 0.15
     assert result["after"]["zero_shot"] and not result["warnings"]
+
+
+@pytest.mark.slow
+def test_the_label_path_from_descriptions_lifts_the_protocol_probe_over_one_path(minilm,
+                                                                                 tmp_path):
+    """An unlabelled corpus: path 2's targets are the descriptions' primary emotions (here
+    the planted emotion each description was written from). On the dataset's own split the
+    1%-label probe is higher with both paths than with the description path alone. Measured
+    (3 seeds): 0.639/0.611/0.736 -> 0.891/0.791/0.900; with 30% of the description labels
+    replaced at random (2 seeds): 0.639 -> 0.625 and 0.611 -> 0.700 (docs/inject.md)."""
+    va, texts, emotion = planted(n=1320)
+    labels = minilm.encode([f"a person who feels {e}." for e in EMOTIONS])
+    features = Features({"clip": va[:720]}, {"description": minilm.encode(texts[:720])},
+                        emotion[:720], labels)
+    split = np.random.default_rng(3).random(600) < 0.3
+    rest = Features({"clip": va[720:]}, {}, emotion[720:], labels)
+    uar = {}
+    for weight in (0.0, 1.0):
+        config = TrainConfig(descriptions=tmp_path, encoder=tmp_path, out=tmp_path / str(weight),
+                             steps=150, batch_size=128, label_weight=weight, warmup=10,
+                             lr=2e-3, checkpoint_every=1000)
+        trained = fit(features, config, tmp_path / str(weight))["projector"]
+        result = evaluate_split(trained, new_projector(features, config), rest.subset(~split),
+                                rest.subset(split), seed=0)
+        uar[weight] = result["after"]["linear_probe"]["1%"]["uar"]
+    print("label path:", uar)
+    assert uar[1.0] > uar[0.0] + 0.1
