@@ -36,7 +36,7 @@ def train(config: TrainConfig) -> None:
 
 
 @app.command("features")
-@command_from(FeaturesConfig, required=("manifest", "encoder", "out"))
+@command_from(FeaturesConfig, required=("manifest", "out"))
 def features(config: FeaturesConfig) -> None:
     """Per-clip embeddings of any manifest (the encoder's branches, each L2-normalised, side
     by side) as Parquet, e.g. for `vaemo-annotate run --select diverse --features OUT`;

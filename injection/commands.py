@@ -16,7 +16,8 @@ from annotator.core.layout import InjectionFolder
 from annotator.core.schema import MODALITY_FIELDS
 from injection.config import EvalConfig, FeaturesConfig, TrainConfig
 from injection.training.data import Corpus, build_corpus, load_rows
-from injection.training.features import FeatureCache, Share, embed_texts, va_features
+from injection.training.features import (FeatureCache, Share, embed_texts, split_branches,
+                                         va_features)
 from injection.training.finetune import Tuned, interpolate, merge_lora
 from injection.training.checkpoint import load_checkpoint
 from injection.training.train import SAMPLED_SOURCES, Features, fit, new_projector, tune_encoder
@@ -290,11 +291,10 @@ def _protocol_features(eval_config: EvalConfig, config: TrainConfig, prep: Prepa
 def _tuned_features(prep: Prepared, media, config: TrainConfig, device, log) -> dict:
     """The fine-tuned encoder's features (blocks/lora): computed now, never cached (its id
     names the original weights)."""
-    from injection.training.features import split_branches
     from injection.training.loader import extract
 
     return split_branches(extract(prep.encoder, media, **extract_args(config, device, log)),
-                          prep.encoder)
+                          prep.encoder.branches)
 
 
 def export_checkpoint(out: Path, log=print) -> Path:
@@ -308,9 +308,10 @@ def export_checkpoint(out: Path, log=print) -> Path:
 
 
 def features(config: FeaturesConfig, log=print) -> dict:
-    """Per-clip embeddings of a manifest: the encoder's branches, each L2-normalised, side by
-    side, cached by media hash and encoder id (a re-run computes only new clips). A clip whose
-    media cannot be read gets no vector, and is named."""
+    """Per-clip embeddings of a manifest: the encoder's branches (or, without one, the
+    measured ones), each L2-normalised, side by side, cached by media hash and encoder id (a
+    re-run computes only new clips). A clip whose media cannot be read gets no vector, and is
+    named."""
     import pyarrow as pa
 
     from annotator.core.errors import MediaError
@@ -334,11 +335,17 @@ def features(config: FeaturesConfig, log=print) -> dict:
             continue
         readable.append(row)
         hashes.append(digest)
-    encoder = load_encoder(config.encoder, config.factory, config.trust_remote_code)
-    cache = FeatureCache(config.cache or config.out.parent / ".vaemo-features", "va")
-    log(f"features: {len(readable)} clips, encoder {encoder.id}")
-    branches = va_features(cache, encoder, [(r["path"], r["audio_path"]) for r in readable],
-                           hashes, **extract_args(config, device, log))
+    folder, media = config.cache or config.out.parent / ".vaemo-features", [
+        (r["path"], r["audio_path"]) for r in readable]
+    if config.encoder is None:
+        log(f"features: {len(readable)} clips, measured (no encoder)")
+        branches = measured_features(FeatureCache(folder, "measured"), media, hashes,
+                                     config.workers)
+    else:
+        encoder = load_encoder(config.encoder, config.factory, config.trust_remote_code)
+        log(f"features: {len(readable)} clips, encoder {encoder.id}")
+        branches = va_features(FeatureCache(folder, "va"), encoder, media, hashes,
+                               **extract_args(config, device, log))
     vectors = np.concatenate([b / np.linalg.norm(b, axis=1, keepdims=True).clip(1e-6)
                               for b in branches.values()], axis=1).astype(np.float32)
     width = vectors.shape[1]
@@ -354,3 +361,24 @@ def features(config: FeaturesConfig, log=print) -> dict:
         log(f"{len(unreadable)} clips have no vector (unreadable media), e.g. "
             f"{'; '.join(unreadable[:3])}; --select diverse never picks them")
     return summary
+
+
+def measured_features(cache: FeatureCache, media: list, hashes: list[str], workers: int
+                      ) -> dict[str, np.ndarray]:
+    """The measured branches (injection/encoders/measured.py) of each clip, cached, computed
+    in `workers` processes, each column z-scored over the corpus (dB, Hz and pixels alike)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from injection.encoders import measured
+    from injection.training.features import va_key
+
+    def compute(positions: list[int]) -> np.ndarray:
+        paths = [media[i] for i in positions]
+        if not workers:
+            return np.stack([measured.clip_vector(*m) for m in paths])
+        with ProcessPoolExecutor(workers) as pool:
+            return np.stack(list(pool.map(measured.clip_vector, *zip(*paths), chunksize=8)))
+
+    keys = [va_key(h, measured.ID, "") for h in hashes]
+    flat = np.asarray(cache.get_or_compute(keys, compute), np.float32)
+    return split_branches((flat - flat.mean(0)) / flat.std(0).clip(1e-6), measured.BRANCHES)

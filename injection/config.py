@@ -162,8 +162,7 @@ class EvalConfig(BaseModel):
 
 
 # the encoder and extraction fields `features` shares with `train`, declared there once
-_EXTRACTION = ("encoder", "factory", "trust_remote_code", "workers", "feature_batch",
-               "precision")
+_EXTRACTION = ("factory", "trust_remote_code", "workers", "feature_batch", "precision")
 
 
 class _FeaturesOwn(BaseModel):
@@ -181,6 +180,10 @@ class _FeaturesOwn(BaseModel):
     cache: Path | None = None
     """Feature cache folder, keyed by media hash and encoder id: a re-run or a grown
     manifest computes only the new clips (default: OUT's folder, `.vaemo-features/`)."""
+    encoder: Path | None = None
+    """The VA encoder (as `train` takes it). Without one: cheap measured features, the voice
+    and face cues, a frame thumbnail and MFCC statistics (no model; coarse, but enough to
+    tell one speaker, room or voice from another for --select diverse)."""
 
 
 FeaturesConfig = create_model(

@@ -151,13 +151,14 @@ def va_features(cache: FeatureCache, encoder, media: list[tuple[str, str | None]
 
     flat = cache.get_or_compute(keys, compute, chunk=1024, rank=share.rank,
                                 world=share.world, sync=share.sync)
-    return split_branches(flat, encoder)
+    return split_branches(flat, encoder.branches)
 
 
-def split_branches(flat: np.ndarray, encoder) -> dict[str, np.ndarray]:
-    """[N, sum D] -> {branch: [N, D_branch]} (views: a memory map stays one)."""
-    names, out, start = list(encoder.branches), {}, 0
-    for name in names:
-        out[name] = flat[:, start:start + encoder.branches[name]]
-        start += encoder.branches[name]
+def split_branches(flat: np.ndarray, branches: dict[str, int]) -> dict[str, np.ndarray]:
+    """[N, sum D] -> {branch: [N, D_branch]} for branch sizes `branches` (views: a memory map
+    stays one)."""
+    out, start = {}, 0
+    for name, size in branches.items():
+        out[name] = flat[:, start:start + size]
+        start += size
     return out

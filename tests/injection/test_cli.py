@@ -102,3 +102,33 @@ def test_features_of_a_manifest_feed_a_diverse_subset(tmp_path, clips):
         str(tmp_path / "f.parquet"), "--dry-run"], env={"COLUMNS": "200"})
     assert planned.exit_code == 0, planned.output
     assert "1 clips without a vector are never picked" in planned.output
+
+
+def test_measured_features_need_no_encoder_and_tell_copies_from_new_clips(tmp_path, clips):
+    """Without --encoder: cues, a frame thumbnail and MFCC statistics per clip; copies of one
+    clip get one vector, so a diverse pick of two takes one of each pair."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from annotator.core.diverse import load_features
+    from annotator.core.manifest import load_manifest
+    from annotator.core.subset import select_subset
+    from injection.encoders.measured import BRANCHES
+
+    pairs = ["real_astronaut", "real_astronaut", "tone_220", "tone_220", "real_astronaut",
+             "tone_220"]
+    rows = [f"{clips[n]},{n}-{i},neutral" for i, n in enumerate(pairs)]
+    (tmp_path / "m.csv").write_text("path,clip_id,label\n" + "\n".join(rows) + "\n")
+    done = runner.invoke(app, ["features", "--manifest", str(tmp_path / "m.csv"), "--out",
+                               str(tmp_path / "f.parquet"), "--workers", "0"],
+                         env={"COLUMNS": "200"})
+    assert done.exit_code == 0, done.output
+    sizes = ", ".join(f"{name} {size}" for name, size in BRANCHES.items())
+    assert "measured (no encoder)" in done.output and f"({sizes})" in done.output
+    vectors = np.stack(pq.read_table(tmp_path / "f.parquet")["features"].to_numpy(
+        zero_copy_only=False))
+    assert np.allclose(vectors[0], vectors[1]) and not np.allclose(vectors[0], vectors[2])
+    manifest = load_manifest(tmp_path / "m.csv")
+    features = load_features(tmp_path / "f.parquet", manifest["clip_id"].to_pylist())
+    chosen = select_subset(manifest, 2, seed=0, features=features)["clip_id"].to_pylist()
+    assert {c.split("-")[0] for c in chosen} == {"real_astronaut", "tone_220"}
