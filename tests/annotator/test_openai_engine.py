@@ -33,7 +33,7 @@ def annotate(server, manifest, out, *args):
     return runner.invoke(app, [
         "run", "--manifest", str(manifest), "--out", str(out), "--engine", "openai",
         "--endpoint", server.url, "--model", server.model, "--api-key-env", "VAEMO_TEST_KEY",
-        "--labels", LABELS, "--generation", "one-pass", "--read-timeout-s", "1",
+        "--labels", LABELS, "--generation", "one-pass", "--read-timeout-s", "5",
         "--http-retries", "2", "--retries", "1", *args])
 
 
@@ -133,7 +133,8 @@ def test_batch_files_round_trip_to_the_rows_of_a_live_run(corpus, tmp_path):
     is refused, its custom_ids named, and nothing is stored."""
     live, batch = tmp_path / "live", tmp_path / "batch"
     with FaultServer((None,)) as server:
-        assert annotate(server, corpus, live).exit_code == 0
+        done = annotate(server, corpus, live)
+        assert done.exit_code == 0, done.output
         exported = runner.invoke(app, [
             "export-requests", "--manifest", str(corpus), "--out", str(batch), "--engine",
             "openai", "--endpoint", server.url, "--model", server.model, "--labels", LABELS,
