@@ -92,32 +92,51 @@ def check() -> None:
 def polled(items: Iterator) -> Iterator:
     """`items`, consumed on a helper thread, so that waiting for the next one looks for a
     signal every POLL_S (a blocked iterator, like Ray Data's, never looks); its exceptions are
-    raised here. On Interrupted the helper is left to end with what it waits on (Ray's
-    shutdown)."""
+    raised here. When the consumer leaves early (an exception, Interrupted), the helper stops
+    at the next item and closes `items`, so Ray Data shuts its executor and actors down as it
+    would had the consumer closed it."""
     if not _State.active:
         yield from items
         return
     box: queue.Queue = queue.Queue(maxsize=1)
-    done = object()
+    done, left = object(), threading.Event()
+
+    def hand(entry) -> bool:  # False once the consumer has left
+        while not left.is_set():
+            try:
+                box.put(entry, timeout=POLL_S)
+                return True
+            except queue.Full:
+                continue
+        return False
 
     def pump() -> None:
         try:
             for item in items:
-                box.put((item, None))
-            box.put((done, None))
+                if not hand((item, None)):
+                    break
+            else:
+                hand((done, None))
         except BaseException as err:  # noqa: BLE001 (handed to the consumer, raised there)
-            box.put((done, err))
+            hand((done, err))
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
 
     threading.Thread(target=pump, name="polled", daemon=True).start()
-    while True:
-        try:
-            item, err = box.get(timeout=POLL_S)
-        except queue.Empty:
+    try:
+        while True:
+            try:
+                item, err = box.get(timeout=POLL_S)
+            except queue.Empty:
+                check()
+                continue
+            if item is done:
+                if err is not None:
+                    raise err
+                return
+            yield item
             check()
-            continue
-        if item is done:
-            if err is not None:
-                raise err
-            return
-        yield item
-        check()
+    finally:
+        left.set()

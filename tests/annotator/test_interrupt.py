@@ -82,3 +82,25 @@ def test_a_signal_at_any_moment_stops_the_run_in_one_line_and_a_rerun_finishes(t
     assert done.returncode == 0, done.stderr[-3000:]
     rows = Store(out).read(["clip_id", "status"])
     assert sorted(rows["clip_id"].to_pylist()) == [f"c{i:03d}" for i in range(CLIPS)]
+
+
+def test_a_consumer_that_leaves_early_closes_the_stream():
+    """The helper thread that reads a stream for `polled` closes it when the consumer stops
+    (an exception, Interrupted), so Ray Data would shut its executor and actors down."""
+    import threading
+
+    from annotator.core.interrupt import interruptible, polled
+
+    closed = threading.Event()
+
+    def stream():
+        try:
+            yield from range(100)
+        finally:
+            closed.set()
+
+    with interruptible():
+        for item in polled(stream()):
+            if item == 2:
+                break
+    assert closed.wait(5)
