@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from annotator.config import RunConfig
-from annotator.core.diverse import load_features
+from annotator.core.diverse import load_features, project
 from annotator.core.errors import ConfigError
 from annotator.core.manifest import load_manifest
 from annotator.core.rows import KNOWN_COLUMNS
@@ -129,11 +129,12 @@ def model_spec(config: RunConfig, device: str) -> ModelSpec:
 
 def coverage_note(manifest: pa.Table, chosen: pa.Table, features: np.ndarray,
                   seed: int) -> str:
-    """How well the diverse pick covers the corpus, against a random pick of its size."""
-    from annotator.core.diverse import coverage, project
+    """How well the diverse pick covers the corpus (`features` as projected for the pick),
+    against a random pick of its size."""
+    from annotator.core.diverse import coverage
 
     known = ~np.isnan(features[:, 0])
-    x = project(features[known], seed)  # clips without a vector are left out of both
+    x = features[known]  # clips without a vector are left out of both
     picked = np.flatnonzero(pc.is_in(manifest["clip_id"], chosen["clip_id"]).to_numpy(
         zero_copy_only=False)[known])
     random = np.random.default_rng(seed).choice(len(x), len(picked), replace=False)
@@ -151,8 +152,9 @@ def resolve(config: RunConfig, device: str | None = None) -> Resolved:
     manifest = load_manifest(config.manifest)
     refuse_internal_columns(config.manifest, manifest.column_names)
     wanted = parse_subset(config.subset)
-    features = (load_features(config.features, manifest["clip_id"].to_pylist())
-                if config.select == "diverse" else None)
+    # projected once: the pick and its coverage figure compare the same vectors
+    features = (project(load_features(config.features, manifest["clip_id"].to_pylist()),
+                        config.sampling.seed) if config.select == "diverse" else None)
     chosen = select_subset(manifest, wanted, config.sampling.seed, features)
     notes = [coverage_note(manifest, chosen, features, config.sampling.seed)
              ] if features is not None and len(chosen) < len(manifest) else []

@@ -38,12 +38,9 @@ def prepare(config: TrainConfig, log=print, share: Share = Share()) -> Prepared:
     """Corpus, encoders and every feature; under torchrun each rank computes its share of
     what is not cached yet, then reads all."""
     from injection.encoders.va import load_encoder
-    from injection.training.loader import pick_device
     from injection.encoders.text import TransformersTextEncoder
 
-    device = pick_device()
-    if device.type == "cpu":
-        torch.set_num_threads(1)  # measured: 2 CPU threads are erratic (10-50x slower)
+    device = compute_device()
     rows, run = load_rows(config.descriptions, config.exclude_flagged)
     corpus = build_corpus(rows, run, config.seed, config.eval_fraction, config.label_source,
                           config.min_label_confidence)
@@ -66,6 +63,16 @@ def prepare(config: TrainConfig, log=print, share: Share = Share()) -> Prepared:
                      corpus.media_sha256, share, **extract_args(config, device, log))
     return Prepared(config, corpus, encoder, text_encoder,
                     Features(va, texts, corpus.labels, label_text))
+
+
+def compute_device() -> torch.device:
+    """The device features and training run on; on a CPU, one torch thread."""
+    from injection.training.loader import pick_device
+
+    device = pick_device()
+    if device.type == "cpu":
+        torch.set_num_threads(1)  # measured: 2 CPU threads are erratic (10-50x slower)
+    return device
 
 
 def check_label_path(corpus: Corpus, config: TrainConfig, log) -> None:
@@ -319,11 +326,8 @@ def features(config: FeaturesConfig, log=print) -> dict:
     from annotator.core.manifest import load_manifest
     from annotator.core.media import media_sha256, probe
     from injection.encoders.va import load_encoder
-    from injection.training.loader import pick_device
 
-    device = pick_device()
-    if device.type == "cpu":
-        torch.set_num_threads(1)  # measured: 2 CPU threads are erratic (10-50x slower)
+    device = compute_device()
     readable, hashes, unreadable = [], [], []
     for row in load_manifest(config.manifest).select(["clip_id", "path", "audio_path"]
                                                       ).to_pylist():
