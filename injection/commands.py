@@ -4,6 +4,7 @@ fills the feature caches, and calls the trainer, the evaluator or the exporter."
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -324,32 +325,31 @@ def features(config: FeaturesConfig, log=print) -> dict:
     from annotator.core.errors import MediaError
     from annotator.core.files import write_parquet
     from annotator.core.manifest import load_manifest
-    from annotator.core.media import media_sha256, probe
     from injection.encoders.va import load_encoder
 
-    device = compute_device()
+    device, share = compute_device(), _distributed()
+    log = log if share.rank == 0 else (lambda *_: None)
     readable, hashes, unreadable = [], [], []
-    for row in load_manifest(config.manifest).select(["clip_id", "path", "audio_path"]
-                                                      ).to_pylist():
-        try:
-            digest = media_sha256(row["path"], row["audio_path"])
-            probe(row["path"], row["audio_path"])
-        except MediaError as err:
-            unreadable.append(f"{row['clip_id']} ({err})")
-            continue
-        readable.append(row)
-        hashes.append(digest)
+    rows = load_manifest(config.manifest).select(["clip_id", "path", "audio_path"]).to_pylist()
+    for row, found in zip(rows, _hashed(rows)):
+        if isinstance(found, MediaError):
+            unreadable.append(f"{row['clip_id']} ({found})")
+        else:
+            readable.append(row)
+            hashes.append(found)
     folder, media = config.cache or config.out.parent / ".vaemo-features", [
         (r["path"], r["audio_path"]) for r in readable]
     if config.encoder is None:
         log(f"features: {len(readable)} clips, measured (no encoder)")
-        branches = measured_features(FeatureCache(folder, "measured"), media, hashes,
-                                     config.workers)
+        branches = measured_features(FeatureCache(folder, "measured", share.rank), media,
+                                     hashes, config.workers, share)
     else:
         encoder = load_encoder(config.encoder, config.factory, config.trust_remote_code)
         log(f"features: {len(readable)} clips, encoder {encoder.id}")
-        branches = va_features(FeatureCache(folder, "va"), encoder, media, hashes,
-                               **extract_args(config, device, log))
+        branches = va_features(FeatureCache(folder, "va", share.rank), encoder, media, hashes,
+                               share, **extract_args(config, device, log))
+    if share.rank > 0:  # every rank filled its share of the cache; rank 0 writes the file
+        return {"rank": share.rank}
     vectors = np.concatenate([b / np.linalg.norm(b, axis=1, keepdims=True).clip(1e-6)
                               for b in branches.values()], axis=1).astype(np.float32)
     width = vectors.shape[1]
@@ -367,8 +367,27 @@ def features(config: FeaturesConfig, log=print) -> dict:
     return summary
 
 
-def measured_features(cache: FeatureCache, media: list, hashes: list[str], workers: int
-                      ) -> dict[str, np.ndarray]:
+def _hashed(rows: list[dict], threads: int = 8) -> Iterator:
+    """Each clip's media hash, or the MediaError that says why it cannot be read; hashing
+    and probing are I/O, so threads overlap them (as planning does)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from annotator.core.errors import MediaError
+    from annotator.core.media import media_sha256, probe
+
+    def hashed(row: dict) -> str | MediaError:
+        try:
+            probe(row["path"], row["audio_path"])
+            return media_sha256(row["path"], row["audio_path"])
+        except MediaError as err:
+            return err
+
+    with ThreadPoolExecutor(threads) as pool:
+        yield from pool.map(hashed, rows)
+
+
+def measured_features(cache: FeatureCache, media: list, hashes: list[str], workers: int,
+                      share: Share = Share()) -> dict[str, np.ndarray]:
     """The measured branches (injection/encoders/measured.py) of each clip, cached, computed
     in `workers` processes, each column z-scored over the corpus (dB, Hz and pixels alike)."""
     from concurrent.futures import ProcessPoolExecutor
@@ -384,5 +403,6 @@ def measured_features(cache: FeatureCache, media: list, hashes: list[str], worke
             return np.stack(list(pool.map(measured.clip_vector, *zip(*paths), chunksize=8)))
 
     keys = [va_key(h, measured.ID, "") for h in hashes]
-    flat = np.asarray(cache.get_or_compute(keys, compute), np.float32)
+    flat = np.asarray(cache.get_or_compute(keys, compute, rank=share.rank, world=share.world,
+                                           sync=share.sync), np.float32)
     return split_branches((flat - flat.mean(0)) / flat.std(0).clip(1e-6), measured.BRANCHES)

@@ -104,6 +104,37 @@ def test_torchrun_two_gloo_ranks_through_the_cli_match_one_process(mode, cli_cor
     assert (two / "encoder" / "injection.json").is_file()  # rank 0 exported
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("encoder", ["tiny", "measured"])
+def test_torchrun_ranks_share_the_features_of_a_manifest(encoder, cli_corpus, clips, tmp_path):
+    """`torchrun --nproc-per-node 2 -m injection.cli features`: each rank computes its share
+    of the clips (both write cache indexes), rank 0 writes the file, equal to one process's."""
+    import pyarrow.parquet as pq
+
+    names = ["real_astronaut", "real_grace_hopper", "tone_220", "tone_440", "silent_video",
+             "corrupt"]
+    (tmp_path / "m.csv").write_text("path,clip_id\n" + "".join(
+        f"{clips[n]},{n}\n" for n in names))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = ["-m", "injection.cli", "features", "--manifest", str(tmp_path / "m.csv"),
+            "--workers", "0", *(["--encoder", str(cli_corpus[1])] if encoder == "tiny" else [])]
+    one, two = tmp_path / "one" / "f.parquet", tmp_path / "two" / "f.parquet"
+    subprocess.run([sys.executable, *args, "--out", str(one)], cwd=ROOT, env=env,
+                   check=True, timeout=300, capture_output=True)
+    launch = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node",
+                             "2", "--master-port", _free_port(), *args, "--out", str(two)],
+                            cwd=ROOT, env=env, timeout=300, capture_output=True, text=True)
+    assert launch.returncode == 0, launch.stderr[-3000:]
+    assert launch.stderr.count("wrote ") == 1, launch.stderr  # rank 0 alone writes and says so
+    indexes = sorted(p.name for p in (tmp_path / "two").rglob("index*.parquet"))
+    assert indexes == ["index-rank1.parquet", "index.parquet"]  # both ranks computed
+    alone, shared = pq.read_table(one), pq.read_table(two)
+    assert shared["clip_id"].to_pylist() == alone["clip_id"].to_pylist() == names[:5]
+    np.testing.assert_allclose(np.stack(shared["features"].to_numpy(zero_copy_only=False)),
+                               np.stack(alone["features"].to_numpy(zero_copy_only=False)),
+                               atol=1e-5)
+
+
 def test_a_damaged_checkpoint_names_itself_and_offers_the_earlier_one(tmp_path):
     from annotator.core.errors import ConfigError
     from annotator.core.layout import InjectionFolder
