@@ -5,6 +5,8 @@ one-clip-per-forward loop it replaced, on the device this machine picks, alterna
 
 Encoders: the tiny VideoMAE + wav2vec2 pair (decoding dominates: what workers buy) and a
 VideoMAE-base-sized random encoder (the forward dominates: what batching buys on a GPU).
+And the measured features (no encoder: cues, thumbnail, MFCCs), CPU seconds per clip and
+clips/s in one process and in --workers processes.
 """
 
 from __future__ import annotations
@@ -28,6 +30,30 @@ def clips_per_s(encoder, media, device, batch: int, workers: int) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize()
     return len(media) / (time.perf_counter() - started)
+
+
+def measured(media, folder: Path, workers: int) -> dict:
+    """`vaemo-inject features` without an encoder, cold cache each time."""
+    import resource
+
+    from injection.commands import measured_features
+    from injection.training.features import FeatureCache
+
+    def cpu_s() -> float:
+        used = [resource.getrusage(who) for who in (resource.RUSAGE_SELF,
+                                                    resource.RUSAGE_CHILDREN)]
+        return sum(u.ru_utime + u.ru_stime for u in used)
+
+    found = {}
+    for processes in (0, workers):
+        hashes = [f"{processes}{i:063x}" for i in range(len(media))]  # nothing cached
+        cpu, started = cpu_s(), time.perf_counter()
+        measured_features(FeatureCache(folder / f"measured{processes}", "m"), media, hashes,
+                          processes)
+        wall = time.perf_counter() - started
+        found[f"workers_{processes}"] = {"clips_per_s": round(len(media) / wall, 2),
+                                         "cpu_s_per_clip": round((cpu_s() - cpu) / len(media), 3)}
+    return found
 
 
 def main() -> None:
@@ -64,6 +90,8 @@ def main() -> None:
             best["ratio"] = round(best["batched_loader"] / best["one_clip_loop"], 2)
             report[name] = best
             print(name, best, flush=True)
+        report["measured"] = measured(media, folder, args.workers)
+        print("measured", report["measured"], flush=True)
     print(json.dumps(report))
 
 

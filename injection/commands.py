@@ -4,7 +4,6 @@ fills the feature caches, and calls the trainer, the evaluator or the exporter."
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -325,13 +324,15 @@ def features(config: FeaturesConfig, log=print) -> dict:
     from annotator.core.errors import MediaError
     from annotator.core.files import write_parquet
     from annotator.core.manifest import load_manifest
+    from annotator.core.media import readable_hashes
     from injection.encoders.va import load_encoder
 
     device, share = compute_device(), _distributed()
     log = log if share.rank == 0 else (lambda *_: None)
     readable, hashes, unreadable = [], [], []
     rows = load_manifest(config.manifest).select(["clip_id", "path", "audio_path"]).to_pylist()
-    for row, found in zip(rows, _hashed(rows)):
+    for row, found in zip(rows, readable_hashes([(r["path"], r["audio_path"])
+                                                  for r in rows])):
         if isinstance(found, MediaError):
             unreadable.append(f"{row['clip_id']} ({found})")
         else:
@@ -365,25 +366,6 @@ def features(config: FeaturesConfig, log=print) -> dict:
         log(f"{len(unreadable)} clips have no vector (unreadable media), e.g. "
             f"{'; '.join(unreadable[:3])}; --select diverse never picks them")
     return summary
-
-
-def _hashed(rows: list[dict], threads: int = 8) -> Iterator:
-    """Each clip's media hash, or the MediaError that says why it cannot be read; hashing
-    and probing are I/O, so threads overlap them (as planning does)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from annotator.core.errors import MediaError
-    from annotator.core.media import media_sha256, probe
-
-    def hashed(row: dict) -> str | MediaError:
-        try:
-            probe(row["path"], row["audio_path"])
-            return media_sha256(row["path"], row["audio_path"])
-        except MediaError as err:
-            return err
-
-    with ThreadPoolExecutor(threads) as pool:
-        yield from pool.map(hashed, rows)
 
 
 def measured_features(cache: FeatureCache, media: list, hashes: list[str], workers: int,

@@ -6,6 +6,7 @@ No torchvision/torchaudio: resizing and resampling are FFmpeg's (swscale, swresa
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +66,24 @@ def media_sha256(path: str, audio_path: str | None = None) -> str:
 
 
 @contextmanager
+def readable_hashes(media: list[tuple[str, str | None]], threads: int = 8
+                    ) -> Iterator[str | MediaError]:
+    """Each clip's `media_sha256`, or the MediaError that says why it cannot be read, in
+    order; hashing and probing are I/O, so threads overlap them."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def hashed(paths: tuple[str, str | None]) -> str | MediaError:
+        try:
+            probe(*paths)
+            return media_sha256(*paths)
+        except MediaError as err:
+            return err
+
+    with ThreadPoolExecutor(threads) as pool:
+        for start in range(0, len(media), 4096):  # a million clips: not a million futures
+            yield from pool.map(hashed, media[start:start + 4096])
+
+
 def _failing_as_media_error(path: str, what: str):
     """FFmpeg raises many exception types mid-stream; a clip's failure is a MediaError."""
     try:

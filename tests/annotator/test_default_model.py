@@ -37,21 +37,3 @@ def test_cpu_default_rows_are_valid_or_typed_failures(tmp_path, clips):
         else:
             assert row["error_kind"] in {k.value for k in ErrorKind}
 
-
-def test_two_first_runs_convert_the_default_model_once(tmp_path):
-    """Two processes that both find no converted SmolLM2 (two first runs, two test workers):
-    one converts, the other waits and uses its folder (the folder is never replaced under a
-    reader)."""
-    import subprocess
-    import sys
-
-    script = ("import os, sys; from pathlib import Path; from annotator.models import "
-              "smollm2_folder; out = smollm2_folder(Path(sys.argv[1])); "
-              "print(os.stat(out / 'config.json').st_ino)")
-    procs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path)],
-                              stdout=subprocess.PIPE, text=True) for _ in range(2)]
-    inodes = [p.communicate(timeout=300)[0].strip() for p in procs]
-    assert all(p.returncode == 0 for p in procs)
-    assert inodes[0] == inodes[1] and inodes[0], inodes
-    assert [p.name for p in (tmp_path / "models").iterdir() if not p.name.endswith(".lock")
-            ] == ["SmolLM2-135M-Instruct"]

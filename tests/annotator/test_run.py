@@ -210,6 +210,7 @@ def test_kill_9_mid_run_then_resume_gives_one_row_per_clip(tmp_path, clips, tiny
     assert {r["error_kind"] for r in final} <= {None, "truncated"}
     kept = {r["clip_id"]: r["created_at"] for r in final if r["clip_id"] in survived}
     assert kept == survived  # rows committed before the kill were not recomputed
+    assert not list((out / "descriptions").glob(".*"))  # no temp files left
 
 
 def test_a_model_with_corrupt_weights_fails_with_a_message_and_loses_nothing(
