@@ -65,7 +65,6 @@ def media_sha256(path: str, audio_path: str | None = None) -> str:
         raise MediaError(f"{err.filename or path}: {err.strerror or err}") from err
 
 
-@contextmanager
 def readable_hashes(media: list[tuple[str, str | None]], threads: int = 8
                     ) -> Iterator[str | MediaError]:
     """Each clip's `media_sha256`, or the MediaError that says why it cannot be read, in
@@ -84,6 +83,7 @@ def readable_hashes(media: list[tuple[str, str | None]], threads: int = 8
             yield from pool.map(hashed, media[start:start + 4096])
 
 
+@contextmanager
 def _failing_as_media_error(path: str, what: str):
     """FFmpeg raises many exception types mid-stream; a clip's failure is a MediaError."""
     try:
