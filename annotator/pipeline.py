@@ -143,7 +143,8 @@ def _run(config: RunConfig, console: Console, store: Store, only: set[str] | Non
         timings["ray_init_s"] = round(time.perf_counter() - ray_started, 2)
         check()
         actors = engines_now(resolved)
-        engine_info = {"started": True, "device": ctx.device, "actors": actors}
+        engine_info = {"started": True, "device": ctx.device, "actors": actors,
+                       "dtype": ctx.options.dtype, "cpu_threads": resolved.engine_threads}
         engine_started = time.perf_counter()
         shutil.rmtree(RunFolder(config.out).engine_stats, ignore_errors=True)  # a killed run's
         try:
@@ -322,7 +323,7 @@ def _engine_stream(resolved: Resolved, plan: pa.Table, actors: int, isolate: boo
         # retries those clips a bounded number of times, one per batch
         max_restarts=-1, max_task_retries=0,
         fn_constructor_kwargs=dict(
-            torch_threads=1 if device == "cpu" and ENGINES[ctx.engine].runs_model else None,
+            torch_threads=resolved.engine_threads,
             stats_dir=str(RunFolder(resolved.config.out).engine_stats),
             # in memory only: the engine's node may not have the driver's environment
             api_key=resolved.config.remote.api_key() if resolved.spec.served else ""))

@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 from annotator.config import RunConfig
 from annotator.core.diverse import load_features, project
 from annotator.core.errors import ConfigError
+from annotator.core.machine import engine_threads
 from annotator.core.manifest import load_manifest
 from annotator.core.rows import KNOWN_COLUMNS
 from annotator.core.schema import (SCHEMA_VERSION, description_model, enforced_model,
@@ -53,6 +54,14 @@ class Resolved:
     @property
     def device(self) -> str:
         return self.ctx.device
+
+    @property
+    def engine_threads(self) -> int | None:
+        """Threads of each engine on CPU (--cpu-threads, else from the cores and the model's
+        inputs); None where no model runs here or it runs on GPUs."""
+        if self.device != "cpu" or not ENGINES[self.ctx.engine].runs_model:
+            return None
+        return self.ctx.options.compute.cpu_threads or engine_threads(bool(self.spec.modalities))
 
 
 def new_run_id() -> str:
@@ -171,8 +180,10 @@ def resolve(config: RunConfig, device: str | None = None) -> Resolved:
     # two-phase: the guided second turn writes everything but the reasoning (the free thought)
     enforced = enforced_model(tuple(labels) if labels else None, template.schema,
                               sampling.mode is GenerationMode.TWO_PHASE)
+    # the dtype is decided here, once: an engine on another node must not decide otherwise
+    compute = config.compute.model_copy(update={"dtype": config.compute.resolved_dtype(device)})
     options = EngineOptions(schema=json_schema(enforced), sampling=sampling,
-                            media=config.media, compute=config.compute, device=device,
+                            media=config.media, compute=compute, device=device,
                             remote=config.remote)
     ctx = RunContext(
         run_id=new_run_id(), spec=spec, template=template, labels=labels, options=options,

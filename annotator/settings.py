@@ -22,6 +22,7 @@ from typing import ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from annotator import engines
+from annotator.core.machine import cpu_dtype
 from annotator.engines import ENGINES
 
 _CONFIG = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True,
@@ -125,7 +126,8 @@ class EngineSettings(BaseModel):
 
     model_config = _CONFIG
     NOT_IN_KEY: ClassVar[frozenset[str]] = frozenset(
-        {"device", "ray_address", "max_model_len", "cpu_kv_cache_gib", "batch_size",
+        {"device", "ray_address", "max_model_len", "cpu_kv_cache_gib", "cpu_threads",
+         "batch_size",
          "max_num_seqs", "batches_in_flight", "tensor_parallel_size",
          "gpu_memory_utilization"})
     """Where and how fast: these never change a greedy row's content."""
@@ -137,12 +139,17 @@ class EngineSettings(BaseModel):
     ray_address: str | None = None
     """Ray cluster to join ('auto' for a running one); default starts Ray locally."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    """Engine weights/activations dtype. auto: float32 on CPU (2.5x faster than bf16 for
-    SmolLM2 on CPUs without bf16 instructions, measured), the model's own on GPU."""
+    """Engine weights/activations dtype. auto: on CPU bfloat16 where the CPU has bf16
+    instructions (AVX512-BF16 or AMX), else float32 (2.5x faster than bf16 there, measured);
+    the model's own on GPU. Resolved once, in run.json and the cache key."""
     max_model_len: int | None = None
     """Context length for the engine (default: the model's)."""
     cpu_kv_cache_gib: int = Field(2, ge=1)
     """KV cache reserved by vLLM on CPU (vLLM's own default reserves ~21 GiB)."""
+    cpu_threads: int | None = Field(None, ge=1)
+    """Threads of an engine on CPU. Default: every core (at most OMP_NUM_THREADS) for a text
+    model, all but one for a model that reads frames and audio (their preparation needs
+    one); SmolLM2 on 2 cores: 1.8x the tokens/s of one thread, measured."""
     batch_size: int = Field(16, ge=1)
     """Clips per Ray batch: the unit of commit (its rows are written together). The engine
     does not wait on a batch: --batches-in-flight of them stream through it at once."""
@@ -186,7 +193,7 @@ class EngineSettings(BaseModel):
     def resolved_dtype(self, device: str) -> str:
         if self.dtype != "auto":
             return self.dtype
-        return "float32" if device == "cpu" else "auto"
+        return cpu_dtype() if device == "cpu" else "auto"
 
     def key(self, device: str) -> str:
         """The engine part of the cache key: the same prompt can decode differently on another
