@@ -322,6 +322,10 @@ def _engine_stream(resolved: Resolved, plan: pa.Table, actors: int, isolate: boo
         # a dead engine is restarted by Ray, but its batch is not retried there: the driver
         # retries those clips a bounded number of times, one per batch
         max_restarts=-1, max_task_retries=0,
+        # each thread's OpenMP team from the start (Ray sets 1, the actor's CPU; vLLM's CPU
+        # attention fails when a thread's team and torch's threads differ: "1 vs. 2")
+        **({"runtime_env": {"env_vars": {"OMP_NUM_THREADS": str(resolved.engine_threads)}}}
+           if resolved.engine_threads else {}),
         fn_constructor_kwargs=dict(
             torch_threads=resolved.engine_threads,
             stats_dir=str(RunFolder(resolved.config.out).engine_stats),

@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from annotator.cli import app
 from annotator.core.schema import description_model
+from annotator.core.machine import cpu_dtype
 from annotator.core.store import Store
 from tests.conftest import kill_after_rows, write_manifest
 
@@ -116,8 +117,11 @@ def test_two_phase_generation_thinks_then_answers_and_keeps_samples(tmp_path, co
     result = runner.invoke(app, ["run", "--manifest", str(corpus), "--out", str(out), "--model",
                                  str(tiny_omni), "--batch-size", "4", "--labels", LABELS,
                                  "--subset", "3", "--think-tokens", "24",  # auto: two-phase
-                                 "--samples", "2", "--temperature", "0.7"])
+                                 "--samples", "2", "--temperature", "0.7",
+                                 "--cpu-threads", "2"])  # the tests' other runs use one
     assert result.exit_code == 0, result.output
+    engine = json.loads((out / "run.json").read_text())["engine"]
+    assert engine["cpu_threads"] == 2 and engine["dtype"] == cpu_dtype()  # auto, resolved
     one_pass = {r["clip_id"]: r for r in rows(first_run)}
     model = description_model(LABELS.split(","))
     done = [r for r in rows(out) if r["status"] == "ok"]
