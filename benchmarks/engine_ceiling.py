@@ -53,11 +53,20 @@ def engine(model: str, dtype: str, threads: int, prompts: int, max_tokens: int) 
     started = time.perf_counter()
     outputs = llm.generate(texts, sampling, use_tqdm=False)
     seconds = time.perf_counter() - started
-    params = sum(p.numel() for p in llm.llm_engine.model_executor.driver_worker.worker
-                 .model_runner.model.parameters())
     return {"dtype": dtype, "threads": threads, "seconds": round(seconds, 2),
             "output_tokens": sum(len(o.outputs[0].token_ids) for o in outputs),
-            "prompt_tokens": sum(len(o.prompt_token_ids) for o in outputs), "params": params}
+            "prompt_tokens": sum(len(o.prompt_token_ids) for o in outputs)}
+
+
+def parameters(model: str) -> int:
+    """The model's parameters, counted on the meta device (vLLM's CPU build repacks its
+    layer weights out of `parameters()`); tied embeddings count once, as the output matmul."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        built = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model))
+    return sum(p.numel() for p in built.parameters())
 
 
 def main() -> None:
@@ -80,7 +89,7 @@ def main() -> None:
     threads = sorted({1, cores()})
     ceiling = {f"{d}x{t}": round(matmul_gflops(d, t), 1) for d in args.dtypes for t in threads}
     print("matmul GFLOP/s:", ceiling, flush=True)
-    found = []
+    found, params = [], parameters(model)
     for dtype in args.dtypes:
         for n in threads:
             child = subprocess.run(
@@ -88,7 +97,7 @@ def main() -> None:
                  "--prompts", str(args.prompts), "--max-tokens", str(args.max_tokens),
                  "--child", dtype, str(n)], capture_output=True, text=True, check=True)
             run = json.loads(child.stdout.strip().splitlines()[-1])
-            flops = 2 * run["params"] * (run["prompt_tokens"] + run["output_tokens"])
+            flops = 2 * params * (run["prompt_tokens"] + run["output_tokens"])
             run["output_tok_s"] = round(run["output_tokens"] / run["seconds"], 1)
             run["share_of_matmul_ceiling"] = round(
                 flops / run["seconds"] / 1e9 / ceiling[f"{dtype}x{n}"], 3)
@@ -97,7 +106,8 @@ def main() -> None:
     base = next(r for r in found if r["dtype"] == "float32" and r["threads"] == 1)
     for run in found:
         run["vs_float32_one_thread"] = round(run["output_tok_s"] / base["output_tok_s"], 2)
-    print(json.dumps({"cores": cores(), "auto_dtype": cpu_dtype(), "matmul_gflops": ceiling,
+    print(json.dumps({"cores": cores(), "auto_dtype": cpu_dtype(), "params": params,
+                      "matmul_gflops": ceiling,
                       "engine": found}))
 
 
