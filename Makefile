@@ -38,7 +38,8 @@ demo: $(VENV)/.installed /usr/share/pocketsphinx/test/data/librivox
 	$(VENV)/bin/vaemo-annotate audit $(OUT) --clean $(OUT)/clean.parquet
 
 test: $(VENV)/.installed /usr/share/pocketsphinx/test/data/librivox /usr/bin/chromium
-	$(PY) -m pytest -q
+	# two workers, each test file on one of them (its module fixtures built once)
+	$(PY) -m pytest -q -n auto --maxprocesses 2 --dist loadfile
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check annotator prompts injection tests benchmarks
