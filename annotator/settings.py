@@ -127,8 +127,7 @@ class EngineSettings(BaseModel):
     model_config = _CONFIG
     NOT_IN_KEY: ClassVar[frozenset[str]] = frozenset(
         {"device", "ray_address", "max_model_len", "cpu_kv_cache_gib", "cpu_threads",
-         "batch_size",
-         "max_num_seqs", "batches_in_flight", "tensor_parallel_size",
+         "batch_size", "max_num_seqs", "batches_in_flight", "tensor_parallel_size",
          "gpu_memory_utilization"})
     """Where and how fast: these never change a greedy row's content."""
 

@@ -82,7 +82,7 @@ def raw_engine(resolved, rows: list[dict], way: str) -> dict:
 
     generate = vllm_generate if way == "vllm" else engine.generate
     started = time.perf_counter()
-    requests = [request_for(r) for r in rows]
+    requests, thoughts = [request_for(r) for r in rows], []
     if resolved.ctx.two_phase:
         for request in requests:
             request.guided, request.max_tokens = False, resolved.ctx.sampling.think_tokens
@@ -94,11 +94,13 @@ def raw_engine(resolved, rows: list[dict], way: str) -> dict:
     outputs = generate(requests)
     seconds = time.perf_counter() - started
     return {"way": way, "clips": len(rows), "startup_s": round(startup, 2),
-            "seconds": round(seconds, 2),
-            "output_tokens": sum(len(o.token_ids) for o in outputs)}
+            "seconds": round(seconds, 2),  # both phases' tokens, as a row counts them
+            "output_tokens": sum(len(o.token_ids) for o in [*thoughts, *outputs]),
+            "truncated": sum(o.finish_reason == "length" for o in outputs)}
 
 
 def pipeline(config, out: Path) -> dict:
+    from annotator.core.store import Store
     from annotator.pipeline import run
 
     started_wall, started = time.time(), time.perf_counter()
@@ -106,8 +108,11 @@ def pipeline(config, out: Path) -> dict:
     ended_wall, wall = time.time(), time.perf_counter() - started
     engine = summary["engine"]
     timeline = engine.get("timeline", {})
+    rows = Store(out).read(["num_output_tokens", "error_kind"]).to_pylist()
     steady = ended_wall - timeline.get("ready_at", started_wall)
     return {"clips": summary["counts"]["computed_now"], "ok": summary["counts"]["ok"],
+            "output_tokens": sum(r["num_output_tokens"] for r in rows),
+            "truncated": sum(r["error_kind"] == "truncated" for r in rows),
             "wall_s": round(wall, 2), "after_engine_ready_s": round(steady, 2),
             "breakdown_s": {"plan": engine.get("plan_s"), "ray_init": engine.get("ray_init_s"),
                             "engine_start": timeline.get("startup_s"),
@@ -196,9 +201,14 @@ def main() -> None:
         "engine_clips_per_s_with_startup": round(
             n / (engine["seconds"] + engine["startup_s"]), 3),
         "breakdown_s": pipe["breakdown_s"], "wall_s": pipe["wall_s"],
+        "output_tokens": {"pipeline": pipe["output_tokens"], "engine": engine["output_tokens"]},
+        "truncated": {"pipeline": pipe["truncated"], "engine": engine["truncated"]},
         "runs": runs,
     }
     print(json.dumps(result))
+    if pipe["output_tokens"] != engine["output_tokens"]:  # not the same work: no ratio
+        raise SystemExit(f"the pipeline made {pipe['output_tokens']} output tokens and the raw "
+                         f"engine {engine['output_tokens']}: the two did different work")
 
 
 if __name__ == "__main__":
