@@ -129,7 +129,8 @@ def _pool(compute: EngineSettings, gpus: int, free_gpus: int, free_cpus: float
 def engine_resources(compute: EngineSettings, device: str) -> dict:
     """What one engine actor asks Ray for. On GPUs: its GPUs and no CPU beyond a share (vLLM's
     own tensor-parallel workers take theirs), so prepare tasks keep the node's CPUs; on CPU:
-    one core, the engine's thread; a served model's engine only waits on the network."""
+    one core (its --cpu-threads may use more: prepare tasks run at idle priority beside
+    it); a served model's engine only waits on the network."""
     if ENGINES[compute.engine].served:
         return {"num_cpus": 0.25}
     if device == "gpu":
