@@ -39,6 +39,7 @@ def test_accumulation_keeps_the_whole_batch_as_negatives(uninterrupted, tmp_path
     np.testing.assert_allclose(losses(accumulated), losses(uninterrupted), atol=1e-5)
 
 
+@pytest.mark.slow  # a kill loop: two processes of their own (7 s)
 def test_kill_then_resume_matches_the_uninterrupted_run(uninterrupted, tmp_path):
     cmd = [sys.executable, "-m", "tests.injection.fit_script", str(tmp_path), "--sleep", "0.1"]
     proc = subprocess.Popen(cmd, cwd=ROOT, start_new_session=True)
