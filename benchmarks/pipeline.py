@@ -4,6 +4,8 @@
     .venv/bin/python -m benchmarks.pipeline --clips 30 \
         --model ~/.cache/vaemo/models/SmolLM2-135M-Instruct
 
+Both sides' engines use the threads a run resolves (`--cpu-threads`'s default: every core
+for a text model, all but one for one that reads media; OMP_NUM_THREADS caps it).
 The raw engine is created the way `run` creates it and given every clip at once (two-phase:
 all thoughts, then all answers) through vLLM's own `LLM.generate`; its clips/s excludes its
 start-up. A second fresh engine is given every clip at once through our step API, which
@@ -25,7 +27,6 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def write_corpus(folder: Path, count: int) -> Path:
@@ -140,7 +141,7 @@ def main() -> None:
 
     import torch
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(1)  # the driver's own work; the raw engine's threads come below
     from annotator.config import RunConfig
     from tests.builders.tiny_models import build_tiny_omni
 
@@ -170,6 +171,9 @@ def main() -> None:
                           "breakdown_s": best["breakdown_s"], "runs": found}))
         return
     resolved, rows = prepared(config)
+    # the raw engines (in this process) on the threads the pipeline's engine gets; vLLM fixes
+    # them when the first engine starts
+    torch.set_num_threads(resolved.engine_threads or 1)
     runs: dict[str, list] = {"pipeline": [], "engine": [], "render_thread": []}
     ratios = []
     for r in range(args.rounds):
