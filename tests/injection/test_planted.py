@@ -35,10 +35,7 @@ def planted(n=720, dim=96, seed=0):
     nuisance = rng.normal(size=(n, 12)) @ rng.normal(size=(12, dim))
     va = e_dirs[emotion] + 0.6 * i_dirs[intensity] + 1.5 * nuisance \
         + 0.3 * rng.normal(size=(n, dim))
-    words = list(EMOTIONS.values())
-    texts = [f"{rng.choice(FILLER)} " + rng.choice(TEMPLATES).format(
-        i=rng.choice(INTENSITY[k]), e=rng.choice(words[e])) for e, k in zip(emotion, intensity)]
-    return va.astype(np.float32), texts, emotion
+    return va.astype(np.float32), descriptions(rng, emotion, intensity), emotion
 
 
 def two_branches(n=720, seed=0, blind=0.3):
@@ -55,10 +52,15 @@ def two_branches(n=720, seed=0, blind=0.3):
         nuisance = rng.normal(size=(n, 12)) @ rng.normal(size=(12, dim))
         va[branch] = (signal + 1.5 * nuisance + 0.3 * rng.normal(size=(n, dim))
                       ).astype(np.float32)
+    return va, descriptions(rng, emotion, intensity), emotion
+
+
+def descriptions(rng, emotion, intensity) -> list[str]:
+    """One description per clip, written from its hidden emotion and intensity in varied
+    wording."""
     words = list(EMOTIONS.values())
-    texts = [f"{rng.choice(FILLER)} " + rng.choice(TEMPLATES).format(
+    return [f"{rng.choice(FILLER)} " + rng.choice(TEMPLATES).format(
         i=rng.choice(INTENSITY[k]), e=rng.choice(words[e])) for e, k in zip(emotion, intensity)]
-    return va, texts, emotion
 
 
 @pytest.fixture(scope="module")
@@ -71,18 +73,23 @@ def setup(minilm):
     return va, text, emotion, labels, held
 
 
-def run(va, text, emotion, labels, held, tmp_path, **settings):
-    va = va if isinstance(va, dict) else {"clip": va}
+def recipe(out, **changed) -> TrainConfig:
+    """The planted tests' training: the description path alone, 150 steps."""
+    return TrainConfig(**{"descriptions": out, "encoder": out, "out": out, "steps": 150,
+                          "batch_size": 128, "label_weight": 0.0, "warmup": 10, "lr": 2e-3,
+                          "checkpoint_every": 1000, **changed})
+
+
+def train(va: dict, text, emotion, labels, held, tmp_path, **changed):
+    """(trained, untrained projector, features): trained on the clips not `held`."""
     features = Features(va, {"description": text}, emotion, labels)
-    config = TrainConfig(descriptions=tmp_path, encoder=tmp_path, out=tmp_path, steps=150,
-                         batch_size=128, label_weight=0.0, warmup=10, lr=2e-3,
-                         checkpoint_every=1000, **settings)
+    config = recipe(tmp_path, **changed)
     trained = fit(features.subset(~held), config, tmp_path)["projector"]
-    untrained = new_projector(features, config)
-    return {view: evaluate(trained, untrained, Features(
-        {view: va[view]} if view in va else va, features.text, emotion, labels), held)
-        for view in ("clips", *va)} if len(va) > 1 else \
-        evaluate(trained, untrained, features, held)
+    return trained, new_projector(features, config), features
+
+
+def run(va, text, emotion, labels, held, tmp_path):
+    return evaluate(*train({"clip": va}, text, emotion, labels, held, tmp_path), held)
 
 
 def test_injection_lifts_few_label_probe_and_retrieval(setup, tmp_path):
@@ -113,9 +120,7 @@ def test_the_dataset_protocol_split_is_lifted_too(minilm, tmp_path):
     labels = minilm.encode([f"a person who feels {e}." for e in EMOTIONS])
     features = Features({"clip": va[annotated]}, {"description": minilm.encode(
         texts[:720])}, emotion[annotated], labels)
-    config = TrainConfig(descriptions=tmp_path, encoder=tmp_path, out=tmp_path, steps=150,
-                         batch_size=128, label_weight=0.0, warmup=10, lr=2e-3,
-                         checkpoint_every=1000)
+    config = recipe(tmp_path)
     trained = fit(features, config, tmp_path)["projector"]
     split = np.random.default_rng(3).random(600) < 0.3
     rest = Features({"clip": va[protocol]}, {}, emotion[protocol], labels)
@@ -145,9 +150,7 @@ def test_the_label_path_from_descriptions_lifts_the_protocol_probe_over_one_path
     rest = Features({"clip": va[720:]}, {}, emotion[720:], labels)
     uar = {}
     for weight in (0.0, 1.0):
-        config = TrainConfig(descriptions=tmp_path, encoder=tmp_path, out=tmp_path / str(weight),
-                             steps=150, batch_size=128, label_weight=weight, warmup=10,
-                             lr=2e-3, checkpoint_every=1000)
+        config = recipe(tmp_path / str(weight), label_weight=weight)
         trained = fit(features, config, tmp_path / str(weight))["projector"]
         result = evaluate_split(trained, new_projector(features, config), rest.subset(~split),
                                 rest.subset(split), seed=0)
@@ -169,8 +172,14 @@ def test_two_branches_trained_each_against_the_description_beat_their_mean(minil
     labels = minilm.encode([f"a person who feels {e}." for e in EMOTIONS])
     held = np.zeros(len(emotion), bool)
     held[np.random.default_rng(1).permutation(len(emotion))[:144]] = True
-    found = {mode: run(va, text, emotion, labels, held, tmp_path / mode, dual_path=mode)
-             for mode in ("fused", "per_branch")}
+    found = {}
+    for mode in ("fused", "per_branch"):
+        trained, untrained, features = train(va, text, emotion, labels, held, tmp_path / mode,
+                                             dual_path=mode)
+        found[mode] = {view: evaluate(trained, untrained, features if view == "clips" else
+                                      Features({view: va[view]}, features.text, emotion,
+                                               labels), held)
+                       for view in ("clips", *va)}
     probe = {(mode, view): result["after"]["linear_probe"]["1%"]["uar"]
              for mode, views in found.items() for view, result in views.items()}
     print("dual path:", probe)

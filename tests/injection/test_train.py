@@ -65,6 +65,19 @@ def _free_port() -> str:
         return str(sock.getsockname()[1])
 
 
+def alone_then_two_ranks(args: list[str], one, two) -> subprocess.CompletedProcess:
+    """`python ARGS --out ONE` in one process, then under `torchrun --nproc-per-node 2` with
+    `--out TWO` (gloo on this CPU); returns the two-rank launch, which must succeed."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, *args, "--out", str(one)], cwd=ROOT, env=env,
+                   check=True, timeout=300, capture_output=True)
+    launch = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node",
+                             "2", "--master-port", _free_port(), *args, "--out", str(two)],
+                            cwd=ROOT, env=env, timeout=300, capture_output=True, text=True)
+    assert launch.returncode == 0, launch.stderr[-3000:]
+    return launch
+
+
 @pytest.fixture(scope="module")
 def cli_corpus(tmp_path_factory, clips):
     from tests.builders.synthetic_runs import write_synthetic_run
@@ -85,17 +98,11 @@ def test_torchrun_two_gloo_ranks_through_the_cli_match_one_process(mode, cli_cor
     global batch, negatives gathered from both) gives one process's losses; the ranks also
     split the feature extraction between them."""
     run, encoder = cli_corpus
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     args = ["-m", "injection.cli", "train", "--descriptions", str(run), "--encoder",
             str(encoder), "--steps", "6", "--batch-size", "8", "--mode", mode,
             "--workers", "1", "--encoder-lr", "1e-2", "--eval-fraction", "0.2"]
     one, two = tmp_path / "one", tmp_path / "two"
-    subprocess.run([sys.executable, *args, "--out", str(one)], cwd=ROOT, env=env,
-                   check=True, timeout=300, capture_output=True)
-    launch = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node",
-                             "2", "--master-port", _free_port(), *args, "--out", str(two)],
-                            cwd=ROOT, env=env, timeout=300, capture_output=True, text=True)
-    assert launch.returncode == 0, launch.stderr[-3000:]
+    alone_then_two_ranks(args, one, two)
     curves = [[json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
               for out in (one, two)]
     assert [r["step"] for r in curves[1]] == list(range(1, 7))
@@ -116,16 +123,10 @@ def test_torchrun_ranks_share_the_features_of_a_manifest(encoder, cli_corpus, cl
              "corrupt"]
     (tmp_path / "m.csv").write_text("path,clip_id\n" + "".join(
         f"{clips[n]},{n}\n" for n in names))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     args = ["-m", "injection.cli", "features", "--manifest", str(tmp_path / "m.csv"),
             "--workers", "0", *(["--encoder", str(cli_corpus[1])] if encoder == "tiny" else [])]
     one, two = tmp_path / "one" / "f.parquet", tmp_path / "two" / "f.parquet"
-    subprocess.run([sys.executable, *args, "--out", str(one)], cwd=ROOT, env=env,
-                   check=True, timeout=300, capture_output=True)
-    launch = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node",
-                             "2", "--master-port", _free_port(), *args, "--out", str(two)],
-                            cwd=ROOT, env=env, timeout=300, capture_output=True, text=True)
-    assert launch.returncode == 0, launch.stderr[-3000:]
+    launch = alone_then_two_ranks(args, one, two)
     assert launch.stderr.count("wrote ") == 1, launch.stderr  # rank 0 alone writes and says so
     indexes = sorted(p.name for p in (tmp_path / "two").rglob("index*.parquet"))
     assert indexes == ["index-rank1.parquet", "index.parquet"]  # both ranks computed
