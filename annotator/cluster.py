@@ -3,7 +3,8 @@ turning Ray's errors into one line.
 
 A local run starts its own Ray (never a cluster `ray start` left on the machine); with
 --ray-address it joins that cluster. Resources that are not free are refused at once with the
-fix, never waited for.
+fix, never waited for (on its own local Ray, a run waits only for the moment Ray takes to free
+what an earlier run of the same process held).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import time
 import warnings
 
 from annotator.core.errors import ConfigError
@@ -81,10 +83,27 @@ def cluster_device(compute: EngineSettings, prepare_cpus: float = 0.0) -> tuple[
     prepare task)."""
     import ray
 
-    total, free = ray.cluster_resources(), ray.available_resources()
+    total = ray.cluster_resources()
+    free = settled(total) if _joined == [None] else ray.available_resources()
     return engine_pool(compute, int(total.get("GPU", 0)), int(free.get("GPU", 0)),
                        float(free.get("CPU", 0)), prepare_cpus,
                        float(total.get("CPU", 0)) if prepare_cpus else None)
+
+
+def settled(total: dict, wait_s: float = 30.0) -> dict:
+    """The free resources of this process's own local Ray once its earlier runs' engines and
+    tasks are gone: only they can hold any, and Ray frees them a moment after a run ends
+    (the next run in one process would otherwise find its CPUs taken). Bounded: after
+    `wait_s` what is free then."""
+    import ray
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        free = ray.available_resources()
+        if all(free.get(k, 0) >= total.get(k, 0) for k in ("CPU", "GPU")) \
+                or time.monotonic() > deadline:
+            return free
+        time.sleep(0.1)
 
 
 def engine_pool(compute: EngineSettings, gpus: int, free_gpus: int | None = None,

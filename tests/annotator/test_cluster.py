@@ -1,6 +1,7 @@
 """A real two-node Ray cluster on this machine (`ray.cluster_utils.Cluster`): the pipeline
 runs through `--ray-address` with clips prepared on both nodes; losing the worker node mid-run
-loses no committed row, and a re-run on what is left completes."""
+loses no committed row, and a re-run on what is left completes; a process's own local Ray
+lends a second run the CPUs its first run's engine held."""
 
 import json
 import subprocess
@@ -70,3 +71,26 @@ def test_two_nodes_prepare_and_a_lost_node_loses_no_committed_row(cluster, clips
     assert sorted(r["clip_id"] for r in final) == [f"n{i:02d}" for i in range(N)]
     assert {r["clip_id"]: r["created_at"] for r in final if r["clip_id"] in committed} \
         == committed
+
+
+def test_a_run_after_a_run_in_one_process_finds_the_cpus_its_last_engine_held():
+    """Ray frees an ended actor's CPUs a moment later: the next run of the same process (the
+    tests, a notebook) waits for them on its own local Ray instead of calling them taken."""
+    import ray
+
+    from annotator.cluster import cluster_device, ray_init, ray_shutdown
+    from annotator.settings import EngineSettings
+
+    ray_init(None)
+    try:
+        holder = ray.remote(num_cpus=ray.cluster_resources()["CPU"])(_Held).remote()
+        ray.get(holder.ready.remote())
+        ray.kill(holder)
+        assert cluster_device(EngineSettings(device="cpu"), 0.5) == ("cpu", 1)
+    finally:
+        ray_shutdown()
+
+
+class _Held:
+    def ready(self) -> bool:
+        return True
