@@ -73,6 +73,7 @@ def audit(config: AuditConfig) -> dict:
                        "threshold": config.near_duplicate},
         "richness": redundancy.richness(con),
         "self_consistency": _self_consistency(con),
+        "expressions": _expressions(con),
     }
     metrics["trust"] = _trust(flags, metrics["agreement"])
     clean = pc.is_in(flags["trust"], pa.array(KEPT[config.keep]))
@@ -254,6 +255,31 @@ def _self_consistency(con: duckdb.DuckDBPyConnection) -> dict:
     out["rows"] = int(values[0])
     if not out["rows"]:
         out["note"] = "one description per clip: run with --samples N --temperature T"
+    return out
+
+
+def _expressions(con: duckdb.DuckDBPyConnection) -> dict:
+    """Facial-expression claims against the landmarks, as MER-Factory scores AU claims:
+    precision (claimed units that are shown) and recall (shown units that are claimed) over
+    the ok rows with a landmarked face, and the counts per unit."""
+    per_unit = con.execute("""
+        SELECT u, count(*) FILTER (list_contains(claimed_expressions, u)),
+               count(*) FILTER (list_contains(shown_expressions, u)),
+               count(*) FILTER (list_contains(claimed_expressions, u)
+                                AND list_contains(shown_expressions, u))
+        FROM (SELECT unnest(list_distinct(list_concat(claimed_expressions, shown_expressions)))
+                         AS u, claimed_expressions, shown_expressions
+              FROM audited WHERE status = 'ok' AND shown_expressions IS NOT NULL)
+        GROUP BY u ORDER BY u""").fetchall()
+    rows = con.execute("SELECT count(*) FROM audited WHERE status = 'ok' AND "
+                       "shown_expressions IS NOT NULL").fetchall()[0][0]
+    claimed, shown, both = (sum(r[i] for r in per_unit) for i in (1, 2, 3))
+    out = {"rows": rows, "claimed": claimed, "shown": shown, "claimed_and_shown": both,
+           "precision": round(both / claimed, 4) if claimed else None,
+           "recall": round(both / shown, 4) if shown else None,
+           "per_unit": {u: {"claimed": c, "shown": s, "both": b} for u, c, s, b in per_unit}}
+    if not rows:
+        out["note"] = "no ok row has a landmarked face (cues before version 4, or no video)"
     return out
 
 

@@ -18,6 +18,7 @@ import duckdb
 import pyarrow as pa
 
 from annotator.core.emotions import emotion_properties, label_mapping
+from annotator.core.expression import claimed_sql, shown_sql
 from annotator.core.errors import RulesError
 
 # Spans from a negation to the next punctuation are not claims: "not loud, but tense" claims
@@ -110,7 +111,9 @@ def derived_view(con: duckdb.DuckDBPyConnection, rows: pa.Table, labels: list[st
                p.valence AS primary_valence, p.arousal AS primary_arousal,
                coalesce(list_transform(r.description.secondary_emotions,
                                        lambda x: ({valence_map})[x]), []) AS secondary_valences,
-               list_filter(coalesce(r.samples, []), lambda x: x IS NOT NULL) AS valid_samples
+               list_filter(coalesce(r.samples, []), lambda x: x IS NOT NULL) AS valid_samples,
+               {claimed_sql("said(r.description.face)")} AS claimed_expressions,
+               {shown_sql("r.cues.face")} AS shown_expressions
         FROM rows_in r
         LEFT JOIN lexicon p ON p.word = r.description.primary_emotion
         LEFT JOIN lexicon t ON t.word = r.label;

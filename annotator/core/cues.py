@@ -21,9 +21,10 @@ import numpy as np
 
 from annotator.core.media import SAMPLE_RATE
 
-CUES_VERSION = "3"
+CUES_VERSION = "4"
 """Part of every cache key: 2 = Praat pitch and face detection on downscaled frames; 3 = faces
-followed between full-frame searches (boxes may differ by a few pixels from version 2's)."""
+followed between full-frame searches (boxes may differ by a few pixels from version 2's);
+4 = facial-expression measures from landmarks (`cues.face`)."""
 HOP = 256  # samples between analysis frames (16 ms at 16 kHz)
 FRAME = 1024
 SILENCE_DB = -50.0  # dBFS below which a frame is silent whatever the clip's level
@@ -41,7 +42,7 @@ class Cue:
     name: str
     type: str
     """"float", "int" or "frames" (a list of frame indices)."""
-    typical: float | int | list
+    typical: float | int | list | None
     """A plausible value for a talking head (synthetic runs are written from these)."""
     silent: float | int | None = None
     """Its value for a clip whose audio is too short to measure (audio cues only)."""
@@ -72,7 +73,19 @@ VIDEO = (
     Cue("brightness", "float", 0.5),
 )
 """The face and video cues (`cues.video.*`), in the order `video_cues` measures them."""
-STREAMS = {"audio": AUDIO, "video": VIDEO}
+FACE = (
+    Cue("landmarked_frames", "int", 8),
+    Cue("lip_corner_lift", "float", 0.02),
+    Cue("mouth_open", "float", 0.12),
+    Cue("brow_eye_gap", "float", 0.3),
+    Cue("eye_openness", "float", 0.3),
+    Cue("peak_frame", "int", None),
+)
+"""The facial-expression cues (`cues.face.*`) of the largest face, in the order
+`expression.face_cues` measures them (what each means: annotator/core/expression.py)."""
+STREAMS = {"audio": AUDIO, "video": VIDEO, "face": FACE}
+STREAM_LABELS = {"audio": "voice", "video": "face/video", "face": "facial expression"}
+"""How a template names each stream when it was not measured."""
 
 
 def typical(**overrides) -> dict:
@@ -239,6 +252,12 @@ def video_cues(frames: np.ndarray) -> dict:
 
     frames: uint8 [T, H, W, 3] RGB.
     """
+    return video_and_faces(frames)[0]
+
+
+def video_and_faces(frames: np.ndarray) -> tuple[dict, np.ndarray, list[tuple | None]]:
+    """`video_cues`, the grey frames and each frame's largest face box in them (or None):
+    what the expression cues measure the face in."""
     import cv2
 
     frames = np.asarray(frames)
@@ -249,13 +268,15 @@ def video_cues(frames: np.ndarray) -> dict:
     side = max(24, int(0.1 * min(dh, dw)))  # the cascade's own window is 24 pixels
     small = [cv2.resize(g, (dw, dh), interpolation=cv2.INTER_AREA) if scale < 1 else g
              for g in gray]
-    counts, sizes, centres = [], [], []
+    counts, sizes, centres, largest = [], [], [], []
     for found in _faces(small, side):
         counts.append(len(found))
+        largest.append(None)
         if len(found):  # sizes and positions as fractions of the frame: scale-free
             x, y, fw, fh = max(found, key=lambda r: r[2] * r[3])  # the largest face
             sizes.append(fw * fh / (dw * dh))
             centres.append(((x + fw / 2) / dw, (y + fh / 2) / dh))
+            largest[-1] = tuple(round(v / scale) for v in (x, y, fw, fh))
     counts = np.array(counts)
     motion = np.abs(np.diff(gray.astype(np.int16), axis=0)).mean() / 255 if t > 1 else 0.0
     return {
@@ -268,7 +289,7 @@ def video_cues(frames: np.ndarray) -> dict:
         "face_centre_y": round(float(np.mean([c[1] for c in centres])), 3) if centres else None,
         "motion_energy": round(float(motion), 4),
         "brightness": round(float(gray.mean() / 255), 3),
-    }
+    }, gray, largest
 
 
 def arrow_type():
@@ -283,15 +304,23 @@ def arrow_type():
 
 def measure(frames: np.ndarray | None, audio: np.ndarray | None) -> dict:
     """All cues of a clip, shaped like `arrow_type()`."""
+    video = face = None
+    if frames is not None:
+        from annotator.core.expression import face_cues
+
+        video, gray, largest = video_and_faces(frames)
+        face = face_cues(gray, largest)
     return {"version": CUES_VERSION,
             "audio": audio_cues(audio) if audio is not None else None,
-            "video": video_cues(frames) if frames is not None else None}
+            "video": video, "face": face}
 
 
 def for_template(cues: dict) -> dict:
     """Flat `name: value` pairs a template can list; absent streams are said, not hidden."""
+    from annotator.core.expression import shown_units
+
     flat: dict = {}
-    for stream, label in (("audio", "voice"), ("video", "face/video")):
+    for stream, label in STREAM_LABELS.items():
         values = cues.get(stream)
         if values is None:
             flat[f"{label}"] = "not measured (no stream)"
@@ -301,4 +330,6 @@ def for_template(cues: dict) -> dict:
                 flat[f"{stream}.{name}"] = value
         if stream == "video" and values["frames_without_face"]:
             flat["video.frames_without_face"] = values["frames_without_face"]
+        if stream == "face" and values["landmarked_frames"]:  # what the measures amount to
+            flat["face.expressions_shown"] = ", ".join(shown_units(values)) or "none (neutral)"
     return flat

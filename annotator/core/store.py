@@ -295,8 +295,9 @@ MARKERS = ("clip_id", "status", "cache_key", "created_at")
 
 
 def _read_file(path: Path, columns: list[str]) -> pa.Table:
-    """One file's `columns`; a column the file predates (e.g. `samples`) is read as nulls.
-    Raises ShardError for a file that is not a readable vaemo shard."""
+    """One file's `columns`; a column the file predates (e.g. `samples`) is read as nulls,
+    and so is a struct member it predates (e.g. `cues.face`). Raises ShardError for a file
+    that is not a readable vaemo shard."""
     try:
         schema = pq.read_schema(path)
         if not set(MARKERS) <= set(schema.names):
@@ -309,6 +310,7 @@ def _read_file(path: Path, columns: list[str]) -> pa.Table:
                                  f"{ROW_SCHEMA.field(name).type})")
         present = set(schema.names)
         table = pq.read_table(path, columns=[c for c in columns if c in present])
+        table = table.cast(pa.schema([ROW_SCHEMA.field(c) for c in table.schema.names]))
     except (OSError, pa.ArrowException) as err:
         raise ShardError(f"unreadable Parquet ({type(err).__name__}: {err})") from err
     for name in columns:

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from annotator.core.cues import STREAMS, measure
+from annotator.core.cues import CUES_VERSION, STREAMS, measure
 from annotator.core.media import SAMPLE_RATE, decode
 
-ID = "measured-v1"
-"""The cache key's encoder id: a change to what is measured needs a new one."""
+ID = f"measured-v1-cues{CUES_VERSION}"
+"""The cache key's encoder id: a change to what is measured needs a new one (a new cue
+version is one)."""
 THUMBNAIL = 8
 """Frames are averaged and shrunk to THUMBNAIL x THUMBNAIL grey pixels."""
 MFCCS = 20

@@ -98,3 +98,21 @@ def test_a_plain_glob_reader_sees_one_row_per_clip_even_mid_commit(tmp_path, mon
     Store(tmp_path).commit(redo, "r2", {})  # the re-run
     plain = pq.read_table(tmp_path / "descriptions", columns=["clip_id", "cache_key"])
     assert len(plain) == 20 and plain["cache_key"].to_pylist().count("new") == 10
+
+
+def test_rows_written_before_a_cue_stream_existed_read_beside_new_ones(tmp_path):
+    """A folder annotated with cues of an older version (no `face` member) and re-run with
+    the new ones: both read as one table, the old rows' missing member null."""
+    old_cues = pa.struct([f for f in ROW_SCHEMA.field("cues").type if f.name != "face"])
+    old_schema = ROW_SCHEMA.set(ROW_SCHEMA.get_field_index("cues"),
+                                ROW_SCHEMA.field("cues").with_type(old_cues))
+    old = batch(0, 3).cast(old_schema)
+    old = old.set_column(old.schema.get_field_index("cues"), "cues",
+                         pa.array([{"version": "3", "audio": None, "video": None}] * 3, old_cues))
+    (tmp_path / "descriptions").mkdir()
+    pq.write_table(old, tmp_path / "descriptions" / "old.parquet")
+    Store(tmp_path).commit(batch(3, 2), "r", {})
+    rows = Store(tmp_path).read(["clip_id", "cues"]).to_pylist()
+    assert len(rows) == 5
+    assert [r["cues"] for r in rows[:3]] == [{"version": "3", "audio": None, "video": None,
+                                              "face": None}] * 3

@@ -28,6 +28,12 @@ LABELS = ["anger", "disgust", "fear", "happy", "neutral", "sad"]
 PROFILE = {"anger": (-0.6, 0.8, (-20, -13)), "disgust": (-0.5, 0.5, (-28, -20)),
            "fear": (-0.6, 0.75, (-24, -16)), "happy": (0.7, 0.6, (-22, -15)),
            "neutral": (0.0, 0.3, (-28, -20)), "sad": (-0.6, 0.3, (-33, -25))}
+EXPRESSION = {"anger": {"brow_eye_gap": 0.14}, "fear": {"brow_eye_gap": 0.5},
+              "happy": {"lip_corner_lift": 0.15},
+              "sad": {"brow_eye_gap": 0.5, "lip_corner_lift": -0.12},
+              "disgust": {"lip_corner_lift": -0.1}}
+"""The face measures (annotator/core/expression.py) of each emotion's FACE wording: what it
+claims is shown."""
 FACE = {
     "anger": ["brows drawn together and lowered", "jaw clenched and lips pressed thin",
               "a hard stare with narrowed eyes", "nostrils flared, mouth tight"],
@@ -60,7 +66,8 @@ BODY = ["head held still, shoulders level", "leaning slightly forward", "small h
         "hands out of frame, posture upright", "shoulders raised and tense", "slumped posture",
         "frequent nods", "head tilted to one side"]
 PLANTED = ("zz_valence_conflict", "zz_voice_without_audio", "zz_face_without_face",
-           "zz_duplicate", "zz_near_duplicate", "zz_truncated", "zz_loud_but_quiet")
+           "zz_duplicate", "zz_near_duplicate", "zz_truncated", "zz_loud_but_quiet",
+           "zz_smile_not_shown")
 
 
 def _description(rng: np.random.Generator, emotion: str, cues: dict) -> dict:
@@ -87,13 +94,14 @@ def _description(rng: np.random.Generator, emotion: str, cues: dict) -> dict:
 
 
 def _cues(rng: np.random.Generator, emotion: str) -> dict:
-    """Typical cues (annotator/core/cues.py) with the emotion's loudness, a voice's F0 and
-    most frames holding a face."""
+    """Typical cues (annotator/core/cues.py) with the emotion's loudness, a voice's F0, most
+    frames holding a face and the emotion's facial expression."""
     low, high = PROFILE[emotion][2]
     return cue_spec.typical(
         audio={"loudness_db": round(float(rng.uniform(low, high)), 1),
                "f0_median_hz": round(float(rng.uniform(110, 230)), 1)},
-        video={"face_frames_fraction": round(float(rng.uniform(0.75, 1)), 3)})
+        video={"face_frames_fraction": round(float(rng.uniform(0.75, 1)), 3)},
+        face=EXPRESSION.get(emotion, {}))
 
 
 def _row(clip_id: str, label: str, description: dict | None, cues: dict, path: str) -> dict:
@@ -138,7 +146,7 @@ def write_synthetic_run(out: str | Path, n: int, seed: int = 0, planted: bool = 
         path = media[i % len(media)]
         row = _row(f"c{i:07d}", label, _description(rng, emotion, cues), cues, path)
         if not has_video[path]:  # an audio-only clip: nothing seen, and the text says so
-            row["has_video"], row["cues"]["video"] = False, None
+            row["has_video"], row["cues"]["video"], row["cues"]["face"] = False, None, None
             row["description"].update(face="no video, so not observable",
                                       body="no video, so not observable")
             row["description"]["evidence"] = row["description"]["evidence"][1:]
@@ -194,6 +202,7 @@ def _planted(rng: np.random.Generator, original: dict, media: list[str]) -> list
 
     def faceless(row):
         row["cues"]["video"]["face_frames_fraction"] = 0.0
+        row["cues"]["face"] = {c.name: None for c in cue_spec.FACE} | {"landmarked_frames": 0}
         row["description"]["face"] = "smiling broadly, cheeks raised"
 
     def near(row):
@@ -214,4 +223,6 @@ def _planted(rng: np.random.Generator, original: dict, media: list[str]) -> list
         make("zz_near_duplicate", original["description"]["primary_emotion"], near),
         _row("zz_truncated", "sad", None, _cues(rng, "sad"), media[0]),
         make("zz_loud_but_quiet", "anger", loud_but_quiet),
+        make("zz_smile_not_shown", "happy",
+             lambda r: r["cues"]["face"].update(lip_corner_lift=0.01)),
     ]

@@ -20,6 +20,7 @@ EXPECTED = {  # planted clip -> the flag that must catch it
     "zz_near_duplicate": "near_duplicate",
     "zz_truncated": "failed:truncated",
     "zz_loud_but_quiet": "loud_claim_quiet_audio",
+    "zz_smile_not_shown": "expression_claim_not_shown",
 }
 CLEAN_FALSE_POSITIVES = 0.02  # at most 2% of clean rows may be excluded by a flag
 
@@ -63,9 +64,10 @@ def test_clean_rows_are_rarely_excluded_and_the_clean_set_has_no_fault(audited):
 def test_metrics_cover_validity_agreement_and_richness(audited):
     _, _, metrics = audited
     assert metrics["validity"]["failed_by_kind"] == {"truncated": 1}
-    assert metrics["validity"]["truncation_rate"] == pytest.approx(1 / 307, abs=1e-4)
+    rows = 300 + len(PLANTED)
+    assert metrics["validity"]["truncation_rate"] == pytest.approx(1 / rows, abs=1e-4)
     agreement = metrics["agreement"]
-    assert agreement["n"] == 306 and 0.6 < agreement["accuracy"] < 0.85
+    assert agreement["n"] == rows - 1 and 0.6 < agreement["accuracy"] < 0.85
     assert {"macro_f1", "cohen_kappa", "uar", "per_class_recall", "confusion",
             "calibration"} <= set(agreement)
     assert metrics["duplicates"] == {"exact": 1, "near": 1, "threshold": 0.8}
@@ -181,3 +183,43 @@ def test_an_unlabelled_run_gets_a_trust_summary_and_a_trusted_clean_set(tmp_path
     flags = pq.read_table(out / "audit" / "flags.parquet").to_pylist()
     assert {f["clip_id"] for f in flags if f["trust"] == "trusted"} == kept
     assert "cannot be measured" in (out / "audit" / "index.html").read_text()
+
+
+def test_expression_claims_are_scored_against_the_landmarks_as_mer_factory_does(tmp_path):
+    """Precision and recall of the facial-expression units a description claims against
+    those its face's landmarks show, checked against scikit-learn's micro-averaged scores
+    over the same claims; a negated claim is no claim, and a row without a landmarked face
+    is left out."""
+    import pyarrow as pa
+    from sklearn.metrics import precision_score, recall_score
+
+    from annotator.core.expression import UNITS
+    from annotator.core.files import write_parquet
+    from annotator.core.rows import ROW_SCHEMA
+
+    cases = [  # face text, measures, claimed units, shown units
+        ("a broad smile", {"lip_corner_lift": 0.15}, {"smile"}, {"smile"}),
+        ("frowning hard", {}, {"brows_lowered"}, set()),
+        ("a still face", {"lip_corner_lift": 0.15}, set(), {"smile"}),
+        ("smiling, with raised eyebrows", {"lip_corner_lift": 0.2, "brow_eye_gap": 0.5},
+         {"smile", "brows_raised"}, {"smile", "brows_raised"}),
+        ("not smiling, mouth wide open", {"mouth_open": 0.5}, {"mouth_open"}, {"mouth_open"}),
+    ]
+    out = write_synthetic_run(tmp_path / "run", len(cases) + 1, planted=False)
+    table = Store(out).read().to_pylist()
+    for row, (text, measures, _, _) in zip(table, cases):
+        row["description"]["face"] = text
+        row["cues"]["face"] |= {"lip_corner_lift": 0.0, "brow_eye_gap": 0.3,
+                                "mouth_open": 0.05} | measures
+    table[-1]["description"]["face"] = "a grin"  # no face landmarked: not scored
+    table[-1]["cues"]["face"]["landmarked_frames"] = 0
+    write_parquet(pa.Table.from_pylist(table, schema=ROW_SCHEMA), Store(out).files()[0])
+    scored = audit(AuditConfig(out=out))["expressions"]
+    names = [u.name for u in UNITS]
+    claimed = [[u in c[2] for u in names] for c in cases]
+    shown = [[u in c[3] for u in names] for c in cases]
+    assert scored["rows"] == len(cases)
+    assert scored["precision"] == pytest.approx(precision_score(shown, claimed,
+                                                                average="micro"))
+    assert scored["recall"] == pytest.approx(recall_score(shown, claimed, average="micro"))
+    assert scored["per_unit"]["smile"] == {"claimed": 2, "shown": 3, "both": 2}
