@@ -97,6 +97,8 @@ def raw_engine(resolved, rows: list[dict], way: str) -> dict:
     return {"way": way, "clips": len(rows), "startup_s": round(startup, 2),
             "seconds": round(seconds, 2),  # both phases' tokens, as a row counts them
             "output_tokens": sum(len(o.token_ids) for o in [*thoughts, *outputs]),
+            "prompt_tokens": sum(len(o.prompt_token_ids) for o in [*thoughts, *outputs]),
+            "cached_prompt_tokens": sum(o.cached_prompt_tokens for o in [*thoughts, *outputs]),
             "truncated": sum(o.finish_reason == "length" for o in outputs)}
 
 

@@ -317,7 +317,7 @@ def measure(frames: np.ndarray | None, audio: np.ndarray | None) -> dict:
 
 def for_template(cues: dict) -> dict:
     """Flat `name: value` pairs a template can list; absent streams are said, not hidden."""
-    from annotator.core.expression import shown_units
+    from annotator.core.expression import in_words
 
     flat: dict = {}
     for stream, label in STREAM_LABELS.items():
@@ -331,5 +331,5 @@ def for_template(cues: dict) -> dict:
         if stream == "video" and values["frames_without_face"]:
             flat["video.frames_without_face"] = values["frames_without_face"]
         if stream == "face" and values["landmarked_frames"]:  # what the measures amount to
-            flat["face.expressions_shown"] = ", ".join(shown_units(values)) or "none (neutral)"
+            flat["face.expressions_shown"] = in_words(values)
     return flat

@@ -50,6 +50,8 @@ class Unit:
     below: float | None = None
     words: str = ""
     """A regular expression (RE2) of the words that claim it in a description's face text."""
+    seen_in: str = ""
+    """The emotions whose prototypes (EMFACS) include it, as the prompt names them."""
 
     def shown(self, value: float | None) -> bool:
         if value is None:
@@ -67,18 +69,23 @@ class Unit:
 BROW = r"(brows?|eyebrows?)"
 UNITS = (
     Unit("smile", "AU12", "lip_corner_lift", above=0.06,
-         words=r"\b(smil\w*|grin\w*|beam\w*)\b"),
+         words=r"\b(smil\w*|grin\w*|beam\w*)\b",
+         seen_in="happiness"),
     Unit("lip_corners_down", "AU15", "lip_corner_lift", below=-0.08,
          words=r"\b(down-?turned|(mouth corners?|corners? of (the|his|her|their) mouth) "
-               r"(turn\w* |pull\w* )?down|pout\w*)\b"),
+               r"(turn\w* |pull\w* )?down|pout\w*)\b",
+         seen_in="sadness or disgust"),
     Unit("brows_lowered", "AU4", "brow_eye_gap", below=0.18,
          words=rf"\b(frown\w*|furrow\w*|scowl\w*|knit\w* {BROW}|{BROW} (are )?"
-               r"(knit\w*|drawn|lowered))\b"),
+               r"(knit\w*|drawn|lowered))\b",
+         seen_in="anger or sadness"),
     Unit("brows_raised", "AU1+2", "brow_eye_gap", above=0.45,
-         words=rf"\b(raised {BROW}|{BROW} (are )?raised|rais\w* (his|her|their) {BROW})\b"),
+         words=rf"\b(raised {BROW}|{BROW} (are )?raised|rais\w* (his|her|their) {BROW})\b",
+         seen_in="surprise or fear"),
     Unit("mouth_open", "AU25+26", "mouth_open", above=0.35,
          words=r"\b(open mouth|mouth (is |hangs |falls |drops )?(wide )?open|jaw drop\w*|"
-               r"gaping|agape)\b"),
+               r"gaping|agape)\b",
+         seen_in="surprise or fear"),
     Unit("eyes_closed", "AU43", "eye_openness", below=0.13,
          words=r"\b(eyes? (are |were )?(closed|shut)|clos\w* (his|her|their) eyes)\b"),
 )
@@ -153,6 +160,15 @@ def shown_units(face: dict | None) -> list[str]:
     if not face or not face.get("landmarked_frames"):
         return []
     return [u.name for u in UNITS if u.shown(face.get(u.measure))]
+
+
+def in_words(face: dict) -> str:
+    """What a clip's face cues show, as a prompt says it: "smile (AU12, seen in happiness)"
+    per unit shown, or that the face is neutral."""
+    units = [u for u in UNITS if u.name in shown_units(face)]
+    return "; ".join(f"{u.name.replace('_', ' ')} ({u.au}"
+                     + (f", seen in {u.seen_in})" if u.seen_in else ")") for u in units
+                     ) or "none: a neutral face"
 
 
 def _aspect(eye: np.ndarray) -> float:

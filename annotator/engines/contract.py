@@ -49,6 +49,8 @@ class Generation:
     prompt_tokens: int | None = None
     """Prompt tokens where the engine counts them without ids (a served model's `usage`);
     None: len(prompt_token_ids)."""
+    cached_prompt_tokens: int = 0
+    """Prompt tokens the engine served from its prefix cache instead of computing them."""
     output_tokens: int | None = None
     """Output tokens where the engine counts them without ids; None: len(token_ids)."""
     sent: dict | None = None

@@ -214,6 +214,7 @@ def to_generation(output) -> Generation:
         text=completion.text,
         token_ids=list(completion.token_ids),
         prompt_token_ids=list(output.prompt_token_ids or []),
+        cached_prompt_tokens=output.num_cached_tokens or 0,
         finish_reason=completion.finish_reason or "stop",
         logprobs=logprobs,
     )

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from annotator.core import expression
-from annotator.core.cues import FACE, measure, video_and_faces
+from annotator.core.cues import FACE, for_template, measure, video_and_faces
 from annotator.demo import moving_portrait, portraits
 
 
@@ -23,6 +23,9 @@ def test_the_smiling_astronaut_smiles_and_grace_hopper_does_not(faces):
     assert expression.shown_units(smile) == ["smile"]
     assert expression.shown_units(neutral) == []
     assert 0 <= smile["peak_frame"] < 8 and neutral["peak_frame"] is None
+    listed = for_template({"audio": None, "video": None, "face": smile})  # what a prompt shows
+    assert listed["face.expressions_shown"] == "smile (AU12, seen in happiness)"
+    assert expression.in_words(neutral) == "none: a neutral face"
     assert list(smile) == [c.name for c in FACE]  # measured in the declared order
 
 
