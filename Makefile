@@ -1,13 +1,13 @@
 # Two entry points, both self-installing on first use:
 #   make demo   build the demo corpus from registry media and annotate it on CPU
-#   make test   run the test suite
+#   make test   run the test suite (make test-fast: its fast tier)
 #   make gpu-check   the injection path on this machine's GPU, in minutes (see benchmarks/)
 # The venv is (re)built whenever pyproject.toml changes.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 OUT ?= runs/demo
 
-.PHONY: demo test gpu-check lint clean-venv
+.PHONY: demo test test-fast gpu-check lint clean-venv
 
 $(VENV)/.installed: pyproject.toml annotator/cpu_env.py
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -40,6 +40,10 @@ demo: $(VENV)/.installed /usr/share/pocketsphinx/test/data/librivox
 test: $(VENV)/.installed /usr/share/pocketsphinx/test/data/librivox /usr/bin/chromium
 	# two workers, each test file on one of them (its module fixtures built once)
 	$(PY) -m pytest -q -n auto --maxprocesses 2 --dist loadfile
+
+# the fast tier: all but real vLLM, served models and kill loops (marked slow)
+test-fast: $(VENV)/.installed /usr/share/pocketsphinx/test/data/librivox /usr/bin/chromium
+	$(PY) -m pytest -q -m "not slow" -n auto --maxprocesses 2 --dist loadfile
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check annotator prompts injection tests benchmarks

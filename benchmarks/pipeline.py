@@ -4,8 +4,9 @@
     .venv/bin/python -m benchmarks.pipeline --clips 30 \
         --model ~/.cache/vaemo/models/SmolLM2-135M-Instruct
 
-Both sides' engines use the threads a run resolves (`--cpu-threads`'s default: every core
-for a text model, all but one for one that reads media; OMP_NUM_THREADS caps it).
+Both sides' engines use the dtype and threads a run resolves (`--dtype auto`: bf16 on a CPU
+with bf16 instructions; `--cpu-threads`'s default: every core for a text model, all but one
+for one that reads media; OMP_NUM_THREADS caps it).
 The raw engine is created the way `run` creates it and given every clip at once (two-phase:
 all thoughts, then all answers) through vLLM's own `LLM.generate`; its clips/s excludes its
 start-up. A second fresh engine is given every clip at once through our step API, which
@@ -151,7 +152,7 @@ def main() -> None:
     model = args.model or str(build_tiny_omni(work / "tiny-omni"))
     manifest = write_corpus(work / "corpus", args.clips)
     config = RunConfig(manifest=manifest, out=work / "out", model=model, retries=0,
-                       labels="anger,disgust,fear,happy,neutral,sad", dtype="float32",
+                       labels="anger,disgust,fear,happy,neutral,sad",
                        generation=args.generation, max_tokens=args.max_tokens,
                        think_tokens=args.think_tokens, batch_size=args.batch_size)
     if args.fake:
