@@ -148,7 +148,7 @@ def import_results(out: Path, results: Path, console: Console) -> dict:
     with store.lock():
         store.commit(table, ctx.run_id, commit_meta(ctx.run_id))
         tracker.add_rows(table)
-        from annotator.pipeline import write_summary
+        from annotator.summary import write_summary
 
         summary = write_summary(replace(resolved, ctx=ctx), store, tracker, 0, started,
                                 {"started": False, "batch_file": str(results)})

@@ -41,6 +41,10 @@ class ModelSpec:
     served: bool = False
     """Served elsewhere (an endpoint engine): `path` is the endpoint, its chat template
     lives on the server, and the prompt is the conversation's messages as JSON."""
+    media_token_ids: tuple[tuple[str, int], ...] = ()
+    """(modality, the token that stands for its content in the prompt), from the model's
+    config: counting them in what the engine was given tells whether each stream reached
+    the model."""
 
 
 def _read_config(path: Path) -> dict:
@@ -82,8 +86,15 @@ def describe_model(path_or_id: str, revision: str | None = None) -> ModelSpec:
     model_type = config.get("model_type", "")
     if model_type in OMNI_TYPES:
         return ModelSpec(str(path) if path.exists() else path_or_id, name, rev, "omni",
-                         ("video", "audio"))
+                         ("video", "audio"), media_token_ids=_media_token_ids(config))
     return ModelSpec(str(path) if path.exists() else path_or_id, name, rev, "text", ())
+
+
+def _media_token_ids(config: dict) -> tuple[tuple[str, int], ...]:
+    """An Omni model's video and audio placeholder tokens (its thinker's config)."""
+    thinker = config.get("thinker_config") or config
+    found = ((m, thinker.get(f"{m}_token_index")) for m in ("video", "audio"))
+    return tuple((m, int(t)) for m, t in found if t is not None)
 
 
 UNPINNED = "unpinned"

@@ -10,33 +10,29 @@ a re-run (or a resume after kill -9) computes only what is missing.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
-from datetime import UTC, datetime
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from rich.console import Console
 
-from annotator import card, progress
+from annotator import progress
 from annotator.cluster import (cluster_device, engine_resources, quiet_ray_data, ray_init,
                                ray_shutdown, root_cause)
 from annotator.config import RunConfig
 from annotator.core.errors import ConfigError
-from annotator.core.files import write_json
 from annotator.core.interrupt import Interrupted, check, interruptible, polled
 from annotator.core.layout import RunFolder
-from annotator.core.rows import ErrorKind, RowStatus
-from annotator.core.schema import SCHEMA_VERSION
+from annotator.core.rows import ErrorKind
 from annotator.core.store import Store
 from annotator.engines import ENGINES
 from annotator.quiet import native_stderr_filtered
-from annotator.resolve import Resolved, commit_meta, local_device, resolve, versions
+from annotator.resolve import Resolved, commit_meta, local_device, resolve
 from annotator.resume import known_hits, split_cached, write_plan_index
+from annotator.summary import engine_timeline, write_summary
 from annotator.stages import StageSpec, chain
 from annotator.stages import generate as generate_stage
 from annotator.stages import plan as plan_stage
@@ -334,25 +330,6 @@ def _engine_stream(resolved: Resolved, plan: pa.Table, actors: int, isolate: boo
     yield from ds.iter_batches(batch_format="pyarrow", batch_size=None)
 
 
-def engine_timeline(folder: Path) -> dict:
-    """Where the engines' time went (each actor's file, summed; read once, then removed):
-    start-up, waiting for the first prepared batch, idle gaps after it, busy stepping."""
-    found = []
-    for path in sorted(folder.glob("engine-*.json")):
-        found.append(json.loads(path.read_text()))
-    shutil.rmtree(folder, ignore_errors=True)
-    if not found:
-        return {}
-    return {"engines": len(found),
-            "ready_at": min(f["ready_at"] for f in found),
-            "startup_s": round(max(f["startup_s"] for f in found), 2),
-            **{key: round(sum(f[key] for f in found), 2)
-               for key in ("wait_first_s", "idle_s", "busy_s")},
-            "steps": sum(f["steps"] for f in found),
-            "engine_nodes": sorted({f.get("node", "") for f in found}),
-            "prepared_on": sorted({n for f in found for n in f.get("prepared_on", [])})}
-
-
 def preview(config: RunConfig, clip_id: str) -> tuple[dict, dict]:
     """(the planned clip with its rendered prompt, the JSON schema) for one clip."""
     resolved = resolve(config.model_copy(update={"subset": "all"}))
@@ -365,36 +342,3 @@ def preview(config: RunConfig, clip_id: str) -> tuple[dict, dict]:
         raise ConfigError(f"clip {clip_id!r}: {planned['error']}")
     planned.update(template=resolved.ctx.template.tag, model=resolved.spec.name)
     return planned, resolved.ctx.options.schema
-
-
-def write_summary(resolved: Resolved, store: Store, tracker, cached: int, started: float,
-                  engine_info: dict) -> dict:
-    """run.json (settings, versions, counts, throughput, engine timings) and the dataset card
-    for the selected clips as the store holds them now; returns the summary."""
-    config, ctx = resolved.config, resolved.ctx
-    rows = store.read(["clip_id", "status", "error_kind", "num_output_tokens", "label"])
-    selected = set(resolved.chosen["clip_id"].to_pylist())
-    mine = rows.filter(pc.is_in(rows["clip_id"], value_set=pa.array(sorted(selected))))
-    failed = mine.filter(pc.equal(mine["status"], RowStatus.FAILED.value))
-    by_kind: dict[str, int] = {}
-    for kind in failed["error_kind"].to_pylist():
-        by_kind[kind] = by_kind.get(kind, 0) + 1
-    wall = time.perf_counter() - started
-    summary = {
-        "run_id": ctx.run_id, "config": config.model_dump(mode="json"),
-        "versions": versions(), "device": resolved.device,
-        "model": {"name": ctx.spec.name, "revision": ctx.spec.revision,
-                  "family": ctx.spec.family, "modalities": list(ctx.spec.modalities)},
-        "template": {"name": ctx.template.tag, "sha256": ctx.template.sha256},
-        "labels": ctx.labels, "schema_version": SCHEMA_VERSION,
-        "sampling": ctx.sampling.model_dump(), "engine_key": ctx.engine_key,
-        "counts": {"selected": len(selected), "rows": len(mine),
-                   "ok": len(mine) - len(failed), "failed": len(failed),
-                   "failed_by_kind": by_kind, "cached": cached,
-                   "computed_now": tracker.done},
-        "throughput": tracker.rates(), "engine": engine_info, "wall_s": round(wall, 2),
-        "finished_at": datetime.now(UTC).isoformat(),
-    }
-    write_json(RunFolder(config.out).run_json, summary)
-    card.write(config.out, summary, store)
-    return summary

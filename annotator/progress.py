@@ -105,3 +105,13 @@ def print_summary(console: Console, summary: dict) -> None:
         f"{', about $' + format(t['cost_usd'], '.4f') if 'cost_usd' in t else ''}); "
         f"engine {'started' if summary['engine'].get('started') else 'not started'}",
         soft_wrap=True)
+    for stream, clips in c.get("media_not_received", {}).items():
+        if clips > MEDIA_NOT_RECEIVED_WARN_AT:
+            console.print(f"[yellow]warning[/yellow] {clips} clips have {stream} that reached "
+                          f"the model as no {stream} tokens: the engine or its processor "
+                          "dropped it (the audit flags each: media_not_received); check the "
+                          "engine's version against the model's", soft_wrap=True)
+
+
+MEDIA_NOT_RECEIVED_WARN_AT = 2
+"""More clips of a run than this with a stream that never reached the model: it warns once."""

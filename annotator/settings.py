@@ -165,7 +165,8 @@ class EngineSettings(BaseModel):
     faults: str = ""
     """--engine fake only: injected faults, e.g. 'invalid=0.2,truncate=0.1,error=0.1,
     crash=0.01,latency=0.05' (rates per attempt; crash ends the engine process; broken=1: the
-    engine cannot start; latency in seconds per request)."""
+    engine cannot start; latency in seconds per request; drop_audio: a clip's audio never
+    reaches the model, as with an engine that silently drops it)."""
 
     @field_validator("faults")
     @classmethod
@@ -282,7 +283,7 @@ def parse_price(spec: str) -> tuple[float, float]:
     return prompt, output
 
 
-FAULTS = ("invalid", "truncate", "error", "crash", "broken", "latency")
+FAULTS = ("invalid", "truncate", "error", "crash", "broken", "latency", "drop_audio")
 
 
 def parse_faults(spec: str) -> dict[str, float]:

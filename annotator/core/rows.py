@@ -13,6 +13,7 @@ from enum import StrEnum
 from typing import Annotated, get_args, get_origin
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import BaseModel
 
 from annotator.core import cues
@@ -110,6 +111,10 @@ ROW_SCHEMA = pa.schema([
     ("cache_key", pa.string()),
     ("num_input_tokens", pa.int32()),
     ("num_output_tokens", pa.int32()),
+    # the video and audio placeholder tokens in what the engine was given: 0 for a clip that
+    # has the stream means it never reached the model; null where nothing can count them
+    ("video_tokens", pa.int32()),
+    ("audio_tokens", pa.int32()),
     ("finish_reason", pa.string()),
     ("latency_s", pa.float64()),
     ("attempts", pa.int32()),
@@ -117,6 +122,12 @@ ROW_SCHEMA = pa.schema([
     ("run_id", pa.string()),
     ("created_at", pa.timestamp("us", tz="UTC")),
 ])
+
+
+def streams_not_received(rows: pa.Table) -> dict[str, int]:
+    """{stream: rows whose clip has it but whose prompt held none of its tokens}."""
+    return {m: pc.sum(pc.and_(rows[f"has_{m}"], pc.equal(rows[f"{m}_tokens"], 0))).as_py()
+            or 0 for m in ("video", "audio")}
 
 
 def make_row(**values) -> dict:

@@ -17,6 +17,7 @@ import re
 import time
 from collections import Counter
 
+from annotator.core.media import SAMPLE_RATE
 from annotator.engines.contract import EngineOptions, Generation, Request, step_queued
 from annotator.models import ModelSpec
 from annotator.settings import parse_faults
@@ -56,7 +57,10 @@ class FakeEngine:
     def _one(self, request: Request) -> Generation:
         if self.faults.get("latency"):
             time.sleep(self.faults["latency"])
-        prompt_ids = list(range(len(TOKEN.findall(request.prompt))))
+        text = len(TOKEN.findall(request.prompt))
+        placeholders = set(dict(self.spec.media_token_ids).values())
+        prompt_ids = [t for t in range(text + len(placeholders)) if t not in placeholders
+                      ][:text] + self._media_ids(request)
         budget = request.max_tokens or self.options.sampling.max_tokens
         if not request.guided:  # a free chain of thought (two-phase, first turn)
             text = (f"Thinking about clip {request.clip_id}: the face, the voice and the "
@@ -76,6 +80,18 @@ class FakeEngine:
         if self._unit(attempt, "truncate") < self.faults.get("truncate", 0.0):
             budget = max(1, len(TOKEN.findall(text)) // 2)
         return _generation(text, prompt_ids, budget)
+
+    def _media_ids(self, request: Request) -> list[int]:
+        """The placeholder tokens a model's processor would put in the prompt: 16 a frame,
+        25 a second of audio (none with the drop_audio fault)."""
+        tokens = dict(self.spec.media_token_ids)
+        ids = []
+        if request.frames is not None and "video" in tokens:
+            ids += [tokens["video"]] * 16 * len(request.frames)
+        dropped = self._unit(request.clip_id, "drop_audio") < self.faults.get("drop_audio", 0)
+        if request.audio is not None and "audio" in tokens and not dropped:
+            ids += [tokens["audio"]] * max(1, round(25 * len(request.audio) / SAMPLE_RATE))
+        return ids
 
     def _seed(self, *parts: str) -> int:
         return int.from_bytes(hashlib.sha256("\0".join(parts).encode()).digest()[:8], "big")

@@ -13,6 +13,7 @@ import pyarrow as pa
 from annotator.core.rows import KNOWN_COLUMNS, ROW_SCHEMA, ErrorKind, RowStatus, make_row
 from annotator.core.schema import SCHEMA_VERSION
 from annotator.engines.contract import Generation
+from annotator.models import ModelSpec
 from annotator.settings import GenerationMode
 from annotator.stages.context import RunContext
 
@@ -37,6 +38,15 @@ class Attempt:
         return self.answer.num_output_tokens + (self.thought.num_output_tokens
                                                  if self.thought else 0)
 
+    def media_tokens(self, spec: ModelSpec) -> dict[str, int | None]:
+        """{modality: placeholder tokens in the first request's prompt} for each stream
+        the model takes; None where they cannot be counted (no token ids: a served
+        model)."""
+        ids = (self.thought or self.answer).prompt_token_ids
+        counted = dict(spec.media_token_ids)
+        return {m: ids.count(counted[m]) if ids and m in counted else None
+                for m in ("video", "audio")}
+
 
 Judged = tuple[ErrorKind | None, str | None, dict | None]
 """(error kind, error, description) of an attempt."""
@@ -46,6 +56,7 @@ def build_row(row: dict, attempt: Attempt | None, judged: Judged | None, latency
               attempts: int, ctx: RunContext) -> dict:
     """One output row from a planned (and prepared) clip and what the engine made of it."""
     kind, error, parsed = judged if judged else (row["error_kind"], row["error"], None)
+    media = attempt.media_tokens(ctx.spec) if attempt else {"video": None, "audio": None}
     description = dict(parsed) if parsed else None
     reasoning = description.pop("reasoning") if description else None
     return make_row(
@@ -65,6 +76,7 @@ def build_row(row: dict, attempt: Attempt | None, judged: Judged | None, latency
         cache_key=row["cache_key"],
         num_input_tokens=attempt.answer.num_prompt_tokens if attempt else 0,
         num_output_tokens=attempt.output_tokens if attempt else 0,
+        video_tokens=media["video"], audio_tokens=media["audio"],
         finish_reason=attempt.answer.finish_reason if attempt else None,
         latency_s=latency, attempts=max(attempts, 1),
         sent=attempt.answer.sent if attempt else None,

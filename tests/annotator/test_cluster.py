@@ -81,16 +81,15 @@ def test_a_run_after_a_run_in_one_process_finds_the_cpus_its_last_engine_held():
     from annotator.cluster import cluster_device, ray_init, ray_shutdown
     from annotator.settings import EngineSettings
 
+    class Held:  # defined here: Ray ships it by value (its workers cannot import tests/)
+        def ready(self) -> bool:
+            return True
+
     ray_init(None)
     try:
-        holder = ray.remote(num_cpus=ray.cluster_resources()["CPU"])(_Held).remote()
+        holder = ray.remote(num_cpus=ray.cluster_resources()["CPU"])(Held).remote()
         ray.get(holder.ready.remote())
         ray.kill(holder)
         assert cluster_device(EngineSettings(device="cpu"), 0.5) == ("cpu", 1)
     finally:
         ray_shutdown()
-
-
-class _Held:
-    def ready(self) -> bool:
-        return True

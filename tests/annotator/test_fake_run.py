@@ -68,6 +68,37 @@ def test_faults_become_typed_rows_and_good_rows_validate(faulty):
     assert table["silent_video"]["media_note"] == "no audio stream"
 
 
+def test_a_stream_that_never_reaches_the_model_is_counted_flagged_and_warned(
+        faulty, corpus, tiny_omni, tmp_path):
+    """The rows count each stream's placeholder tokens in what the engine was given; an
+    engine that drops every clip's audio (the fake's drop_audio fault, as vLLM #47788 did
+    with Qwen-Omni) leaves audio_tokens at 0 where the file has audio: the run warns once
+    and the audit flags exactly those clips."""
+    fed = rows(faulty)
+    for row in fed.values():
+        if row["error_kind"] != "media":
+            assert (row["video_tokens"] > 0) == row["has_video"], row["clip_id"]
+            assert (row["audio_tokens"] > 0) == row["has_audio"], row["clip_id"]
+    result = runner.invoke(app, ["run", "--engine", "fake", "--labels", LABELS, "--manifest",
+                                 str(corpus), "--out", str(tmp_path), "--model",
+                                 str(tiny_omni), "--faults", "drop_audio=1",
+                                 "--generation", "one-pass"])
+    assert result.exit_code == 0, result.output
+    dropped = rows(tmp_path)
+    with_audio = {c for c, r in dropped.items() if r["has_audio"] and r["error_kind"] is None}
+    assert with_audio and all(dropped[c]["audio_tokens"] == 0 for c in with_audio)
+    assert all(r["video_tokens"] > 0 for r in dropped.values() if r["has_video"]
+               and r["error_kind"] is None)
+    warning = f"{len(with_audio)} clips have audio that reached the model as no audio tokens"
+    assert result.output.count(warning) == 1, result.output
+    audited = runner.invoke(app, ["audit", str(tmp_path)])
+    assert audited.exit_code == 0, audited.output
+    import pyarrow.parquet as pq
+
+    flags = pq.read_table(tmp_path / "audit" / "flags.parquet").to_pylist()
+    assert {f["clip_id"] for f in flags if "media_not_received" in f["flags"]} == with_audio
+
+
 def test_retries_recover_engine_side_failures(faulty, corpus, tiny_omni, tmp_path):
     annotate("--manifest", str(corpus), "--out", str(tmp_path), "--model", str(tiny_omni),
              "--faults", FAULTS, "--retries", "4", "--generation", "one-pass")

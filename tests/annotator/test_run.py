@@ -76,6 +76,12 @@ def test_one_row_per_clip_typed_failures_and_valid_descriptions(first_run):
     assert table["real_grace_hopper"]["cues"]["video"]["face_frames_fraction"] >= 0.75
     assert table["silent_video"]["cues"]["audio"] is None
     assert table["missing"]["cues"] is None
+    # every stream a clip has reached the real engine as its placeholder tokens
+    for row in table.values():
+        if row["status"] == "ok":
+            assert (row["video_tokens"] > 0) == row["has_video"], row["clip_id"]
+            assert (row["audio_tokens"] > 0) == row["has_audio"], row["clip_id"]
+    assert table["missing"]["video_tokens"] is None
 
 
 def test_run_files_and_metadata(first_run):

@@ -63,7 +63,7 @@ def test_served_smollm2_answers_as_the_in_process_engine(mode, manifest, tmp_pat
                                                          smollm2_server):
     budget = ("--generation", mode)
     local = annotate(manifest, tmp_path / "local", "--engine", "vllm", "--model",
-                     str(smollm2_folder()), *budget)
+                     str(smollm2_folder()), "--dtype", "float32", *budget)  # as served
     served = annotate(manifest, tmp_path / "served", "--engine", "openai", "--endpoint",
                       smollm2_server, "--model", "smollm2", *budget)
     for clip, row in served.items():

@@ -67,7 +67,7 @@ BODY = ["head held still, shoulders level", "leaning slightly forward", "small h
         "frequent nods", "head tilted to one side"]
 PLANTED = ("zz_valence_conflict", "zz_voice_without_audio", "zz_face_without_face",
            "zz_duplicate", "zz_near_duplicate", "zz_truncated", "zz_loud_but_quiet",
-           "zz_smile_not_shown")
+           "zz_smile_not_shown", "zz_audio_not_received")
 
 
 def _description(rng: np.random.Generator, emotion: str, cues: dict) -> dict:
@@ -120,7 +120,9 @@ def _row(clip_id: str, label: str, description: dict | None, cues: dict, path: s
         template="describe_av@4", template_sha256="0", prompt_sha256="0",
         schema_version=SCHEMA_VERSION, generation_mode="one-pass, reasoning field first",
         sampling="{}", cache_key=clip_id, num_input_tokens=500,
-        num_output_tokens=300 if ok else 2048, finish_reason="stop" if ok else "length",
+        num_output_tokens=300 if ok else 2048, video_tokens=128,
+        audio_tokens=75 if cues["audio"] is not None else 0,
+        finish_reason="stop" if ok else "length",
         latency_s=1.0, attempts=1, sent=None, run_id="synthetic", created_at=datetime.now(UTC))
 
 
@@ -147,6 +149,7 @@ def write_synthetic_run(out: str | Path, n: int, seed: int = 0, planted: bool = 
         row = _row(f"c{i:07d}", label, _description(rng, emotion, cues), cues, path)
         if not has_video[path]:  # an audio-only clip: nothing seen, and the text says so
             row["has_video"], row["cues"]["video"], row["cues"]["face"] = False, None, None
+            row["video_tokens"] = 0
             row["description"].update(face="no video, so not observable",
                                       body="no video, so not observable")
             row["description"]["evidence"] = row["description"]["evidence"][1:]
@@ -225,4 +228,5 @@ def _planted(rng: np.random.Generator, original: dict, media: list[str]) -> list
         make("zz_loud_but_quiet", "anger", loud_but_quiet),
         make("zz_smile_not_shown", "happy",
              lambda r: r["cues"]["face"].update(lip_corner_lift=0.01)),
+        make("zz_audio_not_received", "neutral", lambda r: r.update(audio_tokens=0)),
     ]

@@ -21,6 +21,7 @@ EXPECTED = {  # planted clip -> the flag that must catch it
     "zz_truncated": "failed:truncated",
     "zz_loud_but_quiet": "loud_claim_quiet_audio",
     "zz_smile_not_shown": "expression_claim_not_shown",
+    "zz_audio_not_received": "media_not_received",
 }
 CLEAN_FALSE_POSITIVES = 0.02  # at most 2% of clean rows may be excluded by a flag
 
