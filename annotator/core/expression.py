@@ -35,6 +35,9 @@ BROWS = [18, 19, 20, 23, 24, 25]  # the middle of each brow
 UPPER_LIDS = [37, 38, 43, 44]
 MOUTH_CORNERS = [48, 54]
 INNER_LIPS = (62, 66)  # the middle of the upper and the lower inner lip
+MEASURES = ("lip_corner_lift", "mouth_open", "brow_eye_gap", "eye_openness")
+"""What `frame_measures` gives per frame, the clip keeping each one's median (cues.FACE
+declares them in this order; a test holds the two together)."""
 
 
 @dataclass(frozen=True)
@@ -54,16 +57,18 @@ class Unit:
     """The emotions whose prototypes (EMFACS) include it, as the prompt names them."""
 
     def shown(self, value: float | None) -> bool:
-        if value is None:
-            return False
-        return (self.above is not None and value > self.above) or (
-            self.below is not None and value < self.below)
+        return value is not None and self.strength(value) > 0
 
     def strength(self, value: float) -> float:
         """How far past its threshold the measure is (0 when not shown)."""
         if self.above is not None:
             return max(0.0, value - self.above)
         return max(0.0, self.below - value)
+
+    def sql(self, value: str) -> str:
+        """`shown` as a DuckDB condition on the SQL expression `value`."""
+        return f"{value} > {self.above}" if self.above is not None else \
+            f"{value} < {self.below}"
 
 
 BROW = r"(brows?|eyebrows?)"
@@ -129,11 +134,9 @@ def face_cues(gray: np.ndarray, boxes: list[tuple | None]) -> dict:
     face box (None where no face was found)."""
     per_frame = {i: frame_measures(landmarks(gray[i], box))
                  for i, box in enumerate(boxes) if box is not None}
-    names = ("lip_corner_lift", "mouth_open", "brow_eye_gap", "eye_openness")
     medians = {n: round(float(np.median([m[n] for m in per_frame.values()])), 3)
-               if per_frame else None for n in names}
-    strength = {i: sum(u.strength(m[u.measure]) for u in UNITS if u.shown(m[u.measure]))
-                for i, m in per_frame.items()}
+               if per_frame else None for n in MEASURES}
+    strength = {i: sum(u.strength(m[u.measure]) for u in UNITS) for i, m in per_frame.items()}
     peak = max(strength, key=strength.get) if strength and max(strength.values()) > 0 else None
     return {"landmarked_frames": len(per_frame), **medians, "peak_frame": peak}
 
@@ -141,17 +144,18 @@ def face_cues(gray: np.ndarray, boxes: list[tuple | None]) -> dict:
 def shown_sql(face: str) -> str:
     """A DuckDB expression: the list of units that the face cues struct `face` shows (NULL
     where no face was landmarked), for the audit."""
-    cases = ", ".join(
-        f"CASE WHEN {face}.{u.measure} {'>' if u.above is not None else '<'} "
-        f"{u.above if u.above is not None else u.below} THEN '{u.name}' END" for u in UNITS)
-    return (f"CASE WHEN coalesce({face}.landmarked_frames, 0) > 0 THEN "
-            f"list_filter([{cases}], lambda x: x IS NOT NULL) END")
+    listed = _units_where({u.name: u.sql(f"{face}.{u.measure}") for u in UNITS})
+    return f"CASE WHEN coalesce({face}.landmarked_frames, 0) > 0 THEN {listed} END"
 
 
 def claimed_sql(text: str) -> str:
     """A DuckDB expression: the list of units that the lower-cased text `text` claims."""
-    cases = ", ".join(f"CASE WHEN regexp_matches({text}, '{u.words}') THEN '{u.name}' END"
-                      for u in UNITS)
+    return _units_where({u.name: f"regexp_matches({text}, '{u.words}')" for u in UNITS})
+
+
+def _units_where(conditions: dict[str, str]) -> str:
+    """A DuckDB list of the unit names whose condition holds, in UNITS' order."""
+    cases = ", ".join(f"CASE WHEN {c} THEN '{name}' END" for name, c in conditions.items())
     return f"list_filter([{cases}], lambda x: x IS NOT NULL)"
 
 
@@ -165,7 +169,8 @@ def shown_units(face: dict | None) -> list[str]:
 def in_words(face: dict) -> str:
     """What a clip's face cues show, as a prompt says it: "smile (AU12, seen in happiness)"
     per unit shown, or that the face is neutral."""
-    units = [u for u in UNITS if u.name in shown_units(face)]
+    shown = shown_units(face)
+    units = [u for u in UNITS if u.name in shown]
     return "; ".join(f"{u.name.replace('_', ' ')} ({u.au}"
                      + (f", seen in {u.seen_in})" if u.seen_in else ")") for u in units
                      ) or "none: a neutral face"
