@@ -47,7 +47,7 @@ from annotator.stages.rows import Attempt, build_row, failed_rows
 
 BLOCK = 64
 """Clips prepared at a time (their frames and audio are in memory until written)."""
-MEDIA = ("frames", "audio", "prompt", "answer_prompt", "context_json")
+MEDIA = ("frames", "audio", "prompt", "later_prompts", "context_json")
 """Prepared columns the kept plan leaves out: the request file holds them."""
 URL = "/v1/chat/completions"
 
@@ -79,7 +79,7 @@ def export_requests(config: RunConfig, console: Console) -> dict:
                 failed.append(broken)
                 sent = []
                 for row in prepared.to_pylist():
-                    body, what = chat_request(ctx.spec, ctx.options, request_for(row))
+                    body, what = chat_request(ctx.spec, ctx.options, request_for(row, ctx))
                     line = json.dumps({"custom_id": row["clip_id"], "method": "POST",
                                        "url": URL, "body": body})
                     out.write(line + "\n")

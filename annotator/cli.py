@@ -185,15 +185,16 @@ def prompt_preview(
         planned, schema = preview(config, clip)
     except (ValidationError, VaemoError) as err:
         fail(err)
-    from annotator.chat import THOUGHT_SLOT
+    from annotator.chat import shown_with_slots
 
     typer.echo(f"# template {planned['template']}  clip {clip}  model {planned['model']}")
-    if planned["answer_prompt"]:
-        typer.echo("# phase 1: free chain of thought (unconstrained)")
-    typer.echo(planned["prompt"])
-    if planned["answer_prompt"]:
-        typer.echo("# phase 2: the JSON answer, with the chain of thought as the model's turn")
-        typer.echo(planned["answer_prompt"].replace(THOUGHT_SLOT, "<chain of thought>"))
+    names = planned["phases"]
+    for turn, prompt in enumerate([planned["prompt"], *planned["later_prompts"]]):
+        if len(names) > 1:
+            typer.echo(f"# phase {turn + 1}: {names[turn]}, "
+                       + ("the JSON answer, with the earlier replies as the model's turns"
+                          if turn == len(names) - 1 else "free text (unconstrained)"))
+        typer.echo(shown_with_slots(prompt, names))
     typer.echo("# JSON schema enforced while decoding")
     typer.echo(json.dumps(schema, indent=2))
 

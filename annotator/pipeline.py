@@ -340,5 +340,6 @@ def preview(config: RunConfig, clip_id: str) -> tuple[dict, dict]:
     planned = prepare_stage.prepare_batch(plan, ctx=resolved.ctx).to_pylist()[0]  # + cues
     if planned["error"]:
         raise ConfigError(f"clip {clip_id!r}: {planned['error']}")
-    planned.update(template=resolved.ctx.template.tag, model=resolved.spec.name)
+    planned.update(template=resolved.ctx.template.tag, model=resolved.spec.name,
+                   phases=resolved.ctx.phase_names)
     return planned, resolved.ctx.options.schema

@@ -128,7 +128,7 @@ class EngineSettings(BaseModel):
     NOT_IN_KEY: ClassVar[frozenset[str]] = frozenset(
         {"device", "ray_address", "max_model_len", "cpu_kv_cache_gib", "cpu_threads",
          "batch_size", "max_num_seqs", "batches_in_flight", "tensor_parallel_size",
-         "gpu_memory_utilization"})
+         "gpu_memory_utilization", "media_cache_gib"})
     """Where and how fast: these never change a greedy row's content."""
 
     engine: Literal[tuple(ENGINES)] = Field(  # type: ignore[valid-type]
@@ -162,6 +162,11 @@ class EngineSettings(BaseModel):
     """GPUs per engine (vLLM tensor parallelism): engines = the cluster's GPUs / this."""
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
     """Share of each GPU's memory vLLM may take (weights + KV cache)."""
+    media_cache_gib: float | None = Field(None, ge=0)
+    """Memory vLLM keeps processed media in (its multimodal processor cache), so a clip's
+    later turns, retries and samples are not processed again. Default: 4 when a clip is
+    asked more than once (generation in turns, --samples > 1), else 0 (a cache would only
+    cost memory)."""
     faults: str = ""
     """--engine fake only: injected faults, e.g. 'invalid=0.2,truncate=0.1,error=0.1,
     crash=0.01,latency=0.05' (rates per attempt; crash ends the engine process; broken=1: the
@@ -189,6 +194,13 @@ class EngineSettings(BaseModel):
         if self.batches_in_flight:
             return self.batches_in_flight
         return -(-self.sequences(device) // self.batch_size) + 1
+
+    def media_cache(self, sampling: SamplingSettings) -> float:
+        """--media-cache-gib as the engine will use it."""
+        if self.media_cache_gib is not None:
+            return self.media_cache_gib
+        asked_again = sampling.mode is GenerationMode.TWO_PHASE or sampling.samples > 1
+        return 4.0 if asked_again else 0.0
 
     def resolved_dtype(self, device: str) -> str:
         if self.dtype != "auto":

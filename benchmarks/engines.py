@@ -52,7 +52,7 @@ def main() -> None:
     plan = plan_clips(resolved)
     spec = resolved.spec
     decoded = prepare_batch(plan, ctx=resolved.ctx)
-    requests = [request_for(r) for r in decoded.to_pylist()]
+    requests = [request_for(r, resolved.ctx) for r in decoded.to_pylist()]
     options = resolved.ctx.options
     results = {"model": spec.name, "clips": len(requests), "max_tokens": args.max_tokens}
     for kind, subset in (("vllm", requests), ("transformers", requests[:args.hf_clips])):

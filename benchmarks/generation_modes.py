@@ -1,9 +1,11 @@
-"""One-pass vs two-phase generation (and repetition penalty), through the real `run`.
+"""One-pass vs two-phase vs describe-then-fuse generation (and repetition penalty), through
+the real `run`.
 
 For each setting, annotates the demo corpus (real read speech over real portraits; every clip
 is calm read speech, so 'neutral' is the expected label) and prints: rows ok, failures by kind,
-output tokens and wall seconds per clip, label agreement, how repetitive the reasoning is
-(share of repeated word 4-grams), and how often the reasoning cites a measured cue value.
+output tokens and wall seconds per clip, the labels it chose, label agreement, how
+repetitive the reasoning is (share of repeated word 4-grams), how often the reasoning cites a
+measured cue value, and per turn: output tokens and the video and audio tokens it added.
 
     .venv/bin/python -m benchmarks.generation_modes                 # tiny random Qwen2.5-Omni
     .venv/bin/python -m benchmarks.generation_modes --model smollm2 # the CPU default
@@ -27,6 +29,7 @@ SETTINGS = {
     "two-phase": {"generation": "two-phase"},
     "one-pass rp1.15": {"generation": "one-pass", "repetition_penalty": 1.15},
     "two-phase rp1.15": {"generation": "two-phase", "repetition_penalty": 1.15},
+    "describe-then-fuse": {"generation": "two-phase", "template": "describe_then_fuse"},
 }
 LABELS = "anger,disgust,fear,happy,neutral,sad"
 
@@ -63,7 +66,20 @@ def summarise(rows: list[dict], seconds: float) -> dict:
         "cites_cue": round(sum(cites_a_cue(t, for_template(r["cues"]))
                                for t, r in zip(texts, ok)) / max(len(ok), 1), 2),
         "reasoning_chars": round(sum(map(len, texts)) / max(len(texts), 1)),
+        "labels": dict(Counter(r["description"]["primary_emotion"] for r in ok)),
+        "per_turn": per_turn(rows),
     }
+
+
+def per_turn(rows: list[dict]) -> dict:
+    """{phase: mean output tokens, video and audio tokens added} over the rows' turns."""
+    turns: dict[str, list[dict]] = {}
+    for row in rows:
+        for turn in row["turns"] or []:
+            turns.setdefault(turn["phase"], []).append(turn)
+    return {phase: {key: round(sum(t[key] or 0 for t in ts) / len(ts), 1)
+                    for key in ("output_tokens", "video_tokens", "audio_tokens")}
+            for phase, ts in turns.items()}
 
 
 def main() -> None:

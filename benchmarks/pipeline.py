@@ -64,11 +64,11 @@ def prepared(config):
 
 def raw_engine(resolved, rows: list[dict], way: str) -> dict:
     """A fresh engine, created the way `run` creates it, alone on the pipeline's own prompts
-    and media, given every clip at once (two-phase: all thoughts, then all answers). `way`:
+    and media, given every clip at once (in turns: every clip's first turn, then every
+    clip's next, and so on). `way`:
     "vllm", vLLM's own `LLM.generate`, which renders each prompt and then steps, in one
     thread (the raw engine); "render_thread", our engine's step API, which renders on a
     thread of its own while the engine steps (the pipeline's engine does this)."""
-    from annotator.chat import with_thought
     from annotator.engines.factory import create_engine
     from annotator.engines.vllm_engine import to_generation
     from annotator.stages.generate import request_for
@@ -84,16 +84,13 @@ def raw_engine(resolved, rows: list[dict], way: str) -> dict:
 
     generate = vllm_generate if way == "vllm" else engine.generate
     started = time.perf_counter()
-    requests, thoughts = [request_for(r) for r in rows], []
-    if resolved.ctx.two_phase:
-        for request in requests:
-            request.guided, request.max_tokens = False, resolved.ctx.sampling.think_tokens
-        thoughts = generate(requests)
-        for request, row, thought in zip(requests, rows, thoughts):
-            request.prompt = with_thought(resolved.spec, row["answer_prompt"],
-                                          thought.text.strip())
-            request.guided, request.max_tokens = True, resolved.ctx.sampling.max_tokens
-    outputs = generate(requests)
+    ctx, replies = resolved.ctx, [[] for _ in rows]
+    for _ in ctx.free_phases:
+        for reply, got in zip(replies, generate([request_for(r, ctx, p)
+                                                 for r, p in zip(rows, replies)])):
+            reply.append(got)
+    outputs = generate([request_for(r, ctx, p) for r, p in zip(rows, replies)])
+    thoughts = [g for reply in replies for g in reply]
     seconds = time.perf_counter() - started
     return {"way": way, "clips": len(rows), "startup_s": round(startup, 2),
             "seconds": round(seconds, 2),  # both phases' tokens, as a row counts them

@@ -58,13 +58,14 @@ def trial_render(template: Template, contexts: list[dict], seconds: float = MAX_
 def _child() -> None:
     import resource
 
-    from prompts import Template, render
+    from prompts import Phase, Template, render
 
     job = json.loads(sys.stdin.read())
     resource.setrlimit(resource.RLIMIT_AS, (job["max_bytes"], job["max_bytes"]))
     signal.signal(signal.SIGALRM, signal.SIG_DFL)  # the kernel ends the process, GIL or not
     signal.setitimer(signal.ITIMER_REAL, job["seconds"])
-    template = Template(**job["template"])
+    fields = job["template"]
+    template = Template(**{**fields, "phases": tuple(Phase(**p) for p in fields["phases"])})
     error = None
     try:
         for context in job["contexts"]:

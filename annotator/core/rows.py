@@ -76,6 +76,14 @@ SENT_TYPE = pa.struct([
 frames, seconds of audio, the request body's bytes, how the JSON was enforced
 (json_schema or validated here), and the HTTP tries it took."""
 
+TURNS_TYPE = pa.list_(pa.struct([
+    ("phase", pa.string()), ("text", pa.string()), ("output_tokens", pa.int32()),
+    ("video_tokens", pa.int32()), ("audio_tokens", pa.int32())]))
+"""`turns`: each engine turn of the row's answer, in order: its phase (one-pass; think or
+a template's phases, then answer), the free text it wrote (null for the JSON turn, which is
+`raw_output`), its output tokens and the video and audio placeholder tokens its prompt added
+to the turns before (a phase that shows only the frames adds no audio tokens)."""
+
 ROW_SCHEMA = pa.schema([
     MANIFEST.field("clip_id"),
     ("status", pa.string()),
@@ -115,6 +123,7 @@ ROW_SCHEMA = pa.schema([
     # has the stream means it never reached the model; null where nothing can count them
     ("video_tokens", pa.int32()),
     ("audio_tokens", pa.int32()),
+    ("turns", TURNS_TYPE),
     ("finish_reason", pa.string()),
     ("latency_s", pa.float64()),
     ("attempts", pa.int32()),

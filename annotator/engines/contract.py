@@ -32,6 +32,9 @@ class Request:
     """Constrain the output to EngineOptions.schema (False: free text, e.g. a thought)."""
     max_tokens: int | None = None
     """Output budget for this request; None: the sampling's max_tokens."""
+    audio_in_video: bool = True
+    """With frames and audio both given, the audio rides in the video (Qwen-Omni's
+    `use_audio_in_video`); False when a turn of its own showed it (a chain of phases)."""
 
 
 @dataclass

@@ -82,7 +82,8 @@ class TransformersEngine:
             return dict(self.tokenizer(request.prompt, return_tensors="pt",
                                        add_special_tokens=False).to(self.device))
         data, kwargs = media_inputs(self.spec, request.frames, request.fps, request.audio,
-                                    self.options.media.min_pixels, self.options.media.max_pixels)
+                                    self.options.media.min_pixels, self.options.media.max_pixels,
+                                    request.audio_in_video)
         inputs = {"text": [request.prompt]}
         if "video" in data:
             inputs["videos"] = [data["video"]]
@@ -119,7 +120,7 @@ class TransformersEngine:
             torch.manual_seed(s.seed + self.calls)
             self.calls += 1
             extra = {"use_audio_in_video": True} if inputs.get("video_second_per_grid") \
-                is not None and request.audio is not None else {}
+                is not None and request.audio is not None and request.audio_in_video else {}
             out = self.model.generate(
                 **inputs, **extra, max_new_tokens=max_tokens, do_sample=s.temperature > 0,
                 temperature=s.temperature or None, top_p=s.top_p if s.temperature else None,
@@ -150,7 +151,7 @@ class TransformersEngine:
                             device=self.device)
         inputs["input_ids"] = torch.cat([inputs["input_ids"], tail], 1)
         inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
-        if request.audio is not None and request.frames is not None:
+        if request.audio is not None and request.frames is not None and request.audio_in_video:
             inputs["use_audio_in_video"] = True
         logits = self.model(**inputs).logits[0].float().log_softmax(-1)
         positions = torch.arange(prompt_len - 1, prompt_len - 1 + len(continuation),

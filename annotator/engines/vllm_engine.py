@@ -80,7 +80,7 @@ class VLLMEngine:
                 max_model_len=options.compute.max_model_len,
                 **engine_arguments(options),
                 limit_mm_per_prompt=limits or None,
-                mm_processor_cache_gb=0,  # each clip is seen once: a cache only costs memory
+                mm_processor_cache_gb=options.compute.media_cache(options.sampling),
                 structured_outputs_config={"backend": "guidance",
                                            "disable_any_whitespace": True},
                 logprobs_mode="raw_logprobs",
@@ -97,6 +97,7 @@ class VLLMEngine:
         self.renderer = ThreadPoolExecutor(1, thread_name_prefix="vllm-render")
         self.rendered: queue.SimpleQueue = queue.SimpleQueue()
         self.rendering = 0  # submitted, not yet taken from `rendered`
+        self.render_s = 0.0  # the render thread's busy time (media processing, tokenizing)
         self.unfinished = 0  # in the engine
 
     def sampling_params(self, request: Request | None = None, **overrides):
@@ -119,7 +120,8 @@ class VLLMEngine:
     def inputs(self, request: Request, prompt=None) -> dict:
         """vLLM's prompt input for `request`: the text (or a parsed prompt) and its media."""
         data, kwargs = media_inputs(self.spec, request.frames, request.fps, request.audio,
-                                    self.options.media.min_pixels, self.options.media.max_pixels)
+                                    self.options.media.min_pixels, self.options.media.max_pixels,
+                                    request.audio_in_video)
         item: dict = {"prompt": request.prompt} if prompt is None else dict(prompt)
         if data:
             if "video" in data:
@@ -148,13 +150,16 @@ class VLLMEngine:
         """(render thread) The request as the engine takes it, or why it cannot be."""
         from vllm.renderers.inputs.preprocess import parse_model_prompt
 
+        started = time.perf_counter()
         try:  # what `LLM.generate` does to a prompt before adding it
             prompt = parse_model_prompt(self.llm.model_config, self.inputs(request))
             renderer = self.llm.renderer
             (rendered,) = renderer.render_cmpl([prompt], renderer.default_cmpl_tok_params)
-            self.rendered.put((key, rendered, self.sampling_params(request)))
+            done = (key, rendered, self.sampling_params(request))
         except Exception as err:  # noqa: BLE001 - reported as this request's failure
-            self.rendered.put((key, err, None))
+            done = (key, err, None)
+        self.render_s += time.perf_counter() - started
+        self.rendered.put(done)
 
     def step(self) -> list[tuple[str, Generation]]:
         finished = []

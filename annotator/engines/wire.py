@@ -84,7 +84,7 @@ def media_parts(send: str, request: Request) -> tuple[dict[str, list[dict]], dic
     else:
         video = [{"type": "image_url", "image_url": {
             "url": "data:image/jpeg;base64," + _encoded(f, ".jpg")}} for f in frames]
-    return {"video": video + voice, "audio": voice}, sent
+    return {"video": video + voice if request.audio_in_video else video, "audio": voice}, sent
 
 
 def request_media(send: str, request: Request, media: MediaSettings) -> dict:

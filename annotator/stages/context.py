@@ -10,7 +10,7 @@ from annotator.engines.contract import EngineOptions
 from annotator.models import ModelSpec
 from annotator.settings import (EngineSettings, GenerationMode, MediaSettings,
                                 SamplingSettings)
-from prompts import Template
+from prompts import ANSWER, ONE_PASS, Phase, Template
 
 
 @dataclass(frozen=True)
@@ -64,9 +64,27 @@ class RunContext:
 
     @property
     def two_phase(self) -> bool:
+        """Generation in turns: the template's free phases, then the JSON."""
         return self.mode is GenerationMode.TWO_PHASE
+
+    @property
+    def free_phases(self) -> tuple[Phase, ...]:
+        """The turns before the JSON answer (none in one-pass)."""
+        return self.template.phases if self.two_phase else ()
+
+    @property
+    def phase_names(self) -> tuple[str, ...]:
+        """The `phase` each turn renders, the JSON turn last."""
+        return (*(p.name for p in self.free_phases), ANSWER) if self.two_phase else (ONE_PASS,)
+
+    @property
+    def turn_media(self) -> tuple[str, ...]:
+        """What each turn asks to show the model first (chat.turn_shapes); the JSON turn
+        shows nothing new."""
+        return (*(p.media for p in self.free_phases), "text") if self.two_phase else ("clip",)
 
 
 def with_chat(ctx: RunContext) -> RunContext:
     """`ctx` with the model's chat frames, made from its tokenizer in this process."""
-    return ctx if ctx.chat is not None else replace(ctx, chat=chat_frames(ctx.spec))
+    return ctx if ctx.chat is not None else replace(
+        ctx, chat=chat_frames(ctx.spec, ctx.turn_media))

@@ -3,7 +3,8 @@
 One actor per engine (per GPU, or per tensor-parallel group; one on CPU) owns it for its
 lifetime, and a pump thread keeps it stepping. Ray hands the actor several batches at once
 (--batches-in-flight), and each clip moves on the moment its previous request ends: its free
-thought, then its JSON answer with the thought in context (two-phase); a retry when an
+free turns (a thought in two-phase, or a template's chain of phases), each with the earlier
+ones in context, then its JSON answer; a retry when an
 attempt fails (a truncated one with twice the budget); its extra samples once it is valid.
 No clip waits for another: a batch returns (to be committed) when its last clip is done,
 while the engine goes on with the other batches' clips. Each attempt is judged against the
@@ -18,13 +19,14 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
-from annotator.chat import with_thought
+from annotator.chat import shown_until, turn_shapes, with_replies
 from annotator.engines.factory import create_engine
 from annotator.engines.contract import Generation, Request
 from annotator.core.files import write_text
@@ -40,20 +42,35 @@ MAX_BUDGET_GROWTH = 4
 """A truncated answer is retried with twice its budget, up to this multiple of --max-tokens."""
 
 
-def request_for(row: dict) -> Request:
-    """The engine request for a prepared clip (its first turn)."""
-    frames = None
-    if row["frames"] is not None:
+def request_for(row: dict, ctx: RunContext, replies: Sequence[Generation] = ()) -> Request:
+    """The engine request of a prepared clip's next turn (the first, or the one after
+    `replies`): its prompt with the replies so far in their slots, the media its turns have
+    shown so far, and for a free turn its budget, unguided."""
+    turn = len(replies)
+    shapes = turn_shapes(ctx.spec, ctx.turn_media, row["has_video"], row["has_audio"])
+    video, audio, audio_in_video = shown_until(shapes, turn)
+    frames = wave = None
+    if video and row["frames"] is not None:
         frames = np.frombuffer(row["frames"], np.uint8).reshape(row["frames_shape"])
-    audio = np.frombuffer(row["audio"], np.float32) if row["audio"] is not None else None
-    return Request(row["clip_id"], row["prompt"], frames, row["fps"], audio)
+    if audio and row["audio"] is not None:
+        wave = np.frombuffer(row["audio"], np.float32)
+    prompt = [row["prompt"], *(row["later_prompts"] or [])][turn]
+    if replies:  # the model's own replies go back in as its turns
+        prompt = with_replies(ctx.spec, prompt, [r.text.strip() for r in replies])
+    request = Request(row["clip_id"], prompt, frames, row["fps"], wave,
+                      audio_in_video=audio_in_video)
+    if turn < len(ctx.free_phases):
+        request.guided = False
+        request.max_tokens = ctx.free_phases[turn].max_tokens or ctx.sampling.think_tokens
+    return request
 
 
-def judge(attempt: Attempt, model) -> Judged:
+def judge(attempt: Attempt, model, phases: Sequence[str] = ()) -> Judged:
     """(error_kind, error, description) for one attempt; `model` validates the JSON answer
-    (without `reasoning` in two-phase generation, where the thought is the reasoning)."""
-    for gen in (attempt.thought, attempt.answer):
-        if gen is not None and gen.error:
+    (without `reasoning` in generation in turns, where the free turns, named `phases`, are
+    the reasoning)."""
+    for gen in (*attempt.replies, attempt.answer):
+        if gen.error:
             return ErrorKind.ENGINE, gen.error, None
     gen = attempt.answer
     if gen.finish_reason == "length":
@@ -62,11 +79,12 @@ def judge(attempt: Attempt, model) -> Judged:
     parsed, reason = parse_description(model, gen.text)
     if parsed is None:
         return ErrorKind.INVALID_OUTPUT, reason, None
-    if attempt.thought is not None:
-        thought = attempt.thought.text.strip()
-        if len(thought) < 8:
-            return ErrorKind.INVALID_OUTPUT, "reasoning: the chain of thought was empty", None
-        parsed = {"reasoning": thought, **parsed}
+    if attempt.replies:
+        for name, reply in zip(phases, attempt.replies):
+            if len(reply.text.strip()) < 8:
+                return (ErrorKind.INVALID_OUTPUT,
+                        f"reasoning: the reply to phase {name!r} was empty", None)
+        parsed = {"reasoning": attempt.reasoning(phases), **parsed}
     return None, None, parsed
 
 
@@ -124,14 +142,11 @@ class Scheduler:
         found = self.inflight.pop(key, None)
         if found is None:  # a request of a batch that already failed
             return
-        clip, sample, thought = found
-        if thought is None and self.ctx.two_phase:  # the thought just ended
-            if generation.error:
-                self._answered(clip, sample, Attempt(generation, generation))
-            else:
-                self._submit(clip, sample, generation)
+        clip, sample, replies = found
+        if not generation.error and len(replies) < len(self.ctx.free_phases):
+            self._submit(clip, sample, (*replies, generation))  # a free turn just ended
             return
-        self._answered(clip, sample, Attempt(generation, thought))
+        self._answered(clip, sample, Attempt(generation, replies))
 
     def fail(self, error: BaseException) -> None:
         """The engine broke: every batch in flight fails (the driver retries its clips)."""
@@ -146,23 +161,18 @@ class Scheduler:
         clip.started = time.perf_counter()
         self._submit(clip, None)
 
-    def _submit(self, clip: Clip, sample: int | None, thought: Generation | None = None
+    def _submit(self, clip: Clip, sample: int | None, replies: tuple[Generation, ...] = ()
                 ) -> None:
-        """The clip's next request: a thought (two-phase, first turn) or an answer."""
-        request = request_for(clip.row)
-        if self.ctx.two_phase and thought is None:
-            request.guided, request.max_tokens = False, self.ctx.sampling.think_tokens
-        else:
-            if thought is not None:  # the thought goes back in as the model's own turn
-                request.prompt = with_thought(self.ctx.spec, clip.row["answer_prompt"],
-                                              thought.text.strip())
+        """The clip's next request: a free turn, or the JSON answer after them."""
+        request = request_for(clip.row, self.ctx, replies)
+        if request.guided:
             request.max_tokens = clip.budget if sample is None else self.ctx.sampling.max_tokens
         key = f"{clip.row['clip_id']}#{next(self.keys)}"
-        self.inflight[key] = (clip, sample, thought)
+        self.inflight[key] = (clip, sample, replies)
         self.engine.submit(key, request)
 
     def _answered(self, clip: Clip, sample: int | None, attempt: Attempt) -> None:
-        judged = judge(attempt, self.model)
+        judged = judge(attempt, self.model, self.ctx.phase_names)
         if sample is not None:  # an extra sample: kept if valid, null if not
             parsed = judged[2]
             clip.samples[sample] = {k: parsed.get(k) for k in SAMPLE_FIELDS} if parsed else None
@@ -309,7 +319,7 @@ class EngineWorker:
 STAGE = StageSpec(
     fn=EngineWorker, name="generate",
     reads=(*KNOWN_COLUMNS, "frames", "frames_shape", "fps", "audio", "prompt",
-           "answer_prompt", "error_kind", "error", "cues", "prompt_sha256", "cache_key",
+           "later_prompts", "error_kind", "error", "cues", "prompt_sha256", "cache_key",
            "media_sha256", "has_video", "has_audio", "media_note", "duration_s", "prepared_on"),
     writes=tuple(ROW_SCHEMA.names))
 """One actor per engine; the driver sets its resources and batch size from EngineSettings."""

@@ -89,7 +89,7 @@ def plan_clip(row: dict, ctx: RunContext) -> dict:
     out["context_json"] = json.dumps({"clip": clip, "media": media}, sort_keys=True,
                                       default=str)
     try:
-        prompt = render_prompt(ctx, out["context_json"], None)[0]
+        prompt = render_prompt(ctx, out["context_json"], None, turns=1)[0]
     except PromptError as err:
         out.update(error_kind=ErrorKind.PROMPT.value, error=str(err))
         prompt = ""

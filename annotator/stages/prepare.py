@@ -25,7 +25,7 @@ from annotator.stages.prompt import render_prompt
 OUTPUT_TYPES = {
     "frames": pa.binary(), "frames_shape": pa.list_(pa.int32()), "fps": pa.float64(),
     "audio": pa.binary(), "cues": cues.arrow_type(), "prompt": pa.string(),
-    "answer_prompt": pa.string(), "prompt_sha256": pa.string(), "error_kind": pa.string(),
+    "later_prompts": pa.list_(pa.string()), "prompt_sha256": pa.string(), "error_kind": pa.string(),
     "error": pa.string(), "prepared_on": pa.string(),
 }
 
@@ -62,7 +62,7 @@ def _prepare(batch: pa.Table, ctx: RunContext, node: str) -> pa.Table:
     out: dict[str, list] = {k: [] for k in OUTPUT_TYPES}
     for row in batch.to_pylist():
         kind, error, clip, measured = row["error_kind"], row["error"], None, None
-        prompt = answer_prompt = ""
+        prompt, later = "", []
         if kind is None:
             try:
                 probed = MediaInfo(row["has_video"], row["has_audio"], row["duration_s"] or 0.0,
@@ -72,7 +72,7 @@ def _prepare(batch: pa.Table, ctx: RunContext, node: str) -> pa.Table:
                               info=probed)
                 measured = cues.measure(clip.frames, clip.audio)
                 listed = cues.for_template(measured)
-                prompt, answer_prompt = render_prompt(ctx, row["context_json"], listed)
+                prompt, *later = render_prompt(ctx, row["context_json"], listed)
             except MediaError as err:
                 kind, error = ErrorKind.MEDIA.value, str(err)
             except PromptError as err:
@@ -89,7 +89,7 @@ def _prepare(batch: pa.Table, ctx: RunContext, node: str) -> pa.Table:
         out["audio"].append(clip.audio.tobytes() if send_wave else None)
         out["cues"].append(measured)
         out["prompt"].append(prompt)
-        out["answer_prompt"].append(answer_prompt)
+        out["later_prompts"].append(later)
         out["prompt_sha256"].append(hashlib.sha256(prompt.encode()).hexdigest() if prompt
                                     else row["prompt_sha256"])
         out["error_kind"].append(kind)

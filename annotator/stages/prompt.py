@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from annotator.chat import chat_frames, shape_of
+from annotator.chat import chat_frames, turn_shapes
 from annotator.core.cues import for_template, typical
 from annotator.stages.context import RunContext
 from prompts import render
@@ -23,7 +23,7 @@ def template_clip(row: dict) -> dict:
 
 def _template_context(ctx: RunContext, context: dict, cues: dict | None) -> dict:
     return {**context, "modalities": list(ctx.spec.modalities), "labels": ctx.labels,
-            "cues": cues, "examples": [], "phase": "think" if ctx.two_phase else "one-pass"}
+            "cues": cues, "examples": []}
 
 
 def try_template(ctx: RunContext, row: dict) -> None:
@@ -36,28 +36,22 @@ def try_template(ctx: RunContext, row: dict) -> None:
              "source_fps": 25.0, "width": 640, "height": 360,
              "num_frames": ctx.media.num_frames}
     clip = {"clip": template_clip(row), "media": media}
-    contexts = [_template_context(ctx, clip, cues) for cues in (None, for_template(typical()))]
-    if ctx.two_phase:
-        contexts += [{**c, "phase": "answer"} for c in contexts]
-    trial_render(ctx.template, contexts)
+    trial_render(ctx.template, [{**_template_context(ctx, clip, cues), "phase": phase}
+                                for cues in (None, for_template(typical()))
+                                for phase in ctx.phase_names])
 
 
-def render_prompt(ctx: RunContext, context_json: str, cues: dict | None) -> tuple[str, str]:
-    """(prompt, answer prompt) for a planned clip, with measured cues once they exist.
-
-    One-pass: the answer prompt is "". Two-phase: the prompt is the first turn, which asks for
-    the free chain of thought; the answer prompt is that turn, the model's thought (as
-    THOUGHT_SLOT) and the turn that asks for the JSON. The chat frames are the context's
-    (the driver's), else made once in this process from the tokenizer."""
-    spec = ctx.spec
+def render_prompt(ctx: RunContext, context_json: str, cues: dict | None,
+                  turns: int | None = None) -> list[str]:
+    """The prompt of each turn of a planned clip (`ctx.phase_names`; the first `turns` of
+    them), with measured cues once they exist: one in one-pass; in turns, each later prompt
+    holds the earlier turns and the model's replies to them as slots (chat.with_replies).
+    The chat frames are the context's (the driver's), else made once in this process from
+    the tokenizer."""
     context = _template_context(ctx, json.loads(context_json), cues)
     media = context["media"]
-    user_text = render(ctx.template, context)
-    shape = shape_of(spec, media["has_video"] and "video" in spec.modalities,
-                     media["has_audio"] and "audio" in spec.modalities)
-    frames = ctx.chat or chat_frames(spec)
-    prompt = frames.fill(shape, user_text)
-    if not ctx.two_phase:
-        return prompt, ""
-    answer = render(ctx.template, {**context, "phase": "answer"})
-    return prompt, frames.fill(shape, user_text, answer)
+    shapes = turn_shapes(ctx.spec, ctx.turn_media, media["has_video"], media["has_audio"])
+    texts = [render(ctx.template, {**context, "phase": phase})
+             for phase in ctx.phase_names[:turns]]
+    frames = ctx.chat or chat_frames(ctx.spec, ctx.turn_media)
+    return [frames.fill(shapes[:n], texts[:n]) for n in range(1, len(texts) + 1)]

@@ -6,6 +6,7 @@ reaching an engine (missing media, a template error).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import pyarrow as pa
@@ -14,20 +15,24 @@ from annotator.core.rows import KNOWN_COLUMNS, ROW_SCHEMA, ErrorKind, RowStatus,
 from annotator.core.schema import SCHEMA_VERSION
 from annotator.engines.contract import Generation
 from annotator.models import ModelSpec
-from annotator.settings import GenerationMode
 from annotator.stages.context import RunContext
+from prompts import TWO_PHASE
 
-GENERATION_LABELS = {GenerationMode.ONE_PASS: "one-pass, reasoning field first",
-                     GenerationMode.TWO_PHASE: "two-phase, free chain of thought then JSON"}
-"""The `generation_mode` column's values."""
+def generation_label(ctx: RunContext) -> str:
+    """The `generation_mode` column's value."""
+    if not ctx.two_phase:
+        return "one-pass, reasoning field first"
+    if ctx.template.phases == TWO_PHASE:
+        return "two-phase, free chain of thought then JSON"
+    return f"{len(ctx.phase_names)} turns: {', '.join(ctx.phase_names[:-1])}, then JSON"
 
 
 class Attempt:
-    """What the engine made of one clip: the JSON answer, and in two-phase generation the
-    free chain of thought that came before it."""
+    """What the engine made of one clip: the JSON answer, and in generation in turns the
+    replies to the free turns that came before it."""
 
-    def __init__(self, answer: Generation, thought: Generation | None = None):
-        self.answer, self.thought = answer, thought
+    def __init__(self, answer: Generation, replies: Sequence[Generation] = ()):
+        self.answer, self.replies = answer, tuple(replies)
 
     @property
     def text(self) -> str:
@@ -35,17 +40,39 @@ class Attempt:
 
     @property
     def output_tokens(self) -> int:
-        return self.answer.num_output_tokens + (self.thought.num_output_tokens
-                                                 if self.thought else 0)
+        return sum(g.num_output_tokens for g in (*self.replies, self.answer))
 
-    def media_tokens(self, spec: ModelSpec) -> dict[str, int | None]:
-        """{modality: placeholder tokens in the first request's prompt} for each stream
-        the model takes; None where they cannot be counted (no token ids: a served
+    def reasoning(self, phases: Sequence[str]) -> str:
+        """The free turns' replies as the description's reasoning: a thought as it is, a
+        chain's replies each under its phase's name."""
+        texts = [r.text.strip() for r in self.replies]
+        if len(texts) == 1:
+            return texts[0]
+        return "\n\n".join(f"{name}: {text}" for name, text in zip(phases, texts))
+
+    def media_tokens(self, spec: ModelSpec) -> list[dict[str, int | None]]:
+        """{modality: placeholder tokens that turn's prompt added} of each turn, for each
+        stream the model takes; None where they cannot be counted (no token ids: a served
         model)."""
-        ids = (self.thought or self.answer).prompt_token_ids
-        counted = dict(spec.media_token_ids)
-        return {m: ids.count(counted[m]) if ids and m in counted else None
-                for m in ("video", "audio")}
+        counted, before = dict(spec.media_token_ids), {}
+        turns = []
+        for gen in (*self.replies, self.answer):
+            ids = gen.prompt_token_ids
+            now = {m: ids.count(counted[m]) if ids and m in counted else None
+                   for m in ("video", "audio")}
+            turns.append({m: None if n is None else n - before.get(m, 0)
+                          for m, n in now.items()})
+            before = {m: n for m, n in now.items() if n is not None}
+        return turns
+
+    def turns(self, spec: ModelSpec, phases: Sequence[str]) -> list[dict]:
+        """The `turns` column: each turn's phase, free text, output tokens and the media
+        tokens it added."""
+        texts = [r.text for r in self.replies] + [None]
+        return [{"phase": name, "text": text, "output_tokens": gen.num_output_tokens,
+                 "video_tokens": media["video"], "audio_tokens": media["audio"]}
+                for name, text, gen, media in zip(phases, texts, (*self.replies, self.answer),
+                                                  self.media_tokens(spec))]
 
 
 Judged = tuple[ErrorKind | None, str | None, dict | None]
@@ -56,7 +83,11 @@ def build_row(row: dict, attempt: Attempt | None, judged: Judged | None, latency
               attempts: int, ctx: RunContext) -> dict:
     """One output row from a planned (and prepared) clip and what the engine made of it."""
     kind, error, parsed = judged if judged else (row["error_kind"], row["error"], None)
-    media = attempt.media_tokens(ctx.spec) if attempt else {"video": None, "audio": None}
+    media = {"video": None, "audio": None}
+    if attempt:  # every stream the model was given, whichever turn showed it
+        for turn in attempt.media_tokens(ctx.spec):
+            media = {m: n if media[m] is None else media[m] + (n or 0)
+                     for m, n in turn.items()}
     description = dict(parsed) if parsed else None
     reasoning = description.pop("reasoning") if description else None
     return make_row(
@@ -72,11 +103,12 @@ def build_row(row: dict, attempt: Attempt | None, judged: Judged | None, latency
         model_revision=ctx.spec.revision, engine=ctx.engine,
         template=ctx.template.tag, template_sha256=ctx.template.sha256,
         prompt_sha256=row["prompt_sha256"], schema_version=SCHEMA_VERSION,
-        generation_mode=GENERATION_LABELS[ctx.mode], sampling=ctx.sampling.to_json(),
+        generation_mode=generation_label(ctx), sampling=ctx.sampling.to_json(),
         cache_key=row["cache_key"],
         num_input_tokens=attempt.answer.num_prompt_tokens if attempt else 0,
         num_output_tokens=attempt.output_tokens if attempt else 0,
         video_tokens=media["video"], audio_tokens=media["audio"],
+        turns=attempt.turns(ctx.spec, ctx.phase_names) if attempt else None,
         finish_reason=attempt.answer.finish_reason if attempt else None,
         latency_s=latency, attempts=max(attempts, 1),
         sent=attempt.answer.sent if attempt else None,

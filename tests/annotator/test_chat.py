@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from annotator.chat import (THOUGHT_SLOT, build_prompt, chat_frames, load_tokenizer,
-                            shape_of)
+from annotator.chat import (build_prompt, chat_frames, clip_kinds, conversation_prompt,
+                            load_tokenizer, reply_slot, turn_shapes)
 from annotator.config import RunConfig
 from annotator.core.errors import PromptError
 from annotator.models import describe_model
@@ -36,17 +36,44 @@ def with_template(tiny_omni, folder, template: str):
     return dataclasses.replace(describe_model(str(model)), family="text", modalities=())
 
 
+CONVERSATIONS = {"one-pass": ("clip",), "two-phase": ("clip", "text"),
+                 "chain": ("video", "audio", "text", "text"),
+                 "voice first": ("audio", "clip", "text")}
+
+
 @pytest.mark.parametrize("family", ["omni", "text"])
-def test_filled_frames_are_what_the_tokenizer_renders(tiny_omni, family):
+@pytest.mark.parametrize("turn_media", CONVERSATIONS.values(), ids=CONVERSATIONS.keys())
+def test_filled_frames_are_what_the_tokenizer_renders(tiny_omni, family, turn_media):
+    """Every turn of every kind of clip: the frame, filled, is the tokenizer's rendering of
+    the same conversation (the replies still slots)."""
     spec = describe_model(str(tiny_omni))
     if family == "text":
         spec = dataclasses.replace(spec, family="text", modalities=())
-    frames, tokenizer = chat_frames(spec), load_tokenizer(spec.path)
-    for video, audio in [(True, True), (True, False), (False, True), (False, False)]:
-        for user, followup in TEXTS:
-            expected = build_prompt(tokenizer, spec, user, video, audio, followup)
-            assert frames.fill(shape_of(spec, video, audio), user, followup) == expected
-    assert frames.fill("text", "a", "b").count(THOUGHT_SLOT) == 1
+    frames, tokenizer = chat_frames(spec, turn_media), load_tokenizer(spec.path)
+    texts = [text for pair in TEXTS for text in pair if text] * 2
+    for kind in clip_kinds(spec):
+        shapes = turn_shapes(spec, turn_media, *kind)
+        for n in range(1, len(shapes) + 1):
+            replies = [reply_slot(i) for i in range(n - 1)]
+            expected = conversation_prompt(tokenizer, spec, list(zip(shapes, texts))[:n],
+                                           replies)
+            assert frames.fill(shapes[:n], texts[:n]) == expected
+            assert all(expected.count(r) == 1 for r in replies)
+
+
+def test_a_chain_shows_each_stream_once_in_the_turn_that_asks_for_it(tiny_omni):
+    spec = describe_model(str(tiny_omni))
+    chain = ("video", "audio", "text", "text")
+    assert turn_shapes(spec, chain, True, True) == ("video", "audio", "text", "text")
+    assert turn_shapes(spec, chain, False, True) == ("text", "audio", "text", "text")
+    assert turn_shapes(spec, ("clip", "text"), True, True) == ("video+audio", "text")
+    assert turn_shapes(spec, ("audio", "clip"), True, True) == ("audio", "video")
+    text_model = dataclasses.replace(spec, family="text", modalities=())
+    assert turn_shapes(text_model, chain, True, True) == ("text",) * 4
+    prompt = chat_frames(spec, chain).fill(("video", "audio"), ["Face?", "Voice?"])
+    face, voice = prompt.split("Face?")
+    assert "<|VIDEO|>" in face and "<|AUDIO|>" not in face
+    assert "<|AUDIO|>" in voice and "<|VIDEO|>" not in voice and reply_slot(0) in voice
 
 
 def test_a_template_that_trims_its_turns_still_gets_frames(tiny_omni, tmp_path):
@@ -55,7 +82,8 @@ def test_a_template_that_trims_its_turns_still_gets_frames(tiny_omni, tmp_path):
     spec = with_template(tiny_omni, tmp_path / "llama", LLAMA_STYLE)
     tokenizer = load_tokenizer(spec.path)
     for user, followup in TEXTS[:2]:
-        assert chat_frames(spec).fill("text", user, followup) == build_prompt(
+        texts = [user] if followup is None else [user, followup]
+        assert chat_frames(spec).fill(("text",) * len(texts), texts) == build_prompt(
             tokenizer, spec, user, False, False, followup)
 
 
@@ -63,7 +91,7 @@ def test_a_template_that_rewrites_its_turns_fails_each_clip_with_the_reason(tiny
                                                                            tmp_path):
     spec = with_template(tiny_omni, tmp_path / "upper", LLAMA_STYLE.replace("trim", "upper"))
     with pytest.raises(PromptError, match="changes the text it is given"):
-        chat_frames(spec).fill("text", "Describe the clip.")
+        chat_frames(spec).fill(("text",), ["Describe the clip."])
 
 
 def test_ray_tasks_plan_and_prepare_without_transformers(tmp_path, clips, tiny_omni):
@@ -94,4 +122,4 @@ def test_ray_tasks_plan_and_prepare_without_transformers(tmp_path, clips, tiny_o
     assert in_worker.to_pylist() == planned.to_pylist()
     assert prepared.drop_columns(["prepared_on"]).to_pylist() == \
         expected.drop_columns(["prepared_on"]).to_pylist()
-    assert prepared["answer_prompt"][0].as_py().count(THOUGHT_SLOT) == 1
+    assert prepared["later_prompts"][0].as_py()[0].count(reply_slot(0)) == 1

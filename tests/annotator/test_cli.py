@@ -137,7 +137,7 @@ def test_prompt_preview_prints_placeholders_and_schema(tmp_path, clips, tiny_omn
                            env=WIDE)
     assert two.exit_code == 0, two.output
     first, second = two.output.split("# phase 2")
-    assert "Do not write JSON yet" in first and "<chain of thought>" in second
+    assert "Do not write JSON yet" in first and "<reply to think>" in second
     schema = json.loads(second.split("# JSON schema enforced while decoding")[1])
     assert "reasoning" not in schema["properties"]  # the thought is the reasoning
     missing = runner.invoke(app, ["prompt", "preview", "--manifest", str(tmp_path / "m.csv"),

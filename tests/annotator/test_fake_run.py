@@ -147,3 +147,30 @@ def test_two_phase_samples_and_a_rerun_from_run_json(corpus, tiny_omni, tmp_path
     assert "cached" in done.stderr
 
 
+
+
+def test_a_chain_of_phases_shows_each_turn_its_own_stream_and_keeps_every_reply(
+        corpus, tiny_omni, tmp_path):
+    """describe_then_fuse: face (frames only), voice (soundtrack only), fuse, then the JSON;
+    each turn's prompt adds only its own stream's tokens, and every reply is kept."""
+    annotate("--manifest", str(corpus), "--out", str(tmp_path), "--model", str(tiny_omni),
+             "--template", "describe_then_fuse", "--subset", "8")
+    table = rows(tmp_path)
+    done = [r for r in table.values() if r["status"] == "ok"]
+    assert done
+    for row in done:
+        turns = row["turns"]
+        assert [t["phase"] for t in turns] == ["face", "voice", "fuse", "answer"]
+        assert row["generation_mode"] == "4 turns: face, voice, fuse, then JSON"
+        face, voice, fuse, answer = turns
+        assert face["video_tokens"] == (128 if row["has_video"] else 0)  # 8 frames x 16
+        assert face["audio_tokens"] == 0 and voice["video_tokens"] == 0
+        assert (voice["audio_tokens"] > 0) == row["has_audio"]
+        assert fuse["video_tokens"] == fuse["audio_tokens"] == 0 == answer["audio_tokens"]
+        assert row["video_tokens"] == face["video_tokens"]
+        assert row["audio_tokens"] == voice["audio_tokens"]
+        for name, turn in zip(("face", "voice", "fuse"), turns):
+            assert f"{name}: Thinking about clip {row['clip_id']}" in row["reasoning"]
+            assert turn["text"].startswith("Thinking about clip") and turn["output_tokens"]
+        assert answer["text"] is None
+        assert row["num_output_tokens"] == sum(t["output_tokens"] for t in turns)

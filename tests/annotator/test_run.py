@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from annotator.cli import app
-from annotator.core.schema import description_model
+from annotator.core.schema import answer_model, description_model
 from annotator.core.machine import cpu_dtype
 from annotator.core.store import Store
 from tests.conftest import kill_after_rows, write_manifest
@@ -149,6 +149,32 @@ def test_two_phase_generation_thinks_then_answers_and_keeps_samples(tmp_path, co
     assert audited.exit_code == 0, audited.output
     metrics = json.loads((out / "audit" / "metrics.json").read_text())
     assert metrics["self_consistency"]["rows"] == sum(1 for r in done if any(r["samples"]))
+
+
+def test_describe_then_fuse_on_vllm_shows_each_phase_its_own_stream(tmp_path, corpus,
+                                                                     tiny_omni):
+    """The chain on the real engine: the face turn's prompt holds video placeholders and no
+    audio ones, the voice turn's the audio ones only (counted in what vLLM was given), and
+    the JSON after them is valid."""
+    out = tmp_path / "chain"
+    result = runner.invoke(app, ["run", "--manifest", str(corpus), "--out", str(out), "--model",
+                                 str(tiny_omni), "--labels", LABELS, "--subset", "3",
+                                 "--template", "describe_then_fuse", "--dtype", "float32"])
+    assert result.exit_code == 0, result.output
+    table = {r["clip_id"]: r for r in rows(out)}
+    done = [r for r in table.values() if r["status"] == "ok"]
+    assert done, "the tiny model answers its guided JSON after three free turns"
+    answer_only = answer_model(description_model(LABELS.split(",")))
+    for row in done:
+        face, voice, fuse, answer = row["turns"]
+        assert (face["phase"], voice["phase"], fuse["phase"]) == ("face", "voice", "fuse")
+        assert (face["video_tokens"] > 0) == row["has_video"] and face["audio_tokens"] == 0
+        assert (voice["audio_tokens"] > 0) == row["has_audio"] and voice["video_tokens"] == 0
+        assert fuse["video_tokens"] == fuse["audio_tokens"] == answer["audio_tokens"] == 0
+        assert row["audio_tokens"] == voice["audio_tokens"]
+        answer_only.model_validate_json(row["raw_output"])  # the free turns are the reasoning
+        assert row["reasoning"].startswith("face: ") and "\n\nvoice: " in row["reasoning"]
+    assert any(r["has_video"] and r["has_audio"] for r in done)
 
 
 def test_two_phase_needs_a_template_that_reads_phase(tmp_path, corpus, tiny_omni):

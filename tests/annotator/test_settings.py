@@ -27,7 +27,7 @@ CHANGED = {  # a valid other value for every field of every settings model
     "max_model_len": 4096, "cpu_kv_cache_gib": 3, "cpu_threads": 1, "batch_size": 4,
     "faults": "latency=0",
     "max_num_seqs": 8, "batches_in_flight": 2, "tensor_parallel_size": 2,
-    "gpu_memory_utilization": 0.8,
+    "gpu_memory_utilization": 0.8, "media_cache_gib": 1.0,
     "endpoint": "http://gpu-node:8000/v1", "api_key_env": "OTHER_KEY", "send_media": "vllm",
     "structured": "none", "max_concurrency": 4, "requests_per_s": 2.0,
     "connect_timeout_s": 3.0, "read_timeout_s": 60.0, "http_retries": 2,

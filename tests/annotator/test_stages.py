@@ -30,7 +30,7 @@ def test_plan_and_prepare_produce_what_they_declare(tmp_path, clips, tiny_omni):
     prepared = prepare.prepare_batch(planned, ctx=resolved.ctx)
     assert set(prepare.STAGE.writes) <= set(prepared.column_names)
     rows = prepared.to_pylist()
-    assert rows[0]["error_kind"] is None and rows[0]["frames"] and rows[0]["answer_prompt"]
+    assert rows[0]["error_kind"] is None and rows[0]["frames"] and rows[0]["later_prompts"]
     assert rows[1]["error_kind"] == "media" and rows[1]["frames"] is None
 
 

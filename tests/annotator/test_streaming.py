@@ -91,7 +91,7 @@ def test_streamed_vllm_rows_equal_batch_generation(tmp_path, clips, tiny_omni):
                               max_tokens=48, retries=0, dtype="float32")
     worker = EngineWorker(resolved.ctx, torch_threads=1)
     names = list(rows)
-    expected = worker.engine.generate([request_for(rows[n]) for n in names])
+    expected = worker.engine.generate([request_for(rows[n], resolved.ctx) for n in names])
     halves = [names[:2], names[2:]]
     tables: dict[int, pa.Table] = {}
 

@@ -1,7 +1,7 @@
 import pytest
 
 from annotator.core.emotions import label_sets
-from prompts import PHASES, PromptError, load_template, render, shipped
+from prompts import ANSWER, ONE_PASS, Phase, PromptError, load_template, render, shipped
 
 LABELS = {**label_sets(), "open": None}
 
@@ -14,25 +14,48 @@ def context(modalities, labels, has_audio=True, phase="one-pass"):
             "phase": phase}
 
 
-@pytest.mark.parametrize("name", shipped())
+def every_phase():
+    """(template, phase) for each shipped template and each phase it renders."""
+    return [(name, phase) for name in shipped()
+            for phase in (ONE_PASS, *(p.name for p in load_template(name).phases), ANSWER)]
+
+
+@pytest.mark.parametrize(("name", "phase"), every_phase())
 @pytest.mark.parametrize("modalities", [["video", "audio"], []])
 @pytest.mark.parametrize("labels", LABELS.values(), ids=LABELS.keys())
-@pytest.mark.parametrize("phase", PHASES)
 def test_every_shipped_template_renders(name, modalities, labels, phase):
     template = load_template(name)
     text = render(template, context(modalities, labels, phase=phase))
     shown = text.split("one of:")[0].lower().replace("sadness", "")
     assert "sad" not in shown  # the manifest label is never shown
-    if labels:
+    free = phase not in (ONE_PASS, ANSWER)
+    if labels and phase in (ONE_PASS, ANSWER, template.phases[-1].name):
         assert ", ".join(labels) in text
-    # the thinking turn asks for prose; the answer turn asks for the JSON without reasoning
-    assert ("Do not write JSON yet" in text) == (phase == "think")
-    if phase == "answer":
+    # the free turns ask for prose; the answer turn asks for the JSON without reasoning
+    assert ("Do not write JSON yet" in text) == free
+    if phase == ANSWER:
         assert "JSON" in text and "reasoning" not in text.split("JSON")[1].split(".")[0]
-    else:
+    elif phase in (ONE_PASS, template.phases[0].name):
         assert "clip" in text
     assert template.two_phase
     assert template.version != "unversioned" and len(template.sha256) == 64
+
+
+def test_a_chain_of_phases_is_declared_in_the_header(tmp_path):
+    chain = load_template("describe_then_fuse")
+    assert chain.phases == (Phase("face", "video", 128), Phase("voice", "audio", 128),
+                            Phase("fuse", "text", 160))
+    bad = tmp_path / "bad.j2"
+    for header, error in [("phases=face:eyes", "MEDIA is one of video, audio, clip, text"),
+                          ("phases=face,face", "names a phase twice"),
+                          ("phases=answer", "not one-pass, think, answer"),
+                          ("phase=face", "its header has phase; it may have")]:
+        bad.write_text(f"{{#- vaemo-template name=bad version=1 {header} -#}}{{{{ phase }}}}")
+        with pytest.raises(PromptError, match=error):
+            load_template(str(bad))
+    bad.write_text("{#- vaemo-template name=bad version=1 phases=face:video -#}Same each turn")
+    with pytest.raises(PromptError, match="never reads `phase`"):
+        load_template(str(bad))
 
 
 def test_a_template_without_phases_refuses_two_phase_generation(tmp_path):
