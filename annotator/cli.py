@@ -169,6 +169,8 @@ def prompt_preview(
     model: str = typer.Option(None, help="Model folder (default: as for `run`)."),
     labels: str = typer.Option(None, help="Label set (as for `run`)."),
     generation: str = typer.Option("auto", help="auto, one-pass or two-phase (as for `run`)."),
+    label_hint: bool = typer.Option(False, help="Show the clip's label as a hint (as for "
+                                                "`run`)."),
 ) -> None:
     """Print the exact prompt the engine gets for one clip (chat template, media
     placeholders) and the JSON schema it must follow.
@@ -181,7 +183,7 @@ def prompt_preview(
 
     try:
         config = RunConfig(manifest=manifest, out=Path("."), template=template, model=model,
-                           labels=labels, generation=generation)
+                           labels=labels, generation=generation, label_hint=label_hint)
         planned, schema = preview(config, clip)
     except (ValidationError, VaemoError) as err:
         fail(err)

@@ -53,6 +53,11 @@ class RunConfig(BaseModel):
     """Label set for the primary emotion: a shipped set (crema-d, ravdess, dfew, mafw,
     mer2023), a comma-separated list, or 'open' (open vocabulary). Default: the manifest's
     labels (open vocabulary when it has none)."""
+    label_hint: bool = False
+    """Show each clip's dataset label in its first turn as a hint, as MERR, EMER and
+    MER-Caption condition their descriptions; the row records it (`label_hint`). The audit
+    never counts hinted rows in label agreement (it would be circular) and reports how often
+    they contradict their hint."""
     retries: int = Field(1, ge=0)
     """Extra attempts for a row that fails in the engine or gives invalid/truncated JSON."""
     force: bool = False

@@ -188,7 +188,7 @@ def resolve(config: RunConfig, device: str | None = None) -> Resolved:
     ctx = RunContext(
         run_id=new_run_id(), spec=spec, template=template, labels=labels, options=options,
         schema_sha256=schema_sha256(description_model(labels, template.schema)),
-        retries=config.retries)
+        retries=config.retries, label_hint=config.label_hint)
     if len(chosen):
         try_template(ctx, chosen.slice(0, 1).to_pylist()[0])
     return Resolved(config, ctx, chosen, notes)

@@ -30,7 +30,8 @@ error instead of an empty string):
               (annotator/core/schema.py `field_list`): 'face, body, ..., and summary'
               (`reasoning` is not among them: one-pass templates name it first themselves)
 The label from the manifest is in `clip.label`; shipped templates never show it, so the
-annotation is not told the answer.
+annotation is not told the answer (--label-hint adds it to the first turn as a hint, whatever
+the template).
 """
 
 from __future__ import annotations

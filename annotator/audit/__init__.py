@@ -211,10 +211,19 @@ def _validity(con: duckdb.DuckDBPyConnection) -> dict:
 
 
 def _agreement(con: duckdb.DuckDBPyConnection, labels: list[str] | None) -> dict:
+    """Agreement of the rows whose prompt did not show their label (a hinted row agreeing
+    with its hint says nothing), and how often hinted rows contradict their hint."""
     data = con.execute("""
         SELECT true_label, primary_label, description.confidence AS confidence
-        FROM audited WHERE status = 'ok' AND true_label IS NOT NULL
+        FROM audited WHERE status = 'ok' AND true_label IS NOT NULL AND label_hint IS NULL
     """).fetchnumpy()
+    hinted, contradicted = con.execute("""
+        SELECT count(*), count(*) FILTER (primary_label IS DISTINCT FROM hint_label)
+        FROM audited WHERE status = 'ok' AND label_hint IS NOT NULL""").fetchone()
+    hints = {"rows": hinted, "contradicted": contradicted,
+             "contradiction_rate": round(contradicted / hinted, 4) if hinted else None,
+             "note": "rows whose prompt showed their label (--label-hint): left out of the "
+                     "agreement above"}
     unmapped = [w for (w,) in con.execute("""
         SELECT DISTINCT description.primary_emotion FROM audited
         WHERE status = 'ok' AND primary_label IS NULL ORDER BY 1""").fetchall()]
@@ -225,15 +234,16 @@ def _agreement(con: duckdb.DuckDBPyConnection, labels: list[str] | None) -> dict
         "unmapped_predictions": unmapped,
     }
     if len(data["true_label"]) == 0:
-        return {"n": 0, "mapping": mapping,
-                "note": "no ok row has a dataset label: nothing to agree with"}
+        return {"n": 0, "mapping": mapping, "hinted": hints,
+                "note": "no ok row has a dataset label that its prompt did not show: "
+                        "nothing to agree with"}
     true = np.asarray(data["true_label"], dtype=object)
     pred = np.asarray(data["primary_label"], dtype=object)
     result = agreement.agreement(true, pred)
     correct = true == pred
     confidence = np.asarray(data["confidence"], dtype=float)
     result["calibration"] = agreement.calibration(confidence, correct)
-    result["mapping"] = mapping
+    result.update(mapping=mapping, hinted=hints)
     return result
 
 

@@ -79,7 +79,8 @@ def derived_view(con: duckdb.DuckDBPyConnection, rows: pa.Table, labels: list[st
     primaries = rows["description"].combine_chunks().field("primary_emotion").to_pylist()
     secondaries = rows["description"].combine_chunks().field("secondary_emotions").to_pylist()
     words = {w for w in primaries if w} | {w for ws in secondaries if ws for w in ws} | \
-        {w for w in rows["label"].to_pylist() if w}
+        {w for w in rows["label"].to_pylist() if w} | \
+        {w for w in rows["label_hint"].to_pylist() if w}
     words = sorted(words)  # distinct label words: a few dozen, not one per row
     mapped = label_mapping(words, labels)
     properties = emotion_properties(words)
@@ -107,7 +108,7 @@ def derived_view(con: duckdb.DuckDBPyConnection, rows: pa.Table, labels: list[st
                said(r.description.voice) AS said_voice,
                coalesce(list_transform(r.description.evidence, lambda e: e.source), [])
                    AS evidence_sources,
-               p.mapped AS primary_label, t.mapped AS true_label,
+               p.mapped AS primary_label, t.mapped AS true_label, h.mapped AS hint_label,
                p.valence AS primary_valence, p.arousal AS primary_arousal,
                coalesce(list_transform(r.description.secondary_emotions,
                                        lambda x: ({valence_map})[x]), []) AS secondary_valences,
@@ -116,7 +117,8 @@ def derived_view(con: duckdb.DuckDBPyConnection, rows: pa.Table, labels: list[st
                {shown_sql("r.cues.face")} AS shown_expressions
         FROM rows_in r
         LEFT JOIN lexicon p ON p.word = r.description.primary_emotion
-        LEFT JOIN lexicon t ON t.word = r.label;
+        LEFT JOIN lexicon t ON t.word = r.label
+        LEFT JOIN lexicon h ON h.word = r.label_hint;
         CREATE OR REPLACE TEMP VIEW audited AS
         SELECT *,
                CASE WHEN len(valid_samples) > 0 THEN

@@ -94,6 +94,7 @@ ROW_SCHEMA = pa.schema([
     ("raw_output", pa.string()),
     ("samples", pa.list_(pa.struct([description_type().field(n) for n in SAMPLE_FIELDS]))),
     MANIFEST.field("label"),
+    ("label_hint", pa.string()),  # the label its prompt showed (--label-hint), else null
     MANIFEST.field("speaker"),
     MANIFEST.field("split"),
     MANIFEST.field("dataset"),

@@ -27,6 +27,8 @@ class RunContext:
     ('auto' decided: cpu or gpu) and the JSON schema it enforces."""
     schema_sha256: str
     retries: int
+    label_hint: bool = False
+    """Each clip's dataset label is shown in its first turn (stages.prompt.HINT)."""
     chat: ChatFrames | None = None
     """The model's chat template as frames (`with_chat`: the driver's, handed to Ray tasks so
     they never load the tokenizer); None: made where a prompt is first rendered."""

@@ -11,6 +11,10 @@ from annotator.stages.context import RunContext
 from prompts import render
 from prompts.isolate import trial_render
 
+HINT = ('The dataset labels this clip "{label}". Take it as a hint, not as the answer: '
+        "describe what the clip shows and sounds like, and say so where it disagrees.")
+"""Added to a clip's first turn with --label-hint (whatever the template)."""
+
 PLANNING_COLUMNS = ("path", "audio_path", "stratum")
 """Manifest and plan columns a template's `clip` does not show (where the media are, and the
 subset's stratum)."""
@@ -41,6 +45,11 @@ def try_template(ctx: RunContext, row: dict) -> None:
                                 for phase in ctx.phase_names])
 
 
+def hinted_label(ctx: RunContext, clip: dict) -> str | None:
+    """The label a clip's prompt shows as a hint (--label-hint and a labelled clip)."""
+    return (clip.get("label") or None) if ctx.label_hint else None
+
+
 def render_prompt(ctx: RunContext, context_json: str, cues: dict | None,
                   turns: int | None = None) -> list[str]:
     """The prompt of each turn of a planned clip (`ctx.phase_names`; the first `turns` of
@@ -53,5 +62,8 @@ def render_prompt(ctx: RunContext, context_json: str, cues: dict | None,
     shapes = turn_shapes(ctx.spec, ctx.turn_media, media["has_video"], media["has_audio"])
     texts = [render(ctx.template, {**context, "phase": phase})
              for phase in ctx.phase_names[:turns]]
+    hint = hinted_label(ctx, context["clip"])
+    if hint is not None:
+        texts[0] = f"{texts[0]}\n\n{HINT.format(label=hint)}"
     frames = ctx.chat or chat_frames(ctx.spec, ctx.turn_media)
     return [frames.fill(shapes[:n], texts[:n]) for n in range(1, len(texts) + 1)]

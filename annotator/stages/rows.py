@@ -16,6 +16,7 @@ from annotator.core.schema import SCHEMA_VERSION
 from annotator.engines.contract import Generation
 from annotator.models import ModelSpec
 from annotator.stages.context import RunContext
+from annotator.stages.prompt import hinted_label
 from prompts import TWO_PHASE
 
 def generation_label(ctx: RunContext) -> str:
@@ -96,6 +97,7 @@ def build_row(row: dict, attempt: Attempt | None, judged: Judged | None, latency
         error_kind=ErrorKind(kind).value if kind else None, error=error,
         description=description, reasoning=reasoning,
         raw_output=attempt.text if attempt else None, samples=row.get("samples"),
+        label_hint=hinted_label(ctx, row),
         has_video=row["has_video"], has_audio=row["has_audio"], media_note=row["media_note"],
         num_frames=row["frames_shape"][0] if row.get("frames_shape") else 0,
         fps=row.get("fps"), duration_s=row["duration_s"],

@@ -174,3 +174,33 @@ def test_a_chain_of_phases_shows_each_turn_its_own_stream_and_keeps_every_reply(
             assert turn["text"].startswith("Thinking about clip") and turn["output_tokens"]
         assert answer["text"] is None
         assert row["num_output_tokens"] == sum(t["output_tokens"] for t in turns)
+
+
+def test_label_hints_are_shown_recorded_and_kept_out_of_agreement(corpus, tiny_omni, tmp_path):
+    """--label-hint: the label is in the first turn, on the row and in its cache key; the
+    audit leaves hinted rows out of agreement and counts those that contradict their hint."""
+    from annotator.stages.prompt import HINT
+
+    shown = runner.invoke(app, ["prompt", "preview", "--manifest", str(corpus), "--clip",
+                                "tone_220", "--model", str(tiny_omni), "--label-hint"])
+    assert shown.exit_code == 0, shown.output
+    first_turn = shown.output.split("# phase 2")[0]
+    assert HINT.split('"')[0] in first_turn and "Take it as a hint" in first_turn
+    plain, hinted = tmp_path / "plain", tmp_path / "hinted"
+    for out, extra in ((plain, []), (hinted, ["--label-hint"])):
+        annotate("--manifest", str(corpus), "--out", str(out), "--model", str(tiny_omni),
+                 "--subset", "4", *extra)
+    before, after = rows(plain), rows(hinted)
+    done = [r for r in after.values() if r["status"] == "ok"]
+    assert done
+    for row in done:
+        assert row["label_hint"] == row["label"] and before[row["clip_id"]]["label_hint"] is None
+        assert row["cache_key"] != before[row["clip_id"]]["cache_key"]
+    audited = runner.invoke(app, ["audit", str(hinted)])
+    assert audited.exit_code == 0, audited.output
+    agreement = json.loads((hinted / "audit" / "metrics.json").read_text())["agreement"]
+    assert agreement["n"] == 0  # every labelled row was hinted
+    contradicted = sum(r["description"]["primary_emotion"] != r["label"] for r in done)
+    assert agreement["hinted"] == {**agreement["hinted"], "rows": len(done),
+                                   "contradicted": contradicted}
+    assert "label hints (--label-hint)" in (hinted / "audit" / "index.html").read_text()

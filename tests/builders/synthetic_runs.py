@@ -113,7 +113,7 @@ def _row(clip_id: str, label: str, description: dict | None, cues: dict, path: s
         description=description, samples=None,
         reasoning="Step by step: the cues and the face." if ok else None,
         raw_output=json.dumps(description) if ok else '{"face": "calm and',
-        label=label, speaker="s1", split="train", dataset="synthetic", path=path,
+        label=label, label_hint=None, speaker="s1", split="train", dataset="synthetic", path=path,
         audio_path=None, has_video=True, has_audio=cues["audio"] is not None, media_note="",
         num_frames=8, fps=4.0, duration_s=3.0, media_sha256=clip_id, cues=cues,
         model="synthetic", model_revision="0", engine="none",
