@@ -41,13 +41,13 @@ from annotator.engines.wire import chat_request
 from annotator.resolve import commit_meta, resolve
 from annotator.resume import split_cached
 from annotator.stages.context import with_chat
-from annotator.stages.generate import judge, request_for
+from annotator.stages.generate import request_for
 from annotator.stages.prepare import prepare_batch
-from annotator.stages.rows import Attempt, build_row, failed_rows
+from annotator.stages.rows import Attempt, build_row, failed_rows, judge
 
 BLOCK = 64
 """Clips prepared at a time (their frames and audio are in memory until written)."""
-MEDIA = ("frames", "audio", "prompt", "later_prompts", "context_json")
+MEDIA = ("frames", "audio", "prompt", "later_prompts", "turn_texts", "context_json")
 """Prepared columns the kept plan leaves out: the request file holds them."""
 URL = "/v1/chat/completions"
 

@@ -91,6 +91,12 @@ class SamplingSettings(BaseModel):
     samples: int = Field(1, ge=1, le=16)
     """Descriptions per clip (needs --temperature > 0): the extra ones are kept in the
     `samples` column, and the audit measures how much they agree."""
+    refine: int = Field(0, ge=0, le=4)
+    """Refinement rounds: once a clip's JSON is valid, the audit's rules that one row can be
+    checked against (those with a `refine` message in rules.toml: a claim against the
+    measured cues, a label against its valence) run at once; when one fires, the clip gets
+    a turn that quotes it with the measured values and asks for a corrected JSON, at most
+    this many times. Every round is kept (`refinements`)."""
 
     @model_validator(mode="after")
     def _samples(self) -> SamplingSettings:
@@ -171,7 +177,9 @@ class EngineSettings(BaseModel):
     """--engine fake only: injected faults, e.g. 'invalid=0.2,truncate=0.1,error=0.1,
     crash=0.01,latency=0.05' (rates per attempt; crash ends the engine process; broken=1: the
     engine cannot start; latency in seconds per request; drop_audio: a clip's audio never
-    reaches the model, as with an engine that silently drops it)."""
+    reaches the model, as with an engine that silently drops it; ungrounded: an answer
+    claims a smile and a shouting voice whatever the clip shows, per clip and refinement
+    round)."""
 
     @field_validator("faults")
     @classmethod
@@ -295,7 +303,8 @@ def parse_price(spec: str) -> tuple[float, float]:
     return prompt, output
 
 
-FAULTS = ("invalid", "truncate", "error", "crash", "broken", "latency", "drop_audio")
+FAULTS = ("invalid", "truncate", "error", "crash", "broken", "latency", "drop_audio",
+          "ungrounded")
 
 
 def parse_faults(spec: str) -> dict[str, float]:

@@ -74,6 +74,7 @@ def audit(config: AuditConfig) -> dict:
         "richness": redundancy.richness(con),
         "self_consistency": _self_consistency(con),
         "expressions": _expressions(con),
+        "refinement": _refinement(con, rule_list),
     }
     metrics["trust"] = _trust(flags, metrics["agreement"])
     clean = pc.is_in(flags["trust"], pa.array(KEPT[config.keep]))
@@ -245,6 +246,35 @@ def _agreement(con: duckdb.DuckDBPyConnection, labels: list[str] | None) -> dict
     result["calibration"] = agreement.calibration(confidence, correct)
     result.update(mapping=mapping, hinted=hints)
     return result
+
+
+def _refinement(con: duckdb.DuckDBPyConnection, rule_list: list[rules.Rule]) -> dict:
+    """With `run --refine N`: the rows the gate sent back, their rounds, the rules that
+    fired on their first answer and those that still fire on the answer kept."""
+    refined, rounds = con.execute("""
+        SELECT count(*), coalesce(sum(len(refinements)), 0) FROM audited
+        WHERE status = 'ok' AND refinements IS NOT NULL""").fetchall()[0]
+    if not refined:
+        return {"rows": 0, "note": "no row was sent back (run --refine N)"}
+    before = dict(con.execute("""
+        SELECT rule, count(*) FROM (SELECT unnest(refinements[1].fired) AS rule FROM audited
+                                    WHERE status = 'ok' AND refinements IS NOT NULL)
+        GROUP BY rule ORDER BY rule""").fetchall())
+    gated = [r.name for r in rule_list if r.exclude and r.refine]
+    after = {}
+    for name in gated:
+        (count,) = con.execute(f"""
+            SELECT count(*) FROM audited a JOIN rule_hits h USING (row_id)
+            WHERE a.status = 'ok' AND a.refinements IS NOT NULL
+              AND h.{name} IS NOT NULL""").fetchall()[0]
+        if count:
+            after[name] = count
+    still = " OR ".join(f"h.{n} IS NOT NULL" for n in gated) or "false"
+    (flagged,) = con.execute(f"""
+        SELECT count(*) FROM audited a JOIN rule_hits h USING (row_id)
+        WHERE a.status = 'ok' AND a.refinements IS NOT NULL AND ({still})""").fetchall()[0]
+    return {"rows": refined, "rounds": rounds, "fired_before": before, "fired_after": after,
+            "rows_still_flagged": flagged}
 
 
 def _self_consistency(con: duckdb.DuckDBPyConnection) -> dict:

@@ -34,6 +34,20 @@ class Rule:
     where: str
     values: tuple[str, ...] = ()
     exclude: bool = True
+    refine: str = ""
+    """What `run --refine` tells the model when the rule fires ({value} as measured)."""
+
+    def told(self, values: dict) -> str:
+        """The refine message with the row's measured values in place."""
+        return re.sub(r"\{([\w.]+)\}", lambda m: _shown(values.get(m.group(1))), self.refine)
+
+
+def _shown(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    if isinstance(value, list):
+        return ", ".join(map(str, value)) or "none"
+    return "none" if value is None else str(value)
 
 
 def load_rules(path: str | Path | None = None) -> list[Rule]:
@@ -67,7 +81,8 @@ def load_rules(path: str | Path | None = None) -> list[Rule]:
         seen.add(raw["name"])
         rules.append(Rule(raw["name"], raw.get("about", ""),
                           re.sub(r"\{(\w+)\}", expand, raw["where"]),
-                          tuple(raw.get("values", ())), bool(raw.get("exclude", True))))
+                          tuple(raw.get("values", ())), bool(raw.get("exclude", True)),
+                          raw.get("refine", "")))
     if not rules:
         raise RulesError(f"rules file {origin} has no [[rule]] entries")
     return rules

@@ -80,9 +80,18 @@ TURNS_TYPE = pa.list_(pa.struct([
     ("phase", pa.string()), ("text", pa.string()), ("output_tokens", pa.int32()),
     ("video_tokens", pa.int32()), ("audio_tokens", pa.int32())]))
 """`turns`: each engine turn of the row's answer, in order: its phase (one-pass; think or
-a template's phases, then answer), the free text it wrote (null for the JSON turn, which is
-`raw_output`), its output tokens and the video and audio placeholder tokens its prompt added
-to the turns before (a phase that shows only the frames adds no audio tokens)."""
+a template's phases, then answer, then refine1, refine2, ...), the free text it wrote (null
+for a JSON turn: `raw_output` is the one kept), its output tokens and the video and audio
+placeholder tokens its prompt added to the turns before (a phase that shows only the frames
+adds no audio tokens)."""
+
+REFINEMENTS_TYPE = pa.list_(pa.struct([
+    ("round", pa.int32()), ("fired", pa.list_(pa.string())), ("told", pa.string()),
+    ("valid", pa.bool_()), ("changed", pa.list_(pa.string())), ("error", pa.string())]))
+"""`refinements` (run --refine N): each round the gate sent the answer back: the rules that
+fired, what the model was told, whether its corrected JSON was valid (an invalid one is
+dropped and the answer before it kept), the description fields it changed; null when no
+rule fired (or without --refine)."""
 
 ROW_SCHEMA = pa.schema([
     MANIFEST.field("clip_id"),
@@ -125,6 +134,7 @@ ROW_SCHEMA = pa.schema([
     ("video_tokens", pa.int32()),
     ("audio_tokens", pa.int32()),
     ("turns", TURNS_TYPE),
+    ("refinements", REFINEMENTS_TYPE),
     ("finish_reason", pa.string()),
     ("latency_s", pa.float64()),
     ("attempts", pa.int32()),

@@ -21,7 +21,11 @@ from annotator.core.media import SAMPLE_RATE
 from annotator.engines.contract import EngineOptions, Generation, Request, step_queued
 from annotator.models import ModelSpec
 from annotator.settings import parse_faults
+from prompts.refine import REFINE_INTRO
 
+UNGROUNDED = {"face": "A broad smile lifts the lip corners.",
+              "voice": "A loud, shouting voice."}
+"""What the `ungrounded` fault makes an answer claim, whatever the clip shows."""
 TOKEN = re.compile(r"\w+|[^\w\s]")
 """The fake's tokens: words and punctuation marks, about what a BPE tokenizer makes of JSON."""
 
@@ -75,8 +79,12 @@ class FakeEngine:
                               prompt_token_ids=prompt_ids)
         if self._unit(attempt, "invalid") < self.faults.get("invalid", 0.0):
             return _generation('{"face": "unterminated', prompt_ids, budget)
-        text = json.dumps(instance(self.options.schema, self._seed(request.prompt)),
-                          separators=(",", ":"))
+        answer = instance(self.options.schema, self._seed(request.prompt))
+        rounds = request.prompt.count(REFINE_INTRO)  # refinement turns so far
+        if "face" in answer and self._unit(f"{request.clip_id}:{rounds}", "ungrounded") \
+                < self.faults.get("ungrounded", 0.0):
+            answer.update(face=UNGROUNDED["face"], voice=UNGROUNDED["voice"])
+        text = json.dumps(answer, separators=(",", ":"))
         if self._unit(attempt, "truncate") < self.faults.get("truncate", 0.0):
             budget = max(1, len(TOKEN.findall(text)) // 2)
         return _generation(text, prompt_ids, budget)

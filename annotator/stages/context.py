@@ -81,9 +81,10 @@ class RunContext:
 
     @property
     def turn_media(self) -> tuple[str, ...]:
-        """What each turn asks to show the model first (chat.turn_shapes); the JSON turn
-        shows nothing new."""
-        return (*(p.media for p in self.free_phases), "text") if self.two_phase else ("clip",)
+        """What each turn asks to show the model first (chat.turn_shapes): the free turns',
+        then the JSON turn and each refinement turn, which show nothing new."""
+        free = tuple(p.media for p in self.free_phases)
+        return (*free, "text" if free else "clip", *("text",) * self.sampling.refine)
 
 
 def with_chat(ctx: RunContext) -> RunContext:

@@ -30,22 +30,29 @@ from annotator.chat import shown_until, turn_shapes, with_replies
 from annotator.engines.factory import create_engine
 from annotator.engines.contract import Generation, Request
 from annotator.core.files import write_text
-from annotator.core.schema import enforced_model, parse_description
+from annotator.core.schema import enforced_model
 from annotator.stages import StageSpec
 from annotator.stages.context import RunContext
+from annotator.stages.gate import Gate, changed_fields
+from annotator.stages.prompt import chat_prompt
 from annotator.stages.prepare import ray_node
-from annotator.stages.rows import Attempt, Judged, build_row
+from annotator.stages.rows import Attempt, Judged, build_row, judge
 from annotator.core.rows import KNOWN_COLUMNS, ROW_SCHEMA, SAMPLE_FIELDS, ErrorKind
+from prompts.refine import refine_text
 
 
 MAX_BUDGET_GROWTH = 4
 """A truncated answer is retried with twice its budget, up to this multiple of --max-tokens."""
+REFINING = -1
+"""Marks a request in flight as a refinement round (where an extra sample has its index)."""
 
 
-def request_for(row: dict, ctx: RunContext, replies: Sequence[Generation] = ()) -> Request:
+def request_for(row: dict, ctx: RunContext, replies: Sequence[Generation] = (),
+                texts: Sequence[str] = ()) -> Request:
     """The engine request of a prepared clip's next turn (the first, or the one after
     `replies`): its prompt with the replies so far in their slots, the media its turns have
-    shown so far, and for a free turn its budget, unguided."""
+    shown so far, and for a free turn its budget, unguided. A turn past the prepared ones
+    (a refinement) is made from the user `texts` of every turn so far."""
     turn = len(replies)
     shapes = turn_shapes(ctx.spec, ctx.turn_media, row["has_video"], row["has_audio"])
     video, audio, audio_in_video = shown_until(shapes, turn)
@@ -54,7 +61,9 @@ def request_for(row: dict, ctx: RunContext, replies: Sequence[Generation] = ()) 
         frames = np.frombuffer(row["frames"], np.uint8).reshape(row["frames_shape"])
     if audio and row["audio"] is not None:
         wave = np.frombuffer(row["audio"], np.float32)
-    prompt = [row["prompt"], *(row["later_prompts"] or [])][turn]
+    prepared = [row["prompt"], *(row["later_prompts"] or [])]
+    prompt = prepared[turn] if turn < len(prepared) else \
+        chat_prompt(ctx, row["has_video"], row["has_audio"], list(texts[:turn + 1]))
     if replies:  # the model's own replies go back in as its turns
         prompt = with_replies(ctx.spec, prompt, [r.text.strip() for r in replies])
     request = Request(row["clip_id"], prompt, frames, row["fps"], wave,
@@ -63,29 +72,6 @@ def request_for(row: dict, ctx: RunContext, replies: Sequence[Generation] = ()) 
         request.guided = False
         request.max_tokens = ctx.free_phases[turn].max_tokens or ctx.sampling.think_tokens
     return request
-
-
-def judge(attempt: Attempt, model, phases: Sequence[str] = ()) -> Judged:
-    """(error_kind, error, description) for one attempt; `model` validates the JSON answer
-    (without `reasoning` in generation in turns, where the free turns, named `phases`, are
-    the reasoning)."""
-    for gen in (*attempt.replies, attempt.answer):
-        if gen.error:
-            return ErrorKind.ENGINE, gen.error, None
-    gen = attempt.answer
-    if gen.finish_reason == "length":
-        return (ErrorKind.TRUNCATED, f"hit the output budget ({gen.num_output_tokens} tokens)",
-                None)
-    parsed, reason = parse_description(model, gen.text)
-    if parsed is None:
-        return ErrorKind.INVALID_OUTPUT, reason, None
-    if attempt.replies:
-        for name, reply in zip(phases, attempt.replies):
-            if len(reply.text.strip()) < 8:
-                return (ErrorKind.INVALID_OUTPUT,
-                        f"reasoning: the reply to phase {name!r} was empty", None)
-        parsed = {"reasoning": attempt.reasoning(phases), **parsed}
-    return None, None, parsed
 
 
 @dataclass
@@ -113,6 +99,12 @@ class Clip:
     samples: list = field(default_factory=list)
     waiting: int = 0
     """Extra samples still being generated."""
+    kept: tuple | None = None
+    """(Attempt, Judged) of its last valid answer, while the gate refines it."""
+    answers: list = field(default_factory=list)
+    """Every JSON turn of its refinement (the first answer, then each round's)."""
+    rounds: list = field(default_factory=list)
+    """The refinement rounds so far (core.rows.REFINEMENTS_TYPE)."""
 
     @property
     def row(self) -> dict:
@@ -127,6 +119,9 @@ class Scheduler:
         self.inflight: dict[str, tuple[Clip, int | None, object]] = {}
         self.batches: dict[int, tuple[Batch, list[Clip]]] = {}
         self.keys = itertools.count()
+        self.gate = Gate(ctx.labels) if ctx.sampling.refine else None
+        self.to_check: list[Clip] = []
+        """Clips whose valid answer waits for the gate (checked once per engine step)."""
 
     def add(self, batch: Batch) -> None:
         clips = [Clip(i, batch, self.ctx.sampling.max_tokens)
@@ -143,6 +138,9 @@ class Scheduler:
         if found is None:  # a request of a batch that already failed
             return
         clip, sample, replies = found
+        if sample == REFINING:
+            self._refined(clip, generation)
+            return
         if not generation.error and len(replies) < len(self.ctx.free_phases):
             self._submit(clip, sample, (*replies, generation))  # a free turn just ended
             return
@@ -187,6 +185,59 @@ class Scheduler:
                                   MAX_BUDGET_GROWTH * self.ctx.sampling.max_tokens)
             self._attempt(clip)
             return
+        if kind is None and self.gate is not None:
+            clip.kept, clip.answers = (attempt, judged), [attempt.answer]
+            self.to_check.append(clip)
+            return
+        self._keep(clip, attempt, judged)
+
+    def check(self) -> None:
+        """The gate on every clip that got a valid answer since the last step: a clip on
+        which a rule fires gets a refinement turn (at most --refine of them), the others
+        are kept as they are."""
+        if not self.to_check:
+            return
+        clips, self.to_check = self.to_check, []
+        rows = [build_row(c.row, *c.kept, 0.0, c.attempts, self.ctx) for c in clips]
+        for clip, fired in zip(clips, self.gate.check(rows)):
+            if not fired:
+                self._keep(clip, *clip.kept)
+                continue
+            told = refine_text(list(fired.values()))
+            clip.rounds.append({"round": len(clip.rounds) + 1, "fired": sorted(fired),
+                                "told": told, "valid": None, "changed": None, "error": None})
+            attempt = clip.kept[0]
+            replies = (*attempt.replies, *clip.answers)
+            texts = [*clip.row["turn_texts"], *(r["told"] for r in clip.rounds)]
+            request = request_for(clip.row, self.ctx, replies, texts)
+            request.max_tokens = clip.budget
+            key = f"{clip.row['clip_id']}#{next(self.keys)}"
+            self.inflight[key] = (clip, REFINING, replies)
+            self.engine.submit(key, request)
+
+    def _refined(self, clip: Clip, generation: Generation) -> None:
+        """A refinement's JSON: kept when valid (and checked again while rounds are left),
+        dropped for the answer before it when not."""
+        before, (_, _, previous) = clip.kept
+        clip.answers.append(generation)
+        attempt = Attempt(generation, before.replies)
+        judged = judge(attempt, self.model, self.ctx.phase_names)
+        last = clip.rounds[-1]
+        if judged[0] is None:
+            last.update(valid=True, changed=changed_fields(previous, judged[2]))
+            clip.kept = (attempt, judged)
+            if len(clip.rounds) < self.ctx.sampling.refine:
+                self.to_check.append(clip)
+                return
+        else:
+            last.update(valid=False, error=judged[1])
+        self._keep(clip, *clip.kept)
+
+    def _keep(self, clip: Clip, attempt: Attempt, judged: Judged) -> None:
+        """The clip's answer is final: its extra samples next, if any, else it is done."""
+        kind = judged[0]
+        if clip.rounds:  # the row shows every JSON turn and every round
+            attempt = Attempt(attempt.answer, attempt.replies, clip.answers, clip.rounds)
         clip.result = (attempt, judged, time.perf_counter() - clip.started)
         extra = self.ctx.sampling.samples - 1
         if kind is None and extra > 0:
@@ -305,6 +356,7 @@ class EngineWorker:
                 stepped = time.perf_counter()
                 for key, generation in self.engine.step():
                     self.scheduler.finished(key, generation)
+                self.scheduler.check()
                 timing["busy_s"] += time.perf_counter() - stepped
                 timing["steps"] += 1
             except Exception as err:  # noqa: BLE001 - every waiting batch is told
@@ -319,7 +371,8 @@ class EngineWorker:
 STAGE = StageSpec(
     fn=EngineWorker, name="generate",
     reads=(*KNOWN_COLUMNS, "frames", "frames_shape", "fps", "audio", "prompt",
-           "later_prompts", "error_kind", "error", "cues", "prompt_sha256", "cache_key",
-           "media_sha256", "has_video", "has_audio", "media_note", "duration_s", "prepared_on"),
+           "later_prompts", "turn_texts", "error_kind", "error", "cues", "prompt_sha256",
+           "cache_key", "media_sha256", "has_video", "has_audio", "media_note", "duration_s",
+           "prepared_on"),
     writes=tuple(ROW_SCHEMA.names))
 """One actor per engine; the driver sets its resources and batch size from EngineSettings."""

@@ -23,7 +23,7 @@ from annotator.core.media import media_sha256, probe
 from annotator.core.rows import MANIFEST, ErrorKind
 from annotator.stages import StageSpec
 from annotator.stages.context import RunContext
-from annotator.stages.prompt import render_prompt, template_clip
+from annotator.stages.prompt import chat_prompt, render_texts, template_clip
 
 
 PLAN_SCHEMA = pa.schema([
@@ -89,7 +89,8 @@ def plan_clip(row: dict, ctx: RunContext) -> dict:
     out["context_json"] = json.dumps({"clip": clip, "media": media}, sort_keys=True,
                                       default=str)
     try:
-        prompt = render_prompt(ctx, out["context_json"], None, turns=1)[0]
+        prompt = chat_prompt(ctx, info.has_video, info.has_audio,
+                             render_texts(ctx, out["context_json"], None, turns=1))
     except PromptError as err:
         out.update(error_kind=ErrorKind.PROMPT.value, error=str(err))
         prompt = ""

@@ -20,12 +20,13 @@ from annotator.core.media import MediaInfo, decode
 from annotator.core.rows import ErrorKind
 from annotator.stages import StageSpec
 from annotator.stages.context import RunContext
-from annotator.stages.prompt import render_prompt
+from annotator.stages.prompt import chat_prompt, render_texts
 
 OUTPUT_TYPES = {
     "frames": pa.binary(), "frames_shape": pa.list_(pa.int32()), "fps": pa.float64(),
     "audio": pa.binary(), "cues": cues.arrow_type(), "prompt": pa.string(),
-    "later_prompts": pa.list_(pa.string()), "prompt_sha256": pa.string(), "error_kind": pa.string(),
+    "later_prompts": pa.list_(pa.string()), "turn_texts": pa.list_(pa.string()),
+    "prompt_sha256": pa.string(), "error_kind": pa.string(),
     "error": pa.string(), "prepared_on": pa.string(),
 }
 
@@ -62,7 +63,7 @@ def _prepare(batch: pa.Table, ctx: RunContext, node: str) -> pa.Table:
     out: dict[str, list] = {k: [] for k in OUTPUT_TYPES}
     for row in batch.to_pylist():
         kind, error, clip, measured = row["error_kind"], row["error"], None, None
-        prompt, later = "", []
+        prompt, later, texts = "", [], []
         if kind is None:
             try:
                 probed = MediaInfo(row["has_video"], row["has_audio"], row["duration_s"] or 0.0,
@@ -72,7 +73,9 @@ def _prepare(batch: pa.Table, ctx: RunContext, node: str) -> pa.Table:
                               info=probed)
                 measured = cues.measure(clip.frames, clip.audio)
                 listed = cues.for_template(measured)
-                prompt, *later = render_prompt(ctx, row["context_json"], listed)
+                texts = render_texts(ctx, row["context_json"], listed)
+                prompt, *later = [chat_prompt(ctx, row["has_video"], row["has_audio"],
+                                              texts[:n]) for n in range(1, len(texts) + 1)]
             except MediaError as err:
                 kind, error = ErrorKind.MEDIA.value, str(err)
             except PromptError as err:
@@ -90,6 +93,7 @@ def _prepare(batch: pa.Table, ctx: RunContext, node: str) -> pa.Table:
         out["cues"].append(measured)
         out["prompt"].append(prompt)
         out["later_prompts"].append(later)
+        out["turn_texts"].append(texts)
         out["prompt_sha256"].append(hashlib.sha256(prompt.encode()).hexdigest() if prompt
                                     else row["prompt_sha256"])
         out["error_kind"].append(kind)

@@ -50,20 +50,24 @@ def hinted_label(ctx: RunContext, clip: dict) -> str | None:
     return (clip.get("label") or None) if ctx.label_hint else None
 
 
-def render_prompt(ctx: RunContext, context_json: str, cues: dict | None,
-                  turns: int | None = None) -> list[str]:
-    """The prompt of each turn of a planned clip (`ctx.phase_names`; the first `turns` of
-    them), with measured cues once they exist: one in one-pass; in turns, each later prompt
-    holds the earlier turns and the model's replies to them as slots (chat.with_replies).
-    The chat frames are the context's (the driver's), else made once in this process from
-    the tokenizer."""
+def render_texts(ctx: RunContext, context_json: str, cues: dict | None,
+                 turns: int | None = None) -> list[str]:
+    """The user text of each turn of a planned clip (`ctx.phase_names`; the first `turns` of
+    them), with measured cues once they exist (and the label hint in the first)."""
     context = _template_context(ctx, json.loads(context_json), cues)
-    media = context["media"]
-    shapes = turn_shapes(ctx.spec, ctx.turn_media, media["has_video"], media["has_audio"])
     texts = [render(ctx.template, {**context, "phase": phase})
              for phase in ctx.phase_names[:turns]]
     hint = hinted_label(ctx, context["clip"])
     if hint is not None:
         texts[0] = f"{texts[0]}\n\n{HINT.format(label=hint)}"
+    return texts
+
+
+def chat_prompt(ctx: RunContext, has_video: bool, has_audio: bool, texts: list[str]) -> str:
+    """The prompt of the turn after `texts` (the user turns so far): the model's earlier
+    replies are slots (chat.with_replies). The chat frames are the context's (the
+    driver's), else made once in this process from the tokenizer."""
+    shapes = turn_shapes(ctx.spec, ctx.turn_media, has_video, has_audio)
     frames = ctx.chat or chat_frames(ctx.spec, ctx.turn_media)
-    return [frames.fill(shapes[:n], texts[:n]) for n in range(1, len(texts) + 1)]
+    return frames.fill(shapes[:len(texts)], texts)
+

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 import pyarrow as pa
 
 from annotator.core.rows import KNOWN_COLUMNS, ROW_SCHEMA, ErrorKind, RowStatus, make_row
-from annotator.core.schema import SCHEMA_VERSION
+from annotator.core.schema import SCHEMA_VERSION, parse_description
 from annotator.engines.contract import Generation
 from annotator.models import ModelSpec
 from annotator.stages.context import RunContext
@@ -29,19 +29,28 @@ def generation_label(ctx: RunContext) -> str:
 
 
 class Attempt:
-    """What the engine made of one clip: the JSON answer, and in generation in turns the
-    replies to the free turns that came before it."""
+    """What the engine made of one clip: the JSON answer kept, in generation in turns the
+    replies to the free turns that came before it, and with --refine every JSON turn
+    (`answers`: the first answer, then each refinement's) and the rounds that asked for
+    them."""
 
-    def __init__(self, answer: Generation, replies: Sequence[Generation] = ()):
+    def __init__(self, answer: Generation, replies: Sequence[Generation] = (),
+                 answers: Sequence[Generation] = (), rounds: Sequence[dict] = ()):
         self.answer, self.replies = answer, tuple(replies)
+        self.answers, self.rounds = tuple(answers) or (answer,), list(rounds)
 
     @property
     def text(self) -> str:
         return self.answer.text
 
     @property
+    def generations(self) -> tuple[Generation, ...]:
+        """Every engine turn, in order."""
+        return (*self.replies, *self.answers)
+
+    @property
     def output_tokens(self) -> int:
-        return sum(g.num_output_tokens for g in (*self.replies, self.answer))
+        return sum(g.num_output_tokens for g in self.generations)
 
     def reasoning(self, phases: Sequence[str]) -> str:
         """The free turns' replies as the description's reasoning: a thought as it is, a
@@ -57,7 +66,7 @@ class Attempt:
         model)."""
         counted, before = dict(spec.media_token_ids), {}
         turns = []
-        for gen in (*self.replies, self.answer):
+        for gen in self.generations:
             ids = gen.prompt_token_ids
             now = {m: ids.count(counted[m]) if ids and m in counted else None
                    for m in ("video", "audio")}
@@ -69,15 +78,39 @@ class Attempt:
     def turns(self, spec: ModelSpec, phases: Sequence[str]) -> list[dict]:
         """The `turns` column: each turn's phase, free text, output tokens and the media
         tokens it added."""
-        texts = [r.text for r in self.replies] + [None]
+        names = [*phases, *(f"refine{n}" for n in range(1, len(self.answers)))]
+        texts = [r.text for r in self.replies] + [None] * len(self.answers)
         return [{"phase": name, "text": text, "output_tokens": gen.num_output_tokens,
                  "video_tokens": media["video"], "audio_tokens": media["audio"]}
-                for name, text, gen, media in zip(phases, texts, (*self.replies, self.answer),
+                for name, text, gen, media in zip(names, texts, self.generations,
                                                   self.media_tokens(spec))]
 
 
 Judged = tuple[ErrorKind | None, str | None, dict | None]
 """(error kind, error, description) of an attempt."""
+
+
+def judge(attempt: Attempt, model, phases: Sequence[str] = ()) -> Judged:
+    """(error_kind, error, description) for one attempt; `model` validates the JSON answer
+    (without `reasoning` in generation in turns, where the free turns, named `phases`, are
+    the reasoning)."""
+    for gen in (*attempt.replies, attempt.answer):
+        if gen.error:
+            return ErrorKind.ENGINE, gen.error, None
+    gen = attempt.answer
+    if gen.finish_reason == "length":
+        return (ErrorKind.TRUNCATED, f"hit the output budget ({gen.num_output_tokens} tokens)",
+                None)
+    parsed, reason = parse_description(model, gen.text)
+    if parsed is None:
+        return ErrorKind.INVALID_OUTPUT, reason, None
+    if attempt.replies:
+        for name, reply in zip(phases, attempt.replies):
+            if len(reply.text.strip()) < 8:
+                return (ErrorKind.INVALID_OUTPUT,
+                        f"reasoning: the reply to phase {name!r} was empty", None)
+        parsed = {"reasoning": attempt.reasoning(phases), **parsed}
+    return None, None, parsed
 
 
 def build_row(row: dict, attempt: Attempt | None, judged: Judged | None, latency: float,
@@ -111,6 +144,7 @@ def build_row(row: dict, attempt: Attempt | None, judged: Judged | None, latency
         num_output_tokens=attempt.output_tokens if attempt else 0,
         video_tokens=media["video"], audio_tokens=media["audio"],
         turns=attempt.turns(ctx.spec, ctx.phase_names) if attempt else None,
+        refinements=(attempt.rounds or None) if attempt else None,
         finish_reason=attempt.answer.finish_reason if attempt else None,
         latency_s=latency, attempts=max(attempts, 1),
         sent=attempt.answer.sent if attempt else None,

@@ -204,3 +204,57 @@ def test_label_hints_are_shown_recorded_and_kept_out_of_agreement(corpus, tiny_o
     assert agreement["hinted"] == {**agreement["hinted"], "rows": len(done),
                                    "contradicted": contradicted}
     assert "label hints (--label-hint)" in (hinted / "audit" / "index.html").read_text()
+
+
+def test_the_gate_sends_back_exactly_the_ungrounded_answers_and_keeps_every_round(
+        corpus, tiny_omni, tmp_path):
+    """--refine 2 on answers that claim a smile and shouting whatever the clip shows (the
+    fake's `ungrounded` fault, drawn per clip and round; a refinement turn is its scripted
+    correction unless drawn again): the clips whose first answer a gate rule fires on, and
+    only they, get refinement turns, at most two, every round kept; the others' rows are
+    the same as without the gate; the audit excludes fewer rows."""
+    import pyarrow.parquet as pq
+
+    from annotator.audit.rules import load_rules
+    from prompts.refine import REFINE_INTRO
+
+    gated_rules = {r.name for r in load_rules() if r.exclude and r.refine}
+    runs = {}
+    for refine in ("0", "2"):
+        out = tmp_path / f"refine{refine}"
+        annotate("--manifest", str(corpus), "--out", str(out), "--model", str(tiny_omni),
+                 "--faults", "ungrounded=0.6", "--refine", refine)
+        audited = runner.invoke(app, ["audit", str(out)])
+        assert audited.exit_code == 0, audited.output
+        flags = {r["clip_id"]: set(r["flags"]) for r in pq.read_table(
+            out / "audit" / "flags.parquet").to_pylist()}
+        metrics = json.loads((out / "audit" / "metrics.json").read_text())
+        runs[refine] = (rows(out), flags, metrics)
+    (plain, plain_flags, plain_metrics), (gated, gated_flags, metrics) = runs["0"], runs["2"]
+    expected = {c for c, r in plain.items()
+                if r["status"] == "ok" and plain_flags[c] & gated_rules}
+    sent_back = {c for c, r in gated.items() if r["refinements"]}
+    assert expected and sent_back == expected
+    for clip_id, row in gated.items():
+        if clip_id not in sent_back:
+            assert row["description"] == plain[clip_id]["description"]
+            assert row["refinements"] is None
+            continue
+        rounds = row["refinements"]
+        assert 1 <= len(rounds) <= 2 and [r["round"] for r in rounds] == [1, 2][:len(rounds)]
+        assert set(rounds[0]["fired"]) == plain_flags[clip_id] & gated_rules
+        for r in rounds:
+            assert set(r["fired"]) <= gated_rules and r["told"].startswith(REFINE_INTRO)
+            assert r["valid"] and r["changed"]
+        if len(rounds) < 2:  # the gate passed the kept answer, and so does the audit
+            assert not gated_flags[clip_id] & gated_rules
+            assert row["description"]["face"] != plain[clip_id]["description"]["face"]
+        phases = [t["phase"] for t in row["turns"]]
+        assert phases[-len(rounds) - 1:] == ["answer"] + [f"refine{n}" for n in
+                                                          range(1, len(rounds) + 1)]
+    assert any(len(gated[c]["refinements"]) == 2 for c in sent_back)  # the cap reached
+    assert metrics["refinement"]["rows"] == len(sent_back)
+    assert metrics["refinement"]["rounds"] == sum(len(gated[c]["refinements"])
+                                                  for c in sent_back)
+    assert metrics["clean"]["excluded_ok_rows"] < plain_metrics["clean"]["excluded_ok_rows"]
+    assert plain_metrics["refinement"]["rows"] == 0

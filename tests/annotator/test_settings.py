@@ -22,6 +22,7 @@ CHANGED = {  # a valid other value for every field of every settings model
     "max_pixels": 28 * 28 * 128,
     "temperature": 0.7, "top_p": 0.9, "max_tokens": 1024, "seed": 3,
     "repetition_penalty": 1.1, "generation": "one-pass", "think_tokens": 256, "samples": 3,
+    "refine": 2,
     "engine": "vllm", "device": "cpu", "ray_address": "auto",
     "dtype": "float32" if cpu_dtype() == "bfloat16" else "bfloat16",  # not what auto picks here
     "max_model_len": 4096, "cpu_kv_cache_gib": 3, "cpu_threads": 1, "batch_size": 4,

@@ -124,7 +124,7 @@ def _row(clip_id: str, label: str, description: dict | None, cues: dict, path: s
         audio_tokens=75 if cues["audio"] is not None else 0,
         turns=[{"phase": "one-pass", "text": None, "output_tokens": 300 if ok else 2048,
                 "video_tokens": 128, "audio_tokens": 75 if cues["audio"] is not None else 0}],
-        finish_reason="stop" if ok else "length",
+        refinements=None, finish_reason="stop" if ok else "length",
         latency_s=1.0, attempts=1, sent=None, run_id="synthetic", created_at=datetime.now(UTC))
 
 
