@@ -48,7 +48,8 @@ class RunConfig(BaseModel):
     served model, the version you vouch for (it is in the cache key; nothing can hash it)."""
     template: str = "auto"
     """Prompt template: a shipped name, a path to a .j2 file, or 'auto' (describe_av for
-    video/audio models, describe_text for text-only models)."""
+    video/audio models; describe_then_fuse for text-only models: on SmolLM2 its labels
+    follow the measured face where describe_text's were one label for every clip)."""
     labels: str | None = None
     """Label set for the primary emotion: a shipped set (crema-d, ravdess, dfew, mafw,
     mer2023), a comma-separated list, or 'open' (open vocabulary). Default: the manifest's

@@ -172,7 +172,7 @@ def resolve(config: RunConfig, device: str | None = None) -> Resolved:
                      f"{config.manifest} has {len(manifest)}: all {len(manifest)} are selected")
     spec = model_spec(config, device)
     template = load_template(config.template if config.template != "auto" else
-                             "describe_av" if spec.modalities else "describe_text")
+                             "describe_av" if spec.modalities else "describe_then_fuse")
     if config.sampling.generation == "two-phase":
         require_two_phase(template)
     sampling = config.sampling.resolved(template.two_phase)

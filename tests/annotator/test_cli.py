@@ -71,7 +71,7 @@ def test_help_examples_run(tmp_path, monkeypatch, clips):
             assert "Qwen/Qwen2.5-Omni-7B" in result.output and "describe_av" in result.output
             continue
         assert "SmolLM2-135M-Instruct" in result.output  # the shipped CPU default
-        assert "describe_text@3" in result.output
+        assert "describe_then_fuse@2" in result.output
 
 
 @pytest.mark.parametrize("columns", [None, "60"])

@@ -24,13 +24,14 @@ def test_cpu_default_rows_are_valid_or_typed_failures(tmp_path, clips):
     assert result.exit_code == 0, result.output
     rows = Store(tmp_path / "out").read().to_pylist()
     assert len(rows) == 2
-    # the default generation is two-phase: the free thought is the reasoning, the guided
-    # answer holds the rest
+    # the default for a text model is describe_then_fuse: its free turns are the reasoning,
+    # the guided answer holds the rest
     answer = answer_model(description_model(label_sets()["crema-d"]))
     for row in rows:
-        assert row["model"] == "SmolLM2-135M-Instruct" and row["template"] == "describe_text@3"
+        assert row["model"] == "SmolLM2-135M-Instruct"
+        assert row["template"] == "describe_then_fuse@2"
         assert row["cues"]["video"]["face_frames_fraction"] >= 0.75  # grounded in measurements
-        assert row["generation_mode"] == "two-phase, free chain of thought then JSON"
+        assert row["generation_mode"] == "4 turns: face, voice, fuse, then JSON"
         if row["status"] == "ok":
             assert row["reasoning"].strip()
             answer.model_validate(row["description"])
