@@ -86,7 +86,8 @@ def test_faults_are_retried_then_typed_and_nothing_is_lost_or_leaked(
 def test_two_phase_sends_the_thought_back_and_samples_come_back(corpus, tmp_path):
     with FaultServer((None,)) as server:
         result = annotate(server, corpus, tmp_path, "--generation", "two-phase", "--samples",
-                          "2", "--temperature", "0.5", "--subset", "3")
+                          "2", "--temperature", "0.5", "--subset", "3",
+                          "--template", "describe_text")  # one thought, then the JSON
         assert result.exit_code == 0, result.output
         answers = [b for b in server.bodies if b.get("response_format")]
     rows = [r for r in Store(tmp_path).read().to_pylist() if r["status"] == "ok"]
