@@ -67,7 +67,10 @@ def run(config: RunConfig, console: Console | None = None, only: set[str] | None
     if config.dry_run:
         return _run(config, console, store, only)
     seen: dict = {}
-    with store.lock(), interruptible():
+    # signals are noted before the lock file exists: one that landed between the two (the
+    # default handler then) ended the run with 130 and no word of what it kept (a clean-clone
+    # flake, reproduced under load)
+    with interruptible(), store.lock():
         try:
             quarantined = store.repair()
             for name, reason in quarantined.items():

@@ -5,6 +5,7 @@ import fcntl
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -104,3 +105,30 @@ def test_a_consumer_that_leaves_early_closes_the_stream():
             if item == 2:
                 break
     assert closed.wait(5)
+
+
+def test_a_signal_as_the_lock_file_appears_is_noted_and_said(tmp_path, clips, tiny_omni):
+    """A signal that lands while OUT/.lock is being taken (the first thing a run does) is
+    noted like any other: before, the default handler ended the run with 130 and not a word
+    (a clean-clone flake of the test above, at its 'planning' moment)."""
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"path,label\n{clips['tone_220']},neutral\n")
+    script = (
+        "import contextlib, os, signal, sys\n"
+        "from annotator.core import store\n"
+        "taken = store.Store.lock\n"
+        "@contextlib.contextmanager\n"
+        "def lock(self):\n"
+        "    with taken(self) as held:\n"
+        "        os.kill(os.getpid(), signal.SIGINT)\n"
+        "        yield held\n"
+        "store.Store.lock = lock\n"
+        "from annotator.cli import app\n"
+        f"sys.argv = ['vaemo-annotate', 'run', '--manifest', {str(manifest)!r}, '--out', "
+        f"{str(tmp_path / 'out')!r}, '--engine', 'fake', '--model', {str(tiny_omni)!r}]\n"
+        "app()\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "COLUMNS": "200"})
+    assert done.returncode == 130, done.stderr[-2000:]
+    assert "interrupted before any clip reached the engine" in done.stderr
+    assert _lock_is_free(tmp_path / "out")
