@@ -165,6 +165,10 @@ class Scheduler:
         request = request_for(clip.row, self.ctx, replies)
         if request.guided:
             request.max_tokens = clip.budget if sample is None else self.ctx.sampling.max_tokens
+        self._send(clip, sample, replies, request)
+
+    def _send(self, clip: Clip, sample: int | None, replies: tuple, request) -> None:
+        """Put `request` in the engine under a fresh key, remembered until it ends."""
         key = f"{clip.row['clip_id']}#{next(self.keys)}"
         self.inflight[key] = (clip, sample, replies)
         self.engine.submit(key, request)
@@ -211,9 +215,7 @@ class Scheduler:
             texts = [*clip.row["turn_texts"], *(r["told"] for r in clip.rounds)]
             request = request_for(clip.row, self.ctx, replies, texts)
             request.max_tokens = clip.budget
-            key = f"{clip.row['clip_id']}#{next(self.keys)}"
-            self.inflight[key] = (clip, REFINING, replies)
-            self.engine.submit(key, request)
+            self._send(clip, REFINING, replies, request)
 
     def _refined(self, clip: Clip, generation: Generation) -> None:
         """A refinement's JSON: kept when valid (and checked again while rounds are left),
