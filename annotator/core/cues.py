@@ -3,8 +3,9 @@ from the frames.
 
 Field libraries rather than hand-rolled DSP: Praat's pitch tracker (praat-parselmouth, the
 standard of prosody research) gives F0 with a voicing decision, about 10x faster than
-librosa's pYIN here (version 1 of the cues used pYIN); librosa's RMS and onset strength (with
-librosa's peak-picking rule in numpy, no numba) give loudness and a tempo proxy; OpenCV's
+librosa's pYIN here (version 1 of the cues used pYIN); librosa's RMS and onset strength and its
+peak-picking rule (computed in numpy, `spectral`: the same numbers without numba's start-up)
+give loudness and a tempo proxy; OpenCV's
 Haar cascade (shipped inside the opencv wheel, no download) finds frontal faces on frames
 scaled down to DETECT_SIDE: its 24-pixel window then finds faces from 15% of the frame's
 shorter side up (a talking head is larger), 2.4x faster than on 224-pixel frames, with the
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from annotator.core import spectral
 from annotator.core.media import SAMPLE_RATE
 
 CUES_VERSION = "4"
@@ -97,20 +99,18 @@ def typical(**overrides) -> dict:
 
 def audio_cues(wave: np.ndarray, sample_rate: int = SAMPLE_RATE) -> dict:
     """Duration, speech activity, loudness, F0 (Praat), onset rate and pauses."""
-    import librosa
-
     wave = np.asarray(wave, dtype=np.float32)
     duration = len(wave) / sample_rate
     cues: dict = {"duration_s": round(duration, 3)}
     if len(wave) < FRAME:
         return {**cues, **_empty_audio()}
-    rms = librosa.feature.rms(y=wave, frame_length=FRAME, hop_length=HOP, center=True)[0]
+    rms = spectral.rms(wave, FRAME, HOP)
     db = 20 * np.log10(np.maximum(rms, 1e-10))
     active = (db > SILENCE_DB) & (db > db.max() - ACTIVE_BELOW_PEAK_DB)
     f0 = praat_f0(wave, sample_rate, len(rms))
     voiced = (f0 > 0) & active
     pitches = f0[voiced]
-    envelope = librosa.onset.onset_strength(y=wave, sr=sample_rate, hop_length=HOP)
+    envelope = spectral.onset_strength(wave, sample_rate, HOP)
     onsets = pick_onsets(envelope, sample_rate)
     pauses = _pauses(active, sample_rate)
     cues.update(

@@ -39,7 +39,7 @@ def configure_cpu_environment(kv_cache_gib: int) -> None:
 def _llvmlite_hidden():
     """vLLM 0.32 installs kernel overrides by scanning every module global and calling
     `vars(value).get(...)`; llvmlite's `ffi.lib` (present once numba is imported, e.g. by
-    librosa for the cues) answers any attribute, so `vars()` returns a function and the engine
+    librosa) answers any attribute, so `vars()` returns a function and the engine
     fails to start. Hide that one global while the engine starts."""
     ffi = sys.modules.get("llvmlite.binding.ffi")
     lib = ffi.__dict__.pop("lib", None) if ffi is not None else None
