@@ -312,7 +312,9 @@ def _engine_stream(resolved: Resolved, plan: pa.Table, actors: int, isolate: boo
     ds = ray.data.from_arrow(plan).repartition(target_num_rows_per_block=block, strict=True)
     ds = _map(ds, prepare, ctx, batch_size=block)
     ds = _map(
-        ds, generate, resolved.ctx, batch_size=batch_size,
+        # with the chat frames: a refinement turn's prompt is made in the engine actor (from
+        # the tokenizer there, its first took 5.5 s of the engine thread)
+        ds, generate, ctx, batch_size=batch_size,
         # several batches in each engine at once (threads of one actor; one engine thread)
         compute=ray.data.ActorPoolStrategy(
             size=actors, max_tasks_in_flight_per_actor=in_flight,

@@ -88,15 +88,22 @@ def load_rules(path: str | Path | None = None) -> list[Rule]:
     return rules
 
 
-def derived_view(con: duckdb.DuckDBPyConnection, rows: pa.Table, labels: list[str] | None
-                 ) -> None:
-    """Register `audited`: the rows plus the derived columns rules can use (see rules.toml)."""
+def label_words(rows: pa.Table) -> set[str]:
+    """The distinct emotion words of `rows` (answers, labels, hints): a few dozen, not one
+    per row."""
     primaries = rows["description"].combine_chunks().field("primary_emotion").to_pylist()
     secondaries = rows["description"].combine_chunks().field("secondary_emotions").to_pylist()
-    words = {w for w in primaries if w} | {w for ws in secondaries if ws for w in ws} | \
+    return {w for w in primaries if w} | {w for ws in secondaries if ws for w in ws} | \
         {w for w in rows["label"].to_pylist() if w} | \
         {w for w in rows["label_hint"].to_pylist() if w}
-    words = sorted(words)  # distinct label words: a few dozen, not one per row
+
+
+def derived_view(con: duckdb.DuckDBPyConnection, rows: pa.Table, labels: list[str] | None,
+                 words: set[str] | None = None) -> None:
+    """Register `audited`: the rows plus the derived columns rules can use (see rules.toml).
+    Its lexicon holds `words` (default: the rows' `label_words`); while later rows use no
+    other word, registering them as `rows_in` is enough (the gate's per-step check)."""
+    words = sorted(label_words(rows) if words is None else words)
     mapped = label_mapping(words, labels)
     properties = emotion_properties(words)
     lexicon = pa.table({

@@ -83,6 +83,39 @@ def test_no_clip_or_batch_waits_for_a_slow_one(tmp_path, clips, tiny_omni):
     assert second.table.column("status").to_pylist() == ["ok", "ok"]
 
 
+def test_the_gate_waits_between_queries_while_the_engine_works_and_never_when_idle(
+        tmp_path, clips, tiny_omni, monkeypatch):
+    """The gate's query costs the same for one row as for many: while the engine is busy it
+    runs at most every GATE_EVERY_S over every answer since; an idle engine never waits."""
+    from annotator.core.schema import enforced_model
+    from annotator.stages import generate
+
+    resolved, rows = prepared(tmp_path, clips, tiny_omni, engine="fake",
+                              generation="one-pass", refine=1)
+    ctx = resolved.ctx
+    model = enforced_model(tuple(ctx.labels), ctx.template.schema, ctx.two_phase)
+
+    def busy_at_each_query(every: float) -> list[bool]:
+        monkeypatch.setattr(generate, "GATE_EVERY_S", every)
+        engine = Stepwise(create_engine("fake", ctx.spec, ctx.options),
+                          {"real_astronaut": 6})  # works on while the others answer
+        scheduler = Scheduler(engine, ctx, model)
+        busy, query = [], scheduler.gate.check
+        scheduler.gate.check = lambda rows: busy.append(engine.busy()) or query(rows)
+        scheduler.checked_at = generate.time.perf_counter()  # as if it had just queried
+        batch = Batch([dict(rows[n]) for n in ("real_astronaut", "tone_220", "tone_440")])
+        scheduler.add(batch)
+        while engine.busy() or scheduler.to_check:
+            for key, generation in engine.step():
+                scheduler.finished(key, generation)
+            scheduler.check(engine.busy())
+        assert batch.done.is_set() and busy
+        return busy
+
+    assert not any(busy_at_each_query(3600.0))  # held back while busy, never lost
+    assert any(busy_at_each_query(0.0))  # without the wait: queries beside a busy engine
+
+
 @pytest.mark.slow
 def test_streamed_vllm_rows_equal_batch_generation(tmp_path, clips, tiny_omni):
     """Greedy rows through the streaming worker, two batches from two threads at once, equal
