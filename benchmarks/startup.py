@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 
 LABELS = "anger,disgust,fear,happy,neutral,sad"
+SAME_WORK = 0.01
+"""How far apart the two sides' output tokens may be (see the check at the end)."""
 
 
 def config_for(manifest: Path, out: Path):
@@ -99,7 +101,10 @@ def main() -> None:
     print(json.dumps({"date": time.strftime("%Y-%m-%d"), "clips": args.clips,
                       "run_s": run, "standalone_s": alone, "run_over_standalone": round(
                           run / alone, 3), "output_tokens": tokens, "rounds": found}))
-    if tokens["run"] != tokens["standalone"]:
+    made = [n for side in tokens.values() for n in side]
+    # bf16 sums depend on which sequences share a batch, and the run streams clips into the
+    # engine where the script sends them all at once: a few answers end a token apart
+    if max(made) > (1 + SAME_WORK) * min(made):
         raise SystemExit(f"the run made {tokens['run']} output tokens and the script "
                          f"{tokens['standalone']}: not the same work")
 
