@@ -102,7 +102,7 @@ def derived_view(con: duckdb.DuckDBPyConnection, rows: pa.Table, labels: list[st
                  words: set[str] | None = None) -> None:
     """Register `audited`: the rows plus the derived columns rules can use (see rules.toml).
     Its lexicon holds `words` (default: the rows' `label_words`); while later rows use no
-    other word, registering them as `rows_in` is enough (the gate's per-step check)."""
+    other word, registering them as `rows_in` is enough (as the refine gate does)."""
     words = sorted(label_words(rows) if words is None else words)
     mapped = label_mapping(words, labels)
     properties = emotion_properties(words)
