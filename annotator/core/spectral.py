@@ -23,11 +23,7 @@ MEL_BANDS = 128
 def frames(wave: np.ndarray, size: int, hop: int) -> np.ndarray:
     """Frames of `size` samples `hop` apart (a read-only view), centred: the wave is padded
     with size // 2 zeros at each end."""
-    padded = np.pad(wave, size // 2)
-    count = 1 + (len(padded) - size) // hop
-    step = padded.strides[0]
-    return np.lib.stride_tricks.as_strided(padded, (count, size), (hop * step, step),
-                                           writeable=False)
+    return np.lib.stride_tricks.sliding_window_view(np.pad(wave, size // 2), size)[::hop]
 
 
 def rms(wave: np.ndarray, size: int, hop: int) -> np.ndarray:

@@ -69,4 +69,3 @@ def test_measuring_a_clips_voice_does_not_import_librosa():
                           timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "[]"
-
