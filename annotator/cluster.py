@@ -12,11 +12,13 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sys
+import threading
 import time
 import warnings
 
 from annotator.core.errors import ConfigError
-from annotator.core.interrupt import reclaim
+from annotator.core.interrupt import reclaim, settle
 from annotator.engines import ENGINES
 from annotator.settings import EngineSettings
 
@@ -56,12 +58,35 @@ def ray_init(address: str | None) -> None:
 
 
 def ray_shutdown() -> None:
-    """End this process's Ray session, if it has one (an interrupted run's engines go)."""
-    import sys
+    """End this process's Ray session, if it has one (an interrupted run's engines go).
 
+    The streams it runs stop first: a thread still inside Ray (Ray Data's executor, the helper
+    reading its output) when the core worker shuts down ends the process with exit 1 and
+    "core worker has already been shutdown", in place of the interrupt's own exit code."""
     if "ray" in sys.modules and sys.modules["ray"].is_initialized():
+        _stop_streams()
+        settle(STREAMS_STOP_S)
         sys.modules["ray"].shutdown()
     _joined.clear()
+
+
+STREAMS_STOP_S = 10.0
+"""The longest an interrupted run waits for its streams' readers to stop before Ray goes."""
+
+
+def _stop_streams() -> None:
+    """Shut down the executors of the Ray Data streams still running in this process, with
+    their actors; their readers then see the end of the stream at once."""
+    if "ray.data" not in sys.modules:
+        return
+    # Ray Data has no public call to stop a stream that another thread reads (a consumer
+    # would close the iterator, but the reader thread is blocked inside it); its executor is
+    # a thread of this process, so it is found among them
+    from ray.data._internal.execution.streaming_executor import StreamingExecutor
+
+    for thread in threading.enumerate():
+        if isinstance(thread, StreamingExecutor):
+            thread.shutdown(force=True)
 
 
 def join_failure(address: str, err: Exception) -> str:

@@ -20,12 +20,18 @@ import os
 import queue
 import signal
 import threading
+import time
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 POLL_S = 0.2
 """How often a wait for the next batch looks for a signal."""
+
+
+_readers: weakref.WeakSet[threading.Thread] = weakref.WeakSet()
+"""The helper threads of `polled` streams, until they end."""
 
 
 class Interrupted(BaseException):
@@ -124,7 +130,9 @@ def polled(items: Iterator) -> Iterator:
             if close is not None:
                 close()
 
-    threading.Thread(target=pump, name="polled", daemon=True).start()
+    reader = threading.Thread(target=pump, name="polled", daemon=True)
+    _readers.add(reader)
+    reader.start()
     try:
         while True:
             try:
@@ -140,3 +148,12 @@ def polled(items: Iterator) -> Iterator:
             check()
     finally:
         left.set()
+
+
+def settle(timeout: float) -> bool:
+    """Wait up to `timeout` s for the helper threads of the streams that consumers left to
+    close them; False if one is still reading."""
+    deadline = time.monotonic() + timeout
+    for reader in list(_readers):
+        reader.join(max(0.0, deadline - time.monotonic()))
+    return not any(reader.is_alive() for reader in _readers)

@@ -132,3 +132,41 @@ def test_a_signal_as_the_lock_file_appears_is_noted_and_said(tmp_path, clips, ti
     assert done.returncode == 130, done.stderr[-2000:]
     assert "interrupted before any clip reached the engine" in done.stderr
     assert _lock_is_free(tmp_path / "out")
+
+
+@pytest.mark.slow
+def test_nothing_reads_from_ray_when_an_interrupted_run_shuts_it_down(tmp_path, tiny_omni,
+                                                                     monkeypatch):
+    """An interrupted run stops its stream's executor and the thread reading it before Ray
+    goes: one still inside Ray then ended the process with exit 1 and "core worker has already
+    been shutdown" (a clean-clone flake of the test above, at 'mid-batch' and 'at commit')."""
+    import threading
+
+    import ray
+    from ray.data._internal.execution.streaming_executor import StreamingExecutor
+    from typer.testing import CliRunner
+
+    from annotator.cli import app
+
+    out = tmp_path / "out"
+    cmd = command(corpus(tmp_path / "corpus", CLIPS), out, tiny_omni, 256, latency=0.2)
+    alive_at_shutdown: list[list[str]] = []
+    shutdown = ray.shutdown
+
+    def watched_shutdown(*args, **kwargs):
+        alive_at_shutdown.append([t.name for t in threading.enumerate() if t.is_alive() and (
+            isinstance(t, StreamingExecutor) or t.name == "polled")])
+        return shutdown(*args, **kwargs)
+
+    monkeypatch.setattr(ray, "shutdown", watched_shutdown)
+
+    def interrupt_after_the_first_commit():
+        deadline = time.monotonic() + 120
+        while not MOMENTS["mid-batch"](out) and time.monotonic() < deadline:
+            time.sleep(0.002)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=interrupt_after_the_first_commit, daemon=True).start()
+    result = CliRunner().invoke(app, cmd[3:])
+    assert result.exit_code == 130, result.output
+    assert alive_at_shutdown == [[]]
