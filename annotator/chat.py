@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from annotator.chat_template import chat_template
 from annotator.core.errors import PromptError
 from annotator.core.media import SAMPLE_RATE
 from annotator.models import ModelSpec
@@ -161,8 +162,9 @@ class ChatFrames:
     """The model's chat template rendered once per conversation shape, its texts left as
     slots: a clip's prompt is its shape's frame with the texts put in, the very string the
     tokenizer's `apply_chat_template` gives (checked when the frames are made). Built in the
-    driver and carried in the run's context, so Ray's plan and prepare tasks never load
-    transformers (3.6 s of CPU and torch's memory in every worker process, measured here).
+    driver, without transformers where the folder allows (annotator/chat_template.py), and
+    carried in the run's context, so Ray's plan and prepare tasks never load transformers
+    (3.6 s of CPU and torch's memory in every worker process, measured here).
 
     A conversation shape is the shapes of its user turns so far (`turn_shapes`); a shape the
     template cannot render keeps its error, raised for each clip of that shape as the
@@ -218,7 +220,7 @@ def _conversations(spec: ModelSpec, turn_media: tuple[str, ...]) -> set[tuple[st
 def _chat_frames(spec: ModelSpec, turn_media: tuple[str, ...]) -> ChatFrames:
     if spec.served:
         return _message_frames(spec, turn_media)
-    tokenizer = load_tokenizer(spec.path)
+    tokenizer = chat_template(spec.path) or load_tokenizer(spec.path)
     frames, errors = {}, {}
     for shapes in _conversations(spec, turn_media):
         replies = [reply_slot(i) for i in range(len(shapes) - 1)]
