@@ -33,7 +33,7 @@ def annotate(server, manifest, out, *args):
     return runner.invoke(app, [
         "run", "--manifest", str(manifest), "--out", str(out), "--engine", "openai",
         "--endpoint", server.url, "--model", server.model, "--api-key-env", "VAEMO_TEST_KEY",
-        "--labels", LABELS, "--generation", "one-pass", "--read-timeout-s", "5",
+        "--labels", LABELS, "--generation", "one-pass", "--read-timeout-s", "2",
         "--http-retries", "2", "--retries", "1", *args])
 
 

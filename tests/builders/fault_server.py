@@ -29,7 +29,7 @@ class FaultServer:
     """`with FaultServer(plan) as server:` serves at `server.url` (ending in /v1)."""
 
     def __init__(self, plan: tuple[str | None, ...], model: str = "served-test",
-                 hang_s: float = 8.0):
+                 hang_s: float = 4.0):
         self.plan, self.model, self.hang_s = plan, model, hang_s
         self.lock = threading.Lock()
         self.dealt: dict[str, str | None] = {}
