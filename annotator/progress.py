@@ -24,7 +24,11 @@ class Tracker:
         self._progress = Progress(
             TextColumn("[bold]annotate"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
             TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TextColumn("eta"),
-            TimeRemainingColumn(), console=console, transient=False)
+            TimeRemainingColumn(), console=console, transient=False,
+            # a display that moves once a second needs no more; off a terminal it is shown
+            # once, at the end (at rich's 10 per second, rendering it was a sixth of the
+            # driver's CPU beside the engine)
+            refresh_per_second=2, auto_refresh=console.is_terminal)
         self._task = self._progress.add_task("annotate", total=total, stats="")
 
     def __enter__(self):
