@@ -4,10 +4,11 @@ adds to a short run, start-up included.
     .venv/bin/python -m benchmarks.startup --clips 30 --rounds 2
 
 Both are fresh processes, timed from their start to their exit. The run is the CLI as a user
-types it (SmolLM2, two-phase, its default settings), into an empty folder. The standalone
-script gets the same prepared prompts (made beforehand, as if by hand), creates the engine
-the way `run` does and generates both phases of every clip in one process: the same output
-tokens, which the benchmark checks. Rounds alternate the two; figures are medians.
+types it (SmolLM2 with its default settings: the 4-turn chain), into an empty folder. The
+standalone script gets the same prepared prompts (made beforehand, as if by hand: it neither
+decodes media nor measures cues), creates the engine the way `run` does and generates every
+turn of every clip in one process: the same output tokens, which the benchmark checks.
+Rounds alternate the two; figures are medians.
 """
 
 from __future__ import annotations
