@@ -6,8 +6,9 @@ transformers renders the template with jinja2 in an immutable sandbox (trim_bloc
 lstrip_blocks, loop controls, its `{% generation %}` tag), its own `tojson`,
 `raise_exception` and `strftime_now`, and the tokenizer's named special tokens as variables.
 Where a folder keeps its template or those tokens in a way this does not read the same
-(several named templates, a legacy special_tokens_map.json the template would read),
-`chat_template` gives None and the caller loads the tokenizer. Tests compare the two.
+(several named templates; a token the template uses that tokenizer_config.json does not
+give, or a legacy special_tokens_map.json), `chat_template` gives None and the caller loads
+the tokenizer. Tests compare the two.
 """
 
 from __future__ import annotations
@@ -52,8 +53,11 @@ def chat_template(folder: str) -> ChatTemplate | None:
         source = (root / "chat_template.jinja").read_text(encoding="utf-8")
     if not isinstance(source, str):  # none, or a list of named templates
         return None
-    uses_tokens = any(name in source for name in SPECIAL_TOKENS)
-    if uses_tokens and (root / "special_tokens_map.json").exists():
+    used = [name for name in SPECIAL_TOKENS if name in source]
+    # a token the config does not name may come from the tokenizer's class (its defaults), a
+    # legacy special_tokens_map.json may override the config: the tokenizer knows
+    if used and ((root / "special_tokens_map.json").exists()
+                 or any(config.get(name) is None for name in used)):
         return None
     tokens = {name: _content(config[name]) for name in SPECIAL_TOKENS
               if config.get(name) is not None}

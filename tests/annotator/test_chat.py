@@ -108,15 +108,17 @@ def test_special_tokens_reach_the_template_as_the_tokenizer_gives_them(tiny_omni
 
 
 def test_a_template_kept_in_a_way_it_does_not_read_goes_to_the_tokenizer(tiny_omni, tmp_path):
-    """Named templates, or a legacy special_tokens_map.json that a template's token reads:
-    the tokenizer renders the frames, the same frames."""
+    """Named templates, a token the template writes that tokenizer_config.json does not name
+    (the tokenizer's class may give it), or a legacy special_tokens_map.json: the tokenizer
+    renders the frames, the same frames."""
     named = with_template(tiny_omni, tmp_path / "named", LLAMA_STYLE)
     (Path(named.path) / "additional_chat_templates").mkdir()
     (Path(named.path) / "additional_chat_templates" / "tool_use.jinja").write_text(LLAMA_STYLE)
     legacy = with_template(tiny_omni, tmp_path / "legacy", LLAMA_STYLE)
     (Path(legacy.path) / "special_tokens_map.json").write_text(
         json.dumps({"bos_token": "<|im_start|>"}))
-    for spec in (named, legacy):
+    unnamed = with_template(tiny_omni, tmp_path / "unnamed", LLAMA_STYLE)  # no bos_token
+    for spec in (named, legacy, unnamed):
         assert chat_template(spec.path) is None
         assert chat_frames(spec).fill(("text",), ["Describe the clip."]) == build_prompt(
             load_tokenizer(spec.path), spec, "Describe the clip.", False, False)
