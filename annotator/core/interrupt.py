@@ -150,10 +150,9 @@ def polled(items: Iterator) -> Iterator:
         left.set()
 
 
-def settle(timeout: float) -> bool:
+def settle(timeout: float) -> None:
     """Wait up to `timeout` s for the helper threads of the streams that consumers left to
-    close them; False if one is still reading."""
+    close them."""
     deadline = time.monotonic() + timeout
     for reader in list(_readers):
         reader.join(max(0.0, deadline - time.monotonic()))
-    return not any(reader.is_alive() for reader in _readers)
