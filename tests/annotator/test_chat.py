@@ -53,6 +53,12 @@ def test_filled_frames_are_what_the_tokenizer_renders(tiny_omni, family, turn_me
     spec = describe_model(str(tiny_omni))
     if family == "text":
         spec = dataclasses.replace(spec, family="text", modalities=())
+    assert_frames_are_the_tokenizers(spec, turn_media)
+
+
+def assert_frames_are_the_tokenizers(spec, turn_media: tuple[str, ...]) -> None:
+    """Every turn of every kind of clip `spec` takes: its frame, filled, equals the
+    tokenizer's rendering (the replies still slots)."""
     frames, tokenizer = chat_frames(spec, turn_media), load_tokenizer(spec.path)
     texts = [text for pair in TEXTS for text in pair if text] * 2
     for kind in clip_kinds(spec):

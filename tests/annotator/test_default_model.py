@@ -39,22 +39,14 @@ def test_cpu_default_rows_are_valid_or_typed_failures(tmp_path, clips):
             assert row["error_kind"] in {k.value for k in ErrorKind}
 
 
-
 def test_its_chat_frames_are_what_its_tokenizer_renders():
-    """SmolLM2's template, read without transformers, renders every turn of the chain as its
-    tokenizer does."""
-    from annotator.chat import (chat_frames, conversation_prompt, load_tokenizer, reply_slot,
-                                turn_shapes)
+    """SmolLM2's template, read without transformers, renders every turn of every
+    conversation as its tokenizer does."""
     from annotator.chat_template import chat_template
     from annotator.models import describe_model, smollm2_folder
+    from tests.annotator.test_chat import CONVERSATIONS, assert_frames_are_the_tokenizers
 
     spec = describe_model(str(smollm2_folder()))
     assert chat_template(spec.path) is not None
-    tokenizer = load_tokenizer(spec.path)
-    texts = ['Describe {{ x }} "q" <b>', "then\nmore", "  third", "fourth & last"]
-    for turn_media in [("clip",), ("clip", "text"), ("video", "audio", "text", "text")]:
-        shapes = turn_shapes(spec, turn_media, True, True)
-        for n in range(1, len(shapes) + 1):
-            replies = [reply_slot(i) for i in range(n - 1)]
-            assert chat_frames(spec, turn_media).fill(shapes[:n], texts[:n]) == \
-                conversation_prompt(tokenizer, spec, list(zip(shapes, texts))[:n], replies)
+    for turn_media in CONVERSATIONS.values():
+        assert_frames_are_the_tokenizers(spec, turn_media)
