@@ -10,6 +10,7 @@ a re-run (or a resume after kill -9) computes only what is missing.
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import time
@@ -233,8 +234,9 @@ def _generate(resolved: Resolved, to_engine: pa.Table, actors: int, store: Store
     """Stream the engine stage's batches into the store; survive an engine that dies.
 
     A batch whose engine died is skipped by the stream (Ray restarts the actor), and its
-    clips are tried again, one per batch so that only the culprit fails, ENGINE_RESTARTS
-    more times; what still does not come back is stored as `engine` failures. An engine that
+    clips are tried again, one per batch (the last time one at a time in each engine) so that
+    only the culprit fails, ENGINE_RESTARTS more times; what still does not come back is
+    stored as `engine` failures. An engine that
     never produced a row in this run is a configuration error (a broken model, a wrong
     device): reported with nothing stored changed, which is why the `early` rows (clips that
     failed before reaching the engine) are committed with its first batch."""
@@ -243,10 +245,16 @@ def _generate(resolved: Resolved, to_engine: pa.Table, actors: int, store: Store
     remaining, committed_any, last = to_engine, False, "the engine process died"
     for attempt in range(ENGINE_RESTARTS + 1):
         engine_info["retry_rounds"] = attempt
+        if attempt:
+            # Ray Data lets go of a finished stream's engines by dropping its references,
+            # and some sit in reference cycles: the engine Ray restarted after the death
+            # held its CPU until Python's collector ran, and the next round could not
+            # place its engine and a prepare task beside it (40-80 s of nothing on 2 cores)
+            gc.collect()
         try:
             # polled: a signal is seen within a fraction of a second, also while the engine
             # starts or works on a batch; it stops the run between two commits
-            for batch in polled(_engine_stream(resolved, remaining, actors, attempt > 0)):
+            for batch in polled(_engine_stream(resolved, remaining, actors, attempt)):
                 first_batch()
                 if not committed_any and len(early):
                     store.commit(early, resolved.ctx.run_id, meta)
@@ -289,9 +297,11 @@ def prepare_block(batch_size: int, most: int) -> int:
     return max(d for d in range(1, min(most, batch_size) + 1) if batch_size % d == 0)
 
 
-def _engine_stream(resolved: Resolved, plan: pa.Table, actors: int, isolate: bool = False):
+def _engine_stream(resolved: Resolved, plan: pa.Table, actors: int, attempt: int = 0):
     """The engine stage's output batches (a batch whose engine died is skipped, and its clips
-    are missing from the output); `isolate`: one clip per engine batch."""
+    are missing from the output). A retry (`attempt` > 0) gives each engine batch one clip;
+    the last one also gives each engine one clip at a time: a clip in flight beside the one
+    that kills the engine dies with it, and only the culprit may fail the last try."""
     import ray.data
 
     quiet_ray_data()
@@ -303,8 +313,9 @@ def _engine_stream(resolved: Resolved, plan: pa.Table, actors: int, isolate: boo
     ctx = with_chat(resolved.ctx)
     prepare, generate = chain(plan.column_names, prepare_stage.STAGE, generate_stage.STAGE)
     compute, device = ctx.compute, ctx.device
-    batch_size = 1 if isolate else compute.batch_size
-    in_flight = compute.in_flight(device) if not isolate else compute.sequences(device)
+    batch_size = 1 if attempt else compute.batch_size
+    in_flight = (compute.in_flight(device) if not attempt else
+                 compute.sequences(device) if attempt < ENGINE_RESTARTS else 1)
     # blocks of a few clips, dividing the engine batch: prepare tasks spread over the free
     # CPUs and the first clips reach the engine early, while every engine task still gets
     # exactly one batch (blocks that straddled two batches would run them one after the other)
