@@ -49,12 +49,22 @@ def ray_init(address: str | None) -> None:
             _joined.clear()
             raise ConfigError(join_failure(address, err)) from err
     else:  # "local": never join a cluster `ray start` left running on this machine
-        # Ray starts its workers at nice 15, the engine's actor among them; at 0 the engine's
-        # thread outweighs the idle-priority prepare threads 340:1 instead of 12:1 on a shared
-        # core (its wait for a CPU: 1.6 s -> 0.5 s of an 18 s run on 2 cores)
-        ray.init(address="local", num_cpus=os.cpu_count(),
-                 _system_config={"worker_niceness": 0}, **kwargs)
+        ray.init(address="local", num_cpus=os.cpu_count(), _system_config=LOCAL_RAY, **kwargs)
     reclaim()  # ray.init replaced the SIGTERM handler of a writing command
+
+
+LOCAL_RAY = {
+    # Ray starts its workers at nice 15, the engine's actor among them; at 0 the engine's
+    # thread outweighs the idle-priority prepare threads 340:1 instead of 12:1 on a shared
+    # core (its wait for a CPU: 1.6 s -> 0.5 s of an 18 s run on 2 cores)
+    "worker_niceness": 0,
+    # a worker that has imported Ray Data, the decoders and the cue models (2-3 s of CPU) is
+    # kept a minute after its last task, not Ray's one second: the runs of one process (retry
+    # rounds, a notebook, the tests) then reuse it (6 runs of 16 clips in one process: 12 -> 6
+    # new processes, 37 -> 19 s of CPU in Ray's processes); a busy cluster is not held longer
+    "idle_worker_killing_time_threshold_ms": 60_000,
+}
+"""The system settings of the Ray a local run starts for itself."""
 
 
 def ray_shutdown() -> None:
