@@ -236,10 +236,10 @@ def _generate(resolved: Resolved, to_engine: pa.Table, actors: int, store: Store
     A batch whose engine died is skipped by the stream (Ray restarts the actor), and its
     clips are tried again, one per batch (the last time one at a time in each engine) so that
     only the culprit fails, ENGINE_RESTARTS more times; what still does not come back is
-    stored as `engine` failures. An engine that
-    never produced a row in this run is a configuration error (a broken model, a wrong
-    device): reported with nothing stored changed, which is why the `early` rows (clips that
-    failed before reaching the engine) are committed with its first batch."""
+    stored as `engine` failures. An engine that never produced a row in this run is a
+    configuration error (a broken model, a wrong device): reported with nothing stored
+    changed, which is why the `early` rows (clips that failed before reaching the engine)
+    are committed with its first batch."""
     import ray.exceptions
 
     remaining, committed_any, last = to_engine, False, "the engine process died"
