@@ -95,12 +95,20 @@ SCHEMAS: dict[str, type[BaseModel]] = {"full": AffectiveDescription,
 def description_model(labels: list[str] | None, kind: str = "full") -> type[BaseModel]:
     """The schema model for a run: `kind` is 'full' or 'coarse' (chosen by the template);
     emotion fields are constrained to `labels` when given."""
+    return _description_model(tuple(labels) if labels else None, kind)
+
+
+# one class per label set: pydantic reads a new model's field docstrings from its source,
+# and finding that source scans every loaded module (25-30 ms a model in a process that has
+# loaded Ray Data and torch, once per run and per test otherwise)
+@functools.lru_cache(maxsize=16)
+def _description_model(labels: tuple[str, ...] | None, kind: str) -> type[BaseModel]:
     if kind not in SCHEMAS:
         raise ValueError(f"unknown schema {kind!r}; known: {', '.join(SCHEMAS)}")
     base = SCHEMAS[kind]
     if not labels:
         return base
-    label = Literal[tuple(labels)]  # type: ignore[valid-type]
+    label = Literal[labels]  # type: ignore[valid-type]
     fields: dict = {"primary_emotion": (label, Field(
         description=base.model_fields["primary_emotion"].description))}
     if "secondary_emotions" in base.model_fields:
