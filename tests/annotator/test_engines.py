@@ -2,6 +2,7 @@
 the transformers reference implementation on teacher-forced log-probabilities."""
 
 import threading
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -145,3 +146,24 @@ def test_same_tokens_as_vllms_own_generate(vllm_engine, spec, clips):
     for gen, out in zip(ours, theirs):
         assert gen.prompt_token_ids == list(out.prompt_token_ids)
         assert gen.token_ids == list(out.outputs[0].token_ids)
+
+
+def test_clips_sharing_a_track_are_processed_as_their_own_with_the_media_cache_on(
+        vllm_engine, spec, options, clips):
+    """vLLM's processor cache (on for later turns and samples) keys each item by its content;
+    with the audio riding in the video, a clip whose audio track (or frames) another clip
+    already had found one item cached and not the other, and failed or was laid out for the
+    other clip's audio. Each clip must score as on an engine without the cache."""
+    cached = create_engine("vllm", spec, replace(options, compute=EngineSettings(
+        dtype="float32", media_cache_gib=0.5)))
+    base = request(vllm_engine, spec, clips["tone_220"])
+    other = decode(str(clips["tone_440"]))
+    requests = [
+        base,
+        request(vllm_engine, spec, clips["tone_440"], wave=base.audio),  # its audio, new video
+        request(vllm_engine, spec, clips["tone_220"], wave=other.audio[:len(base.audio) // 2]),
+        base,  # a later turn of the first clip
+    ]
+    token = [vllm_engine.tokenizer.convert_tokens_to_ids("{")]
+    for r in requests:
+        assert cached.score(r, token) == pytest.approx(vllm_engine.score(r, token), abs=1e-5)
