@@ -47,7 +47,7 @@ def write_corpus(folder: Path, count: int) -> Path:
         start = (i // len(speech)) * 4_000 % max(1, len(wave) - 32_000)
         frames = moving_portrait(faces[i % len(faces)], 50, side=224).astype(np.int16)
         frames = np.clip(frames + (i % 7) - 3, 0, 255).astype(np.uint8)
-        frames[:, :16, :16], frames[:, :16, 16:32] = i % 256, i // 256 * 16
+        frames[:, :16, :16], frames[:, :16, 16:32] = i % 256, i // 256 % 16 * 16
         path = write_clip(folder / f"clip{i:04d}.mp4", frames,
                           wave[start:start + 32_000] * (1 - i / (4 * count)))
         rows.append({"clip_id": f"clip{i:04d}", "path": path.name, "label": "neutral"})
