@@ -5,8 +5,8 @@ The sandbox (`prompts.sandbox`) checks sizes before the work and the clock at ev
 call, but one C-level operation can still outgrow what it was handed: printing a list that
 holds one long list a million times builds terabytes from a few megabytes. The child renders
 the template with the run's first clip in every phase the run uses, under an address-space
-limit and an alarm that the kernel enforces whatever the template does; only then does the
-run plan with it. Shipped templates are ours and skip the trial.
+limit and a CPU-time alarm that the kernel enforces whatever the template does; only then does
+the run plan with it. Shipped templates are ours and skip the trial.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from prompts import Template
 
 MAX_TRIAL_S = 5
-"""Wall seconds the trial render may take, all phases together (the kernel ends it after)."""
+"""CPU seconds the trial render may take, all phases together (the kernel ends it after)."""
 MAX_TRIAL_BYTES = 512 << 20
 """Address space the trial's process may use (the interpreter itself takes about 40 MB)."""
 _START_S = 120  # the child's imports, on a machine busy with a run
@@ -43,8 +43,8 @@ def trial_render(template: Template, contexts: list[dict], seconds: float = MAX_
     except subprocess.TimeoutExpired:
         raise PromptError(f"template {origin}: its trial render did not finish in "
                           f"{_START_S + seconds:g} s") from None
-    if done.returncode == -signal.SIGALRM:  # the trial's alarm went off
-        raise PromptError(f"template {origin}: rendering took over {seconds:g} s in its "
+    if done.returncode == -signal.SIGPROF:  # the trial's alarm went off
+        raise PromptError(f"template {origin}: rendering took over {seconds:g} s of CPU in its "
                           "trial; refused")
     answer = done.stdout.strip().splitlines()[-1:] if done.returncode == 0 else []
     if not answer:  # killed, or died allocating: the address-space limit
@@ -62,8 +62,10 @@ def _child() -> None:
 
     job = json.loads(sys.stdin.read())
     resource.setrlimit(resource.RLIMIT_AS, (job["max_bytes"], job["max_bytes"]))
-    signal.signal(signal.SIGALRM, signal.SIG_DFL)  # the kernel ends the process, GIL or not
-    signal.setitimer(signal.ITIMER_REAL, job["seconds"])
+    # the kernel ends the process, GIL or not; on CPU time, so waiting for a core on a machine
+    # busy with a run never fails a sound template
+    signal.signal(signal.SIGPROF, signal.SIG_DFL)
+    signal.setitimer(signal.ITIMER_PROF, job["seconds"])
     fields = job["template"]
     template = Template(**{**fields, "phases": tuple(Phase(**p) for p in fields["phases"])})
     error = None
