@@ -30,6 +30,7 @@ from annotator.core.layout import RunFolder
 from annotator.core.rows import ErrorKind
 from annotator.core.store import Store
 from annotator.engines import ENGINES
+from annotator.engines.factory import check_engine
 from annotator.quiet import native_stderr_filtered
 from annotator.resolve import Resolved, commit_meta, local_device, resolve
 from annotator.resume import known_hits, split_cached, write_plan_index
@@ -110,6 +111,9 @@ def _run(config: RunConfig, console: Console, store: Store, only: set[str] | Non
     ctx = resolved.ctx
     quick = not (config.dry_run or config.force or only is not None)
     hits, prints = known_hits(resolved, store) if quick else ({}, {})
+    refusal = None if len(hits) == len(resolved.chosen) or config.dry_run else _refusal(resolved)
+    if refusal is not None and not store.files():  # no stored row can spare it the engine
+        raise refusal
     plan = plan_clips(resolved, resolved.chosen.filter(pc.invert(pc.is_in(
         resolved.chosen["clip_id"], pa.array(sorted(hits), pa.string()))))
         if hits else None)
@@ -138,6 +142,8 @@ def _run(config: RunConfig, console: Console, store: Store, only: set[str] | Non
         store.commit(early_rows, ctx.run_id, meta)
         tracker.add(failed=len(early))
     if len(to_engine):
+        if refusal is not None:
+            raise refusal
         ray_started = time.perf_counter()
         ray_init(config.compute.ray_address)
         timings["ray_init_s"] = round(time.perf_counter() - ray_started, 2)
@@ -160,6 +166,23 @@ def _run(config: RunConfig, console: Console, store: Store, only: set[str] | Non
                       {**engine_info, **timings})
     progress.print_summary(console, summary)
     return summary
+
+
+def _refusal(resolved: Resolved) -> ConfigError | None:
+    """Why the engine cannot serve this run at all (a served model's endpoint unreachable,
+    refusing the key, not serving the model), asked before any clip is planned, so a bad
+    --endpoint or --model fails in a second rather than after hashing the corpus and starting
+    Ray; None when it can, or on a cluster, where the engine's node asks (it may reach what
+    the driver cannot)."""
+    config = resolved.config
+    if config.compute.ray_address:
+        return None
+    try:
+        check_engine(config.compute.engine, resolved.spec, resolved.ctx.options,
+                     config.remote.api_key())
+    except ConfigError as err:
+        return err
+    return None
 
 
 def engines_now(resolved: Resolved) -> int:

@@ -25,6 +25,9 @@ class EngineEntry:
     served: bool = False
     """Reaches a model served elsewhere (--endpoint): no model folder here, no GPU claimed,
     never imports torch; the served model's name and --model-revision identify it."""
+    check: str = ""
+    """`module:function(spec, options, api_key)` that the driver calls before it plans a
+    clip: raises ConfigError when the engine cannot serve the run at all."""
 
     @property
     def runs_model(self) -> bool:
@@ -41,7 +44,8 @@ ENGINES: dict[str, EngineEntry] = {
                         "tests and benchmarks", model_free=True),
     "openai": EngineEntry("annotator.engines.openai_engine:OpenAIEngine",
                           "a model served over an OpenAI-compatible API at --endpoint: vllm "
-                          "serve, SGLang, Ollama, a provider", served=True),
+                          "serve, SGLang, Ollama, a provider", served=True,
+                          check="annotator.engines.openai_engine:check_endpoint"),
 }
 """Every engine `--engine` can name, the default first."""
 

@@ -24,6 +24,7 @@ import random
 import threading
 import time
 
+from annotator.core.errors import ConfigError
 from annotator.engines.contract import EngineOptions, Generation, Request
 from annotator.engines.wire import chat_request, media_parts
 from annotator.models import ModelSpec
@@ -37,7 +38,7 @@ STEP_WAIT_S = 0.05
 """How long `step` waits for an answer before it hands the pump thread back."""
 
 
-class EndpointError(RuntimeError):
+class EndpointError(ConfigError):
     """The endpoint cannot serve this run at all (unreachable, wrong model name, bad key)."""
 
 
@@ -73,7 +74,7 @@ class OpenAIEngine:
 
         self._client = self._run(open_client())
         started = time.perf_counter()
-        self._check_model()
+        check_endpoint(spec, options, api_key)  # again here: a node elsewhere may not reach it
         self.startup_s = time.perf_counter() - started
 
     # -- the engine contract -------------------------------------------------------------
@@ -180,36 +181,46 @@ class OpenAIEngine:
             self._next_start = start + 1.0 / self.settings.requests_per_s
         await asyncio.sleep(start - now)
 
-    def _check_model(self) -> None:
-        """Fail at start, with what to do, when the endpoint cannot serve this run."""
-        import httpx
-
-        url = f"{self.spec.path}/models"
-        try:
-            response = self._run(self._client.get(url))
-        except httpx.HTTPError as err:
-            raise EndpointError(self._scrub(
-                f"cannot reach {url} ({type(err).__name__}: {err}); is the server up, and is "
-                "--endpoint its base URL (ending in /v1)?")) from None
-        if response.status_code in (401, 403):
-            raise EndpointError(f"{url} refused the request (HTTP {response.status_code}); "
-                                "put the API key in the variable --api-key-env names "
-                                f"(now: {self.settings.api_key_env or 'none'})")
-        if response.status_code != 200:  # some servers do not list their models
-            return
-        try:
-            served = [m["id"] for m in response.json()["data"]]
-        except (ValueError, KeyError, TypeError):
-            return
-        if self.spec.name not in served:
-            raise EndpointError(f"{self.spec.path} does not serve {self.spec.name!r}; it "
-                                f"serves {', '.join(served) or 'nothing'}: pass one as --model")
-
     def _run(self, coroutine):
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
 
     def _scrub(self, text: str) -> str:
-        return text.replace(self._key, "***") if self._key else text
+        return _scrubbed(text, self._key)
+
+
+def check_endpoint(spec: ModelSpec, options: EngineOptions, api_key: str = "") -> None:
+    """Fail with what to do when the endpoint cannot serve this run at all: unreachable, a
+    key it refuses, or a model it does not list (one GET of /models). The driver asks before
+    it plans a clip or starts Ray; the engine asks again where it runs."""
+    import httpx
+
+    settings, url = options.remote, f"{spec.path}/models"
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    try:
+        with httpx.Client(headers=headers, timeout=httpx.Timeout(
+                settings.read_timeout_s, connect=settings.connect_timeout_s)) as client:
+            response = client.get(url)
+    except httpx.HTTPError as err:
+        raise EndpointError(_scrubbed(
+            f"cannot reach {url} ({type(err).__name__}: {err}); is the server up, and is "
+            "--endpoint its base URL (ending in /v1)?", api_key)) from None
+    if response.status_code in (401, 403):
+        raise EndpointError(f"{url} refused the request (HTTP {response.status_code}); "
+                            "put the API key in the variable --api-key-env names "
+                            f"(now: {settings.api_key_env or 'none'})")
+    if response.status_code != 200:  # some servers do not list their models
+        return
+    try:
+        served = [m["id"] for m in response.json()["data"]]
+    except (ValueError, KeyError, TypeError):
+        return
+    if spec.name not in served:
+        raise EndpointError(f"{spec.path} does not serve {spec.name!r}; it "
+                            f"serves {', '.join(served) or 'nothing'}: pass one as --model")
+
+
+def _scrubbed(text: str, key: str) -> str:
+    return text.replace(key, "***") if key else text
 
 
 def to_generation(answer: dict, sent: dict) -> Generation:

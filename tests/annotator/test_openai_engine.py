@@ -2,12 +2,14 @@
 Retry-After, 500, a hang past the read timeout, a reset connection, malformed JSON, a
 schema-violating answer, a server that stays down): real media, real Ray, real Parquet."""
 
+import csv
 import json
 
 import pytest
 from typer.testing import CliRunner
 
 from annotator.cli import app
+from annotator.core.layout import RunFolder
 from annotator.core.schema import description_model
 from annotator.core.store import Store
 from tests.builders.fault_server import PERSISTENT, TRANSIENT, FaultServer
@@ -113,6 +115,7 @@ def test_an_endpoint_that_cannot_serve_the_run_fails_at_start_and_changes_nothin
     assert "does not serve 'no-such-model'" in result.output and "served-test" in result.output
     assert "nothing stored was changed" in result.output
     assert not Store(tmp_path).read(["clip_id"]).num_rows
+    assert not RunFolder(tmp_path).subset.exists()  # refused before a clip was planned
     unreachable = runner.invoke(app, [
         "run", "--manifest", str(corpus), "--out", str(tmp_path), "--engine", "openai",
         "--endpoint", "http://127.0.0.1:9/v1", "--model", "m", "--labels", LABELS])
@@ -128,7 +131,7 @@ def test_the_endpoint_settings_are_checked_before_anything_runs(corpus, tmp_path
     assert stray.exit_code != 0 and "--engine openai" in stray.output
 
 
-def test_batch_files_round_trip_to_the_rows_of_a_live_run(corpus, tmp_path):
+def test_batch_files_round_trip_to_the_rows_of_a_live_run(corpus, clips, tmp_path):
     """Export, answer the file as a provider's batch job would (the same server's answers),
     import: the rows equal a live run's; a file that does not answer the export one to one
     is refused, its custom_ids named, and nothing is stored."""
@@ -173,6 +176,18 @@ def test_batch_files_round_trip_to_the_rows_of_a_live_run(corpus, tmp_path):
             assert row["sent"] == {**want[clip]["sent"], "http_tries": None}
     again = annotate_with_server_down(corpus, batch)
     assert again["engine"]["started"] is False and again["counts"]["cached"] == 12
+    # a clip that needs the engine: the endpoint's refusal, after the cache was looked at
+    with corpus.open() as f:
+        grown = [*csv.DictReader(f), {"path": str(clips["tone_440"]), "clip_id": "new",
+                                     "label": "sad", "dataset": "set9"}]
+    before = Store(batch).read().to_pylist()
+    result = runner.invoke(app, [
+        "run", "--manifest", str(write_manifest(tmp_path / "grown.csv", grown)), "--out",
+        str(batch), "--engine", "openai", "--endpoint", "http://127.0.0.1:9/v1", "--model",
+        "served-test", "--labels", LABELS, "--generation", "one-pass"])
+    assert result.exit_code == 1 and "cannot reach" in result.output, result.output
+    assert "nothing stored was changed" in result.output
+    assert Store(batch).read().to_pylist() == before
 
 
 def annotate_with_server_down(manifest, out) -> dict:
