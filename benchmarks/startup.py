@@ -8,7 +8,8 @@ types it (SmolLM2 with its default settings: the 4-turn chain), into an empty fo
 standalone script gets the same prepared prompts (made beforehand, as if by hand: it neither
 decodes media nor measures cues), creates the engine the way `run` does and generates every
 turn of every clip in one process: the same output tokens, which the benchmark checks.
-Rounds alternate the two; figures are medians.
+Each round times both, in turn first (the machine drifts between rounds); the headline is
+the median of the rounds' ratios.
 """
 
 from __future__ import annotations
@@ -80,7 +81,8 @@ def main() -> None:
     prompts.write_bytes(pickle.dumps((config, rows)))
     cli = str(Path(sys.executable).parent / "vaemo-annotate")
     found: dict[str, list] = {"run": [], "standalone": []}
-    for r in range(args.rounds):
+
+    def the_run(r: int) -> None:
         out = work / f"run{r}"
         seconds, _ = timed([cli, "run", "--manifest", str(manifest), "--out", str(out),
                             "--model", config.model, "--labels", LABELS])
@@ -90,18 +92,32 @@ def main() -> None:
                              "engine": {k: summary["engine"].get(k) for k in (
                                  "plan_s", "ray_init_s", "first_batch_s")},
                              "timeline": summary["engine"].get("timeline")})
+
+    def the_script(r: int) -> None:
         seconds, stdout = timed([sys.executable, "-m", "benchmarks.startup", "--child",
                                  str(prompts)])
         child = json.loads(stdout.strip().splitlines()[-1])
         found["standalone"].append({**child, "generate_s": child["seconds"],
                                     "seconds": round(seconds, 2)})
-        print(json.dumps({"round": r, **{k: v[-1] for k, v in found.items()}}), flush=True)
+
+    ratios = []
+    for r in range(args.rounds):
+        # the machine drifts (the same script took 80, 95 and 105 s in three rounds running):
+        # each round's ratio is of its own pair, and the pair's order alternates
+        for side in (the_run, the_script) if r % 2 == 0 else (the_script, the_run):
+            side(r)
+        ratios.append(round(found["run"][-1]["seconds"] / found["standalone"][-1]["seconds"],
+                            3))
+        print(json.dumps({"round": r, "first": "run" if r % 2 == 0 else "standalone",
+                          "run_over_standalone": ratios[-1],
+                          **{k: v[-1] for k, v in found.items()}}), flush=True)
     run = statistics.median(x["seconds"] for x in found["run"])
     alone = statistics.median(x["seconds"] for x in found["standalone"])
     tokens = {k: sorted({x["output_tokens"] for x in v}) for k, v in found.items()}
     print(json.dumps({"date": time.strftime("%Y-%m-%d"), "clips": args.clips,
-                      "run_s": run, "standalone_s": alone, "run_over_standalone": round(
-                          run / alone, 3), "output_tokens": tokens, "rounds": found}))
+                      "run_s": run, "standalone_s": alone,
+                      "run_over_standalone": statistics.median(ratios), "rounds_ratio": ratios,
+                      "output_tokens": tokens, "rounds": found}))
     made = [n for side in tokens.values() for n in side]
     # bf16 sums depend on which sequences share a batch, and the run streams clips into the
     # engine where the script sends them all at once: a few answers end a token apart
