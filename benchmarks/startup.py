@@ -100,15 +100,16 @@ def main() -> None:
         found["standalone"].append({**child, "generate_s": child["seconds"],
                                     "seconds": round(seconds, 2)})
 
-    ratios = []
+    sides, ratios = {"run": the_run, "standalone": the_script}, []
     for r in range(args.rounds):
         # the machine drifts (the same script took 80, 95 and 105 s in three rounds running):
         # each round's ratio is of its own pair, and the pair's order alternates
-        for side in (the_run, the_script) if r % 2 == 0 else (the_script, the_run):
-            side(r)
+        order = list(sides) if r % 2 == 0 else list(reversed(sides))
+        for side in order:
+            sides[side](r)
         ratios.append(round(found["run"][-1]["seconds"] / found["standalone"][-1]["seconds"],
                             3))
-        print(json.dumps({"round": r, "first": "run" if r % 2 == 0 else "standalone",
+        print(json.dumps({"round": r, "first": order[0],
                           "run_over_standalone": ratios[-1],
                           **{k: v[-1] for k, v in found.items()}}), flush=True)
     run = statistics.median(x["seconds"] for x in found["run"])
